@@ -1,1 +1,24 @@
-//! placeholder
+//! Realtime behaviour of plexus, independent of any transport or HTTP framework.
+//!
+//! - [`app`]: an app's credentials, feature flags and limits, and the [`app::AppStore`] that finds them.
+//! - [`hub`]: the per-app channel registry: subscribe, unsubscribe, fan-out, occupancy queries.
+//! - [`presence`]: who is in a presence channel, counted per user, not per socket.
+//! - [`outbound`]: each connection's bounded queue of encoded frames and the slow-consumer policy.
+//! - [`session`]: one connection's state machine: client frames in, replies and hub calls out.
+//! - [`webhook`]: the events the hub reports for webhooks, and the [`webhook::WebhookSink`] seam.
+//!
+//! A transport (the WebSocket endpoint in `plexus-server`) owns the socket: it feeds decoded text
+//! into a [`session::Session`] and writes whatever the connection's [`outbound::Outbound`] queue
+//! yields. Start reading at [`hub::AppHub::publish`] for the hot path.
+
+pub mod app;
+pub mod hub;
+pub mod outbound;
+pub mod presence;
+pub mod session;
+pub mod webhook;
+
+pub use app::{App, AppStore, MemoryAppStore};
+pub use hub::{AppHub, Connection, Hubs};
+pub use outbound::Outbound;
+pub use session::Session;

@@ -21,12 +21,23 @@ pub enum ClientFrame {
     Ping,
     Pong,
     Subscribe(Subscribe),
-    Unsubscribe { channel: String },
-    Signin { auth: String, user_data: String },
+    Unsubscribe {
+        channel: String,
+    },
+    Signin {
+        auth: String,
+        user_data: String,
+    },
     /// A `client-*` event; `data` is kept as the sender's raw JSON so it is relayed verbatim.
-    ClientEvent { event: String, channel: String, data: Option<RawJson> },
+    ClientEvent {
+        event: String,
+        channel: String,
+        data: Option<RawJson>,
+    },
     /// Any other event name: ignored by the server (the digest §1).
-    Unknown { event: String },
+    Unknown {
+        event: String,
+    },
 }
 
 /// A JSON value kept as the exact text received, compared by that text.
@@ -96,7 +107,10 @@ struct SigninData {
 }
 
 /// Decodes `pusher:*` data that may be an object or a JSON string holding an object.
-fn protocol_data<T: for<'de> Deserialize<'de>>(event: &'static str, data: Option<&RawValue>) -> Result<T, DecodeError> {
+fn protocol_data<T: for<'de> Deserialize<'de>>(
+    event: &'static str,
+    data: Option<&RawValue>,
+) -> Result<T, DecodeError> {
     let invalid = |reason: String| DecodeError::InvalidData { event, reason };
     let raw = data.ok_or_else(|| invalid("missing data".into()))?;
     let text = raw.get();
@@ -110,7 +124,8 @@ fn protocol_data<T: for<'de> Deserialize<'de>>(event: &'static str, data: Option
 
 /// Decodes one text frame from a client.
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
-    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    let envelope: Envelope<'_> =
+        serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     let event = envelope.event.ok_or(DecodeError::MissingEvent)?;
     let data = envelope.data.as_deref();
     Ok(match &*event {
@@ -123,17 +138,24 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
         }
         "pusher:signin" => {
             let d: SigninData = protocol_data("pusher:signin", data)?;
-            ClientFrame::Signin { auth: d.auth, user_data: d.user_data }
+            ClientFrame::Signin {
+                auth: d.auth,
+                user_data: d.user_data,
+            }
         }
         name if name.starts_with("client-") => {
-            let channel = envelope.channel.ok_or_else(|| DecodeError::MissingChannel(name.to_owned()))?;
+            let channel = envelope
+                .channel
+                .ok_or_else(|| DecodeError::MissingChannel(name.to_owned()))?;
             ClientFrame::ClientEvent {
                 event: event.into_owned(),
                 channel: channel.into_owned(),
                 data: envelope.data.map(RawJson),
             }
         }
-        _ => ClientFrame::Unknown { event: event.into_owned() },
+        _ => ClientFrame::Unknown {
+            event: event.into_owned(),
+        },
     })
 }
 
@@ -154,11 +176,17 @@ impl ClientFrame {
                 }
                 json!({"event": "pusher:subscribe", "data": data})
             }
-            ClientFrame::Unsubscribe { channel } => json!({"event": "pusher:unsubscribe", "data": {"channel": channel}}),
+            ClientFrame::Unsubscribe { channel } => {
+                json!({"event": "pusher:unsubscribe", "data": {"channel": channel}})
+            }
             ClientFrame::Signin { auth, user_data } => {
                 json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})
             }
-            ClientFrame::ClientEvent { event, channel, data } => {
+            ClientFrame::ClientEvent {
+                event,
+                channel,
+                data,
+            } => {
                 let mut v = json!({"event": event, "channel": channel});
                 if let Some(d) = data {
                     v["data"] = serde_json::from_str(d.get()).unwrap_or(serde_json::Value::Null);
@@ -198,7 +226,12 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 
 impl<'a> ServerEvent<'a> {
     pub fn new(event: &'a str) -> Self {
-        ServerEvent { event, channel: None, data: Data::Absent, user_id: None }
+        ServerEvent {
+            event,
+            channel: None,
+            data: Data::Absent,
+            user_id: None,
+        }
     }
 
     pub fn channel(mut self, channel: &'a str) -> Self {
@@ -222,7 +255,10 @@ impl<'a> ServerEvent<'a> {
             Data::Str(s) => s.len() + s.len() / 8 + 2,
             Data::Raw(s) => s.len(),
         };
-        40 + self.event.len() + self.channel.map_or(0, str::len) + data + self.user_id.map_or(0, |u| u.len() + 12)
+        40 + self.event.len()
+            + self.channel.map_or(0, str::len)
+            + data
+            + self.user_id.map_or(0, |u| u.len() + 12)
     }
 
     fn write_json(&self, out: &mut Vec<u8>) {
@@ -267,8 +303,13 @@ impl<'a> ServerEvent<'a> {
 
 /// `pusher:connection_established`, with its data double-encoded as every client expects.
 pub fn connection_established(socket_id: &str, activity_timeout_secs: u64) -> Bytes {
-    let inner = format!("{{\"socket_id\":{},\"activity_timeout\":{activity_timeout_secs}}}", json_str(socket_id));
-    ServerEvent::new("pusher:connection_established").data(Data::Str(&inner)).to_frame()
+    let inner = format!(
+        "{{\"socket_id\":{},\"activity_timeout\":{activity_timeout_secs}}}",
+        json_str(socket_id)
+    );
+    ServerEvent::new("pusher:connection_established")
+        .data(Data::Str(&inner))
+        .to_frame()
 }
 
 /// `pusher:error` with an object `data` (`code` may be null, as Pusher sends for non-fatal errors).
@@ -283,21 +324,35 @@ pub fn error(code: Option<u16>, message: &str, channel: Option<&str>) -> Bytes {
 /// `pusher:subscription_error` on a channel, which pusher-js and Laravel Echo surface on the
 /// channel object (`type` is `AuthError`, `LimitReached` or `InvalidChannel`).
 pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> Bytes {
-    let data = format!("{{\"type\":{},\"error\":{},\"status\":{status}}}", json_str(kind), json_str(message));
-    ServerEvent::new("pusher:subscription_error").channel(channel).data(Data::Raw(&data)).to_frame()
+    let data = format!(
+        "{{\"type\":{},\"error\":{},\"status\":{status}}}",
+        json_str(kind),
+        json_str(message)
+    );
+    ServerEvent::new("pusher:subscription_error")
+        .channel(channel)
+        .data(Data::Raw(&data))
+        .to_frame()
 }
 
 pub fn pong() -> Bytes {
-    ServerEvent::new("pusher:pong").data(Data::Str("{}")).to_frame()
+    ServerEvent::new("pusher:pong")
+        .data(Data::Str("{}"))
+        .to_frame()
 }
 
 pub fn ping() -> Bytes {
-    ServerEvent::new("pusher:ping").data(Data::Str("{}")).to_frame()
+    ServerEvent::new("pusher:ping")
+        .data(Data::Str("{}"))
+        .to_frame()
 }
 
 /// `pusher_internal:subscription_succeeded` for a non-presence channel.
 pub fn subscription_succeeded(channel: &str) -> Bytes {
-    ServerEvent::new("pusher_internal:subscription_succeeded").channel(channel).data(Data::Str("{}")).to_frame()
+    ServerEvent::new("pusher_internal:subscription_succeeded")
+        .channel(channel)
+        .data(Data::Str("{}"))
+        .to_frame()
 }
 
 /// `pusher_internal:subscription_succeeded` for a presence channel; `presence_json` is the
@@ -315,12 +370,18 @@ pub fn member_added(channel: &str, user_id: &str, user_info_json: Option<&str>) 
         Some(info) => format!("{{\"user_id\":{},\"user_info\":{info}}}", json_str(user_id)),
         None => format!("{{\"user_id\":{}}}", json_str(user_id)),
     };
-    ServerEvent::new("pusher_internal:member_added").channel(channel).data(Data::Str(&inner)).to_frame()
+    ServerEvent::new("pusher_internal:member_added")
+        .channel(channel)
+        .data(Data::Str(&inner))
+        .to_frame()
 }
 
 pub fn member_removed(channel: &str, user_id: &str) -> Bytes {
     let inner = format!("{{\"user_id\":{}}}", json_str(user_id));
-    ServerEvent::new("pusher_internal:member_removed").channel(channel).data(Data::Str(&inner)).to_frame()
+    ServerEvent::new("pusher_internal:member_removed")
+        .channel(channel)
+        .data(Data::Str(&inner))
+        .to_frame()
 }
 
 /// `s` as a JSON string literal.
@@ -353,7 +414,10 @@ mod tests {
 
     #[test]
     fn error_data_is_an_object_and_code_may_be_null() {
-        assert_eq!(text(&error(Some(4001), "no", None)), r#"{"event":"pusher:error","data":{"code":4001,"message":"no"}}"#);
+        assert_eq!(
+            text(&error(Some(4001), "no", None)),
+            r#"{"event":"pusher:error","data":{"code":4001,"message":"no"}}"#
+        );
         assert_eq!(
             text(&error(None, "bad \"sig\"", Some("private-a"))),
             r#"{"event":"pusher:error","channel":"private-a","data":{"code":null,"message":"bad \"sig\""}}"#
@@ -372,7 +436,11 @@ mod tests {
     #[test]
     fn member_events_are_double_encoded() {
         assert_eq!(
-            text(&member_added("presence-room", "42", Some(r#"{"name":"Ann"}"#))),
+            text(&member_added(
+                "presence-room",
+                "42",
+                Some(r#"{"name":"Ann"}"#)
+            )),
             r#"{"event":"pusher_internal:member_added","channel":"presence-room","data":"{\"user_id\":\"42\",\"user_info\":{\"name\":\"Ann\"}}"}"#
         );
         assert_eq!(
@@ -387,7 +455,10 @@ mod tests {
             .channel("presence-chat")
             .data(Data::Raw(r#"{"on":true}"#))
             .user_id(Some("42"));
-        assert_eq!(e.to_json(), r#"{"event":"client-typing","channel":"presence-chat","data":{"on":true},"user_id":"42"}"#);
+        assert_eq!(
+            e.to_json(),
+            r#"{"event":"client-typing","channel":"presence-chat","data":{"on":true},"user_id":"42"}"#
+        );
     }
 
     #[test]
@@ -404,16 +475,30 @@ mod tests {
         );
         assert_eq!(
             decode_client_frame(s).unwrap(),
-            ClientFrame::Subscribe(Subscribe { channel: "a".into(), auth: Some(String::new()), channel_data: None })
+            ClientFrame::Subscribe(Subscribe {
+                channel: "a".into(),
+                auth: Some(String::new()),
+                channel_data: None
+            })
         );
     }
 
     #[test]
     fn client_event_data_is_kept_verbatim() {
-        let f = decode_client_frame(r#"{"event":"client-x","channel":"private-a","data":{"b": [1, 2]}, "extra": 1}"#).unwrap();
+        let f = decode_client_frame(
+            r#"{"event":"client-x","channel":"private-a","data":{"b": [1, 2]}, "extra": 1}"#,
+        )
+        .unwrap();
         match f {
-            ClientFrame::ClientEvent { event, channel, data } => {
-                assert_eq!((event.as_str(), channel.as_str()), ("client-x", "private-a"));
+            ClientFrame::ClientEvent {
+                event,
+                channel,
+                data,
+            } => {
+                assert_eq!(
+                    (event.as_str(), channel.as_str()),
+                    ("client-x", "private-a")
+                );
                 assert_eq!(data.unwrap().get(), r#"{"b": [1, 2]}"#);
             }
             other => panic!("unexpected {other:?}"),
@@ -422,18 +507,35 @@ mod tests {
 
     #[test]
     fn errors_are_reported_not_panicked() {
-        assert!(matches!(decode_client_frame("not json"), Err(DecodeError::InvalidJson(_))));
-        assert!(matches!(decode_client_frame("[1]"), Err(DecodeError::InvalidJson(_))));
-        assert_eq!(decode_client_frame(r#"{"data":{}}"#), Err(DecodeError::MissingEvent));
+        assert!(matches!(
+            decode_client_frame("not json"),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            decode_client_frame("[1]"),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert_eq!(
+            decode_client_frame(r#"{"data":{}}"#),
+            Err(DecodeError::MissingEvent)
+        );
         assert!(matches!(
             decode_client_frame(r#"{"event":"pusher:subscribe","data":{}}"#),
-            Err(DecodeError::InvalidData { event: "pusher:subscribe", .. })
+            Err(DecodeError::InvalidData {
+                event: "pusher:subscribe",
+                ..
+            })
         ));
         assert_eq!(
             decode_client_frame(r#"{"event":"client-a","data":{}}"#),
             Err(DecodeError::MissingChannel("client-a".into()))
         );
-        assert_eq!(decode_client_frame(r#"{"event":"whatever"}"#), Ok(ClientFrame::Unknown { event: "whatever".into() }));
+        assert_eq!(
+            decode_client_frame(r#"{"event":"whatever"}"#),
+            Ok(ClientFrame::Unknown {
+                event: "whatever".into()
+            })
+        );
     }
 
     fn arb_client_frame() -> impl Strategy<Value = ClientFrame> {
@@ -441,18 +543,26 @@ mod tests {
         prop_oneof![
             Just(ClientFrame::Ping),
             Just(ClientFrame::Pong),
-            (s, proptest::option::of(s), proptest::option::of(s)).prop_map(|(channel, auth, channel_data)| {
-                ClientFrame::Subscribe(Subscribe { channel, auth, channel_data })
-            }),
+            (s, proptest::option::of(s), proptest::option::of(s)).prop_map(
+                |(channel, auth, channel_data)| {
+                    ClientFrame::Subscribe(Subscribe {
+                        channel,
+                        auth,
+                        channel_data,
+                    })
+                }
+            ),
             s.prop_map(|channel| ClientFrame::Unsubscribe { channel }),
             (s, s).prop_map(|(auth, user_data)| ClientFrame::Signin { auth, user_data }),
-            ("client-[a-z]{0,10}", s, proptest::option::of(any::<i64>())).prop_map(|(event, channel, n)| {
-                ClientFrame::ClientEvent {
-                    event,
-                    channel,
-                    data: n.map(|n| RawJson::new(format!("{{\"n\":{n}}}")).unwrap()),
+            ("client-[a-z]{0,10}", s, proptest::option::of(any::<i64>())).prop_map(
+                |(event, channel, n)| {
+                    ClientFrame::ClientEvent {
+                        event,
+                        channel,
+                        data: n.map(|n| RawJson::new(format!("{{\"n\":{n}}}")).unwrap()),
+                    }
                 }
-            }),
+            ),
         ]
     }
 

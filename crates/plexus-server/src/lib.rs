@@ -1,1 +1,153 @@
-//! placeholder
+//! The `plexus` server: configuration, the axum router (WebSocket endpoint, Pusher HTTP API,
+//! health), and graceful shutdown. Wiring only: realtime rules live in `plexus-core`, wire rules
+//! in `plexus-protocol`.
+//!
+//! [`serve`] runs a server on a bound listener until a shutdown future resolves; `main.rs` adds
+//! the CLI and signals, tests call it directly on `127.0.0.1:0`.
+
+pub mod config;
+pub mod http_api;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use plexus_core::webhook::{WebhookEvent, WebhookSink};
+use plexus_core::{AppStore, Hubs};
+use plexus_protocol::CloseCode;
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::config::ServerConfig;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct ServerState {
+    pub config: ServerConfig,
+    pub apps: Arc<dyn AppStore>,
+    pub hubs: Hubs,
+    shutting_down: AtomicBool,
+}
+
+/// Until webhook delivery exists (the webhooks issue), events are logged so operators can see
+/// what would be sent; nothing is queued.
+#[derive(Debug)]
+struct LoggedWebhooks;
+
+impl WebhookSink for LoggedWebhooks {
+    fn submit(&self, app_id: &str, event: WebhookEvent) {
+        tracing::debug!(app_id, ?event, "webhook event (delivery not configured)");
+    }
+}
+
+impl ServerState {
+    pub fn new(config: ServerConfig, apps: Arc<dyn AppStore>) -> Arc<Self> {
+        Arc::new(ServerState {
+            config,
+            apps,
+            hubs: Hubs::new(Arc::new(LoggedWebhooks)),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Refuses new connections and tells every client to reconnect elsewhere (4200).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        for hub in self.hubs.all() {
+            hub.close_all(
+                CloseCode::ReconnectImmediately,
+                "Server is shutting down; reconnect",
+            );
+        }
+    }
+}
+
+/// The HTTP surface: WebSocket endpoint, Pusher HTTP API, health.
+pub fn router(state: Arc<ServerState>) -> Router {
+    let body_limit = state.config.max_request_body_kb * 1024;
+    Router::new()
+        .route("/app/{key}", get(ws::upgrade))
+        .route("/apps/{app_id}/events", post(http_api::trigger))
+        .route("/apps/{app_id}/batch_events", post(http_api::trigger_batch))
+        .route("/apps/{app_id}/channels", get(http_api::channels))
+        .route("/apps/{app_id}/channels/{channel}", get(http_api::channel))
+        .route(
+            "/apps/{app_id}/channels/{channel}/users",
+            get(http_api::channel_users),
+        )
+        .route("/", get(http_api::up))
+        .route("/up", get(http_api::up))
+        .route("/health", get(http_api::up))
+        .route("/ready", get(http_api::ready))
+        .fallback(http_api::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Binds `host:port` with a listen backlog sized for connect storms.
+pub fn bind(config: &ServerConfig) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = format!("{}:{}", config.host, config.port)
+        .parse()
+        .or_else(|_| {
+            std::net::ToSocketAddrs::to_socket_addrs(&(config.host.as_str(), config.port))?
+                .next()
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("cannot resolve host {:?}", config.host),
+                    )
+                })
+        })?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(config.listen_backlog)
+}
+
+/// Serves until `shutdown` resolves, then closes every client with 4200 and waits (bounded by
+/// `shutdown_grace_secs`) for them to go.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Events are small and latency matters more than packet count.
+        let _ = tcp.set_nodelay(true);
+    });
+    let shutdown_state = state.clone();
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing clients with 4200");
+            shutdown_state.begin_shutdown();
+        })
+        .await?;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_grace_secs);
+    while state.hubs.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = state.hubs.connection_count();
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "grace period over; exiting with clients still connected"
+        );
+    }
+    Ok(())
+}

@@ -1,1 +1,139 @@
-fn main() {}
+//! The `plexus` command: `plexus serve` runs the server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use plexus_core::{App, MemoryAppStore};
+use plexus_server::config::{Config, DEV_APP};
+use plexus_server::ServerState;
+
+/// plexus — a self-hosted realtime server speaking the Pusher Channels protocol v7 and HTTP API.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server. With no config file it serves one development app
+    /// (app-id / app-key / app-secret) on 0.0.0.0:6001 with the in-memory hub.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file ([server], [[apps]], [[apps.webhooks]]; see the README).
+    #[arg(long, short, env = "PLEXUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides [server] host).
+    #[arg(long, env = "PLEXUS_HOST")]
+    host: Option<String>,
+    /// Port to listen on; 0 picks a free one (overrides [server] port).
+    #[arg(long, env = "PLEXUS_PORT")]
+    port: Option<u16>,
+    /// App id of the first app (or of the development app when none is configured).
+    #[arg(long, env = "PLEXUS_APP_ID")]
+    app_id: Option<String>,
+    /// App key of the first app (or of the development app).
+    #[arg(long, env = "PLEXUS_APP_KEY")]
+    app_key: Option<String>,
+    /// App secret of the first app (or of the development app).
+    #[arg(long, env = "PLEXUS_APP_SECRET", hide_env_values = true)]
+    app_secret: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("plexus: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config {
+            server: Default::default(),
+            apps: Vec::new(),
+        },
+    };
+    if let Some(host) = args.host {
+        config.server.host = host;
+    }
+    if let Some(port) = args.port {
+        config.server.port = port;
+    }
+    if config.apps.is_empty() {
+        let (id, key, secret) = DEV_APP;
+        let mut app = App::new(id, key, secret);
+        app.enable_client_messages = true;
+        config.apps.push(app);
+        if args.app_secret.is_none() {
+            tracing::warn!(
+                "no apps configured: serving the development app id={id} key={key} secret={secret}; \
+                 these are public development credentials, never use them in production"
+            );
+        }
+    }
+    let first = &mut config.apps[0];
+    if let Some(id) = args.app_id {
+        first.id = id;
+    }
+    if let Some(key) = args.app_key {
+        first.key = key;
+    }
+    if let Some(secret) = args.app_secret {
+        first.secret = secret;
+    }
+    let apps = MemoryAppStore::new(config.apps.clone()).context("invalid apps")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = plexus_server::bind(&config.server).with_context(|| {
+            format!(
+                "cannot listen on {}:{}",
+                config.server.host, config.server.port
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        for app in &config.apps {
+            tracing::info!(id = %app.id, key = %app.key, "serving app");
+        }
+        // A stable line on stdout that scripts and tests wait for.
+        println!("plexus listening on {addr}");
+        let state = ServerState::new(config.server.clone(), Arc::new(apps));
+        plexus_server::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,251 @@
+//! Apps: credentials, feature flags and limits, and where they are looked up.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+/// One webhook endpoint and the event kinds it wants (delivery belongs to the webhooks issue;
+/// the shape is fixed now because config files already carry it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    pub url: String,
+    #[serde(default)]
+    pub events: Vec<WebhookKind>,
+}
+
+/// Event kinds a webhook endpoint can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookKind {
+    ChannelOccupied,
+    ChannelVacated,
+    MemberAdded,
+    MemberRemoved,
+    ClientEvent,
+    CacheMiss,
+    SubscriptionCount,
+}
+
+/// An app as configured. Field names are the config file's (`[[apps]]`), a contract with tools
+/// outside this repository.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub enable_client_messages: bool,
+    #[serde(default)]
+    pub enable_user_authentication: bool,
+    /// Concurrent connections; 0 = unlimited.
+    #[serde(default)]
+    pub max_connections: u64,
+    /// Largest event `data`, API and client events alike.
+    #[serde(default = "default_payload_kb")]
+    pub max_event_payload_kb: u32,
+    #[serde(default = "default_presence_members")]
+    pub max_presence_members: u32,
+    /// Largest presence `user_info`, as JSON text.
+    #[serde(default = "default_member_size_kb")]
+    pub max_presence_member_size_kb: u32,
+    /// Per connection; 0 = unlimited.
+    #[serde(default = "default_client_events_per_second")]
+    pub max_client_events_per_second: u32,
+    #[serde(default = "default_channel_name_length")]
+    pub max_channel_name_length: usize,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookTarget>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_payload_kb() -> u32 {
+    10
+}
+fn default_presence_members() -> u32 {
+    100
+}
+fn default_member_size_kb() -> u32 {
+    2
+}
+fn default_client_events_per_second() -> u32 {
+    10
+}
+fn default_channel_name_length() -> usize {
+    plexus_protocol::limits::MAX_CHANNEL_NAME_LEN
+}
+
+impl App {
+    /// An app with the given credentials and every other setting at its default.
+    pub fn new(id: impl Into<String>, key: impl Into<String>, secret: impl Into<String>) -> Self {
+        App {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            enable_client_messages: false,
+            enable_user_authentication: false,
+            max_connections: 0,
+            max_event_payload_kb: default_payload_kb(),
+            max_presence_members: default_presence_members(),
+            max_presence_member_size_kb: default_member_size_kb(),
+            max_client_events_per_second: default_client_events_per_second(),
+            max_channel_name_length: default_channel_name_length(),
+            webhooks: Vec::new(),
+        }
+    }
+
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_event_payload_kb as usize * 1024
+    }
+
+    pub fn max_member_info_bytes(&self) -> usize {
+        self.max_presence_member_size_kb as usize * 1024
+    }
+}
+
+/// Secrets never reach logs: `Debug` prints everything but the secret.
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("enabled", &self.enabled)
+            .field("enable_client_messages", &self.enable_client_messages)
+            .field(
+                "enable_user_authentication",
+                &self.enable_user_authentication,
+            )
+            .field("max_connections", &self.max_connections)
+            .field("max_event_payload_kb", &self.max_event_payload_kb)
+            .field("max_presence_members", &self.max_presence_members)
+            .field(
+                "max_presence_member_size_kb",
+                &self.max_presence_member_size_kb,
+            )
+            .field(
+                "max_client_events_per_second",
+                &self.max_client_events_per_second,
+            )
+            .field("max_channel_name_length", &self.max_channel_name_length)
+            .field("webhooks", &self.webhooks)
+            .finish()
+    }
+}
+
+/// Where apps are found. Lookups are synchronous because they sit on the connection path; a
+/// store backed by a database keeps a cached snapshot and refreshes it in the background.
+pub trait AppStore: Send + Sync + fmt::Debug {
+    fn by_key(&self, key: &str) -> Option<Arc<App>>;
+    fn by_id(&self, id: &str) -> Option<Arc<App>>;
+    fn list(&self) -> Vec<Arc<App>>;
+}
+
+/// Why a set of apps cannot be served together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppSetError {
+    #[error("duplicate app id {0:?}")]
+    DuplicateId(String),
+    #[error("duplicate app key {0:?}")]
+    DuplicateKey(String),
+    #[error("app {id:?}: {field} must not be empty")]
+    Empty { id: String, field: &'static str },
+}
+
+/// Apps fixed at start (the config file, or the embedded development app).
+#[derive(Debug, Default)]
+pub struct MemoryAppStore {
+    by_id: HashMap<String, Arc<App>>,
+    by_key: HashMap<String, Arc<App>>,
+}
+
+impl MemoryAppStore {
+    /// Builds the store, refusing duplicate ids or keys and empty credentials.
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Result<Self, AppSetError> {
+        let mut store = MemoryAppStore::default();
+        for app in apps {
+            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+                if value.is_empty() {
+                    return Err(AppSetError::Empty {
+                        id: app.id.clone(),
+                        field,
+                    });
+                }
+            }
+            if store.by_id.contains_key(&app.id) {
+                return Err(AppSetError::DuplicateId(app.id));
+            }
+            if store.by_key.contains_key(&app.key) {
+                return Err(AppSetError::DuplicateKey(app.key));
+            }
+            let app = Arc::new(app);
+            store.by_id.insert(app.id.clone(), app.clone());
+            store.by_key.insert(app.key.clone(), app);
+        }
+        Ok(store)
+    }
+}
+
+impl AppStore for MemoryAppStore {
+    fn by_key(&self, key: &str) -> Option<Arc<App>> {
+        self.by_key.get(key).cloned()
+    }
+
+    fn by_id(&self, id: &str) -> Option<Arc<App>> {
+        self.by_id.get(id).cloned()
+    }
+
+    fn list(&self) -> Vec<Arc<App>> {
+        let mut apps: Vec<_> = self.by_id.values().cloned().collect();
+        apps.sort_by(|a, b| a.id.cmp(&b.id));
+        apps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let app = App::new("1", "key", "very-secret-value");
+        let printed = format!("{app:?}");
+        assert!(
+            printed.contains("key") && !printed.contains("very-secret-value"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn store_finds_by_key_and_id_and_refuses_duplicates() {
+        let store =
+            MemoryAppStore::new([App::new("1", "k1", "s1"), App::new("2", "k2", "s2")]).unwrap();
+        assert_eq!(store.by_key("k2").unwrap().id, "2");
+        assert_eq!(store.by_id("1").unwrap().key, "k1");
+        assert!(store.by_key("1").is_none());
+        assert_eq!(store.list().len(), 2);
+        assert_eq!(
+            MemoryAppStore::new([App::new("1", "a", "s"), App::new("1", "b", "s")]).unwrap_err(),
+            AppSetError::DuplicateId("1".into())
+        );
+        assert_eq!(
+            MemoryAppStore::new([App::new("1", "a", "s"), App::new("2", "a", "s")]).unwrap_err(),
+            AppSetError::DuplicateKey("a".into())
+        );
+        assert!(matches!(
+            MemoryAppStore::new([App::new("1", "a", "")]),
+            Err(AppSetError::Empty {
+                field: "secret",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,405 @@
+//! One connection's protocol state machine: client frames in, replies and hub calls out.
+//!
+//! A `Session` knows which channels its connection holds (and as which presence user), applies
+//! the subscription and client-event rules of the digest (§5–§8) and queues replies on the
+//! connection's own [`Outbound`](crate::Outbound) queue. It owns no socket and reads no clock:
+//! the transport passes decoded text and the current instant in, and writes out whatever the
+//! queue yields. Dropping a session unsubscribes it everywhere and forgets the connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use plexus_protocol::codec::{
+    self, ClientFrame, Data, DecodeError, RawJson, ServerEvent, Subscribe,
+};
+use plexus_protocol::limits::{MAX_EVENT_NAME_LEN, MAX_USER_ID_LEN};
+use plexus_protocol::{signature, ChannelError, ChannelKind, ChannelName, CloseCode, SocketId};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::{Duration, Instant};
+
+use crate::app::{App, WebhookKind};
+use crate::hub::{AppHub, ConnectError, Connection, JoinError, Member};
+use crate::webhook::{wanted, WebhookEvent};
+
+/// Why a subscription was refused. The connection stays open; the client sees
+/// `pusher:subscription_error` on the channel and a `pusher:error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("invalid channel name: {0}")]
+    InvalidChannel(#[from] ChannelError),
+    #[error("Invalid signature: expected HMAC SHA256 hex digest of {0:?}")]
+    InvalidSignature(String),
+    #[error("invalid channel_data: {0}")]
+    InvalidChannelData(String),
+    #[error("user_info is {size} bytes; the limit is {max}")]
+    MemberInfoTooLarge { size: usize, max: usize },
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error(
+        "a #server-to-user- channel can only be joined by a connection signed in as that user"
+    )]
+    NotSignedInAsUser,
+}
+
+impl SubscribeError {
+    /// `type` and `status` of the `pusher:subscription_error` (the shapes pusher-js and Laravel
+    /// Echo surface on the channel).
+    pub fn wire_type_and_status(&self) -> (&'static str, u16) {
+        match self {
+            SubscribeError::InvalidChannel(_) => ("InvalidChannel", 4009),
+            SubscribeError::InvalidSignature(_) | SubscribeError::NotSignedInAsUser => {
+                ("AuthError", 401)
+            }
+            SubscribeError::InvalidChannelData(_) => ("AuthError", 400),
+            SubscribeError::MemberInfoTooLarge { .. } => ("LimitReached", 4009),
+            SubscribeError::Join(JoinError::PresenceFull(_)) => ("LimitReached", 4100),
+        }
+    }
+}
+
+/// Why a client event was not relayed. Answered with `pusher:error` (code 4301) on the socket,
+/// which stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientEventError {
+    #[error("To send client events, you must enable this feature in the app's settings (enable_client_messages)")]
+    Disabled,
+    #[error("client event name is longer than {MAX_EVENT_NAME_LEN} characters")]
+    NameTooLong,
+    #[error(
+        "client events are only allowed on private and presence channels (not public or encrypted)"
+    )]
+    WrongChannelKind,
+    #[error("client event rejected: not subscribed to channel")]
+    NotSubscribed,
+    #[error("client event data is {size} bytes; the limit is {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("Client event rejected due to rate limit ({0} per second)")]
+    RateLimited(u32),
+}
+
+#[derive(Deserialize)]
+struct ChannelData {
+    user_id: serde_json::Value,
+    #[serde(default)]
+    user_info: Option<Box<RawValue>>,
+}
+
+/// Fixed one-second windows: Pusher's "10 client events per second per connection".
+#[derive(Debug)]
+struct RateWindow {
+    started: Instant,
+    count: u32,
+}
+
+/// One connection's state.
+#[derive(Debug)]
+pub struct Session {
+    app: Arc<App>,
+    hub: Arc<AppHub>,
+    connection: Arc<Connection>,
+    socket_id_text: String,
+    /// Channel → presence user id (for presence channels).
+    subscriptions: HashMap<ChannelName, Option<Box<str>>>,
+    client_events: RateWindow,
+}
+
+impl Session {
+    /// Registers a connection with the app's hub and queues `connection_established`.
+    pub fn start(
+        app: Arc<App>,
+        hub: Arc<AppHub>,
+        queue_max_bytes: usize,
+        activity_timeout_secs: u64,
+        now: Instant,
+    ) -> Result<Session, ConnectError> {
+        let connection = hub.connect(&app, queue_max_bytes)?;
+        let socket_id_text = connection.socket_id.to_string();
+        connection.outbound.push(codec::connection_established(
+            &socket_id_text,
+            activity_timeout_secs,
+        ));
+        Ok(Session {
+            app,
+            hub,
+            connection,
+            socket_id_text,
+            subscriptions: HashMap::new(),
+            client_events: RateWindow {
+                started: now,
+                count: 0,
+            },
+        })
+    }
+
+    pub fn socket_id(&self) -> SocketId {
+        self.connection.socket_id
+    }
+
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.connection
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Handles one text frame from the client.
+    pub fn handle_text(&mut self, text: &str, now: Instant) {
+        match codec::decode_client_frame(text) {
+            Ok(frame) => self.handle_frame(frame, now),
+            Err(error) => self.reply_decode_error(&error),
+        }
+    }
+
+    fn reply_decode_error(&self, error: &DecodeError) {
+        tracing::debug!(socket_id = %self.socket_id_text, %error, "undecodable frame");
+        self.connection
+            .outbound
+            .push(codec::error(None, &error.to_string(), None));
+    }
+
+    /// Handles one decoded client frame.
+    pub fn handle_frame(&mut self, frame: ClientFrame, now: Instant) {
+        match frame {
+            ClientFrame::Ping => {
+                self.connection.outbound.push(codec::pong());
+            }
+            ClientFrame::Pong | ClientFrame::Unknown { .. } => {}
+            ClientFrame::Subscribe(request) => {
+                let channel = request.channel.clone();
+                if let Err(error) = self.subscribe(request) {
+                    self.reply_subscribe_error(&channel, &error);
+                }
+            }
+            ClientFrame::Unsubscribe { channel } => self.unsubscribe(&channel),
+            ClientFrame::Signin { .. } => {
+                self.connection.outbound.push(codec::error(
+                    None,
+                    "pusher:signin is not supported by this server yet",
+                    None,
+                ));
+            }
+            ClientFrame::ClientEvent {
+                event,
+                channel,
+                data,
+            } => {
+                if let Err(error) = self.client_event(&event, &channel, data.as_ref(), now) {
+                    let code = Some(CloseCode::ClientEventRejected.code());
+                    self.connection.outbound.push(codec::error(
+                        code,
+                        &error.to_string(),
+                        Some(&channel),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn reply_subscribe_error(&self, channel: &str, error: &SubscribeError) {
+        let (kind, status) = error.wire_type_and_status();
+        let message = error.to_string();
+        tracing::debug!(socket_id = %self.socket_id_text, channel, %error, "subscription refused");
+        self.connection
+            .outbound
+            .push(codec::subscription_error(channel, kind, &message, status));
+        // Pusher itself answers a bad signature with a bare pusher:error (code null); send it too
+        // so clients written against Pusher see what they expect.
+        let code = if kind == "AuthError" {
+            None
+        } else {
+            Some(status)
+        };
+        self.connection
+            .outbound
+            .push(codec::error(code, &message, Some(channel)));
+    }
+
+    fn subscribe(&mut self, request: Subscribe) -> Result<(), SubscribeError> {
+        let channel =
+            ChannelName::parse_with_limit(&request.channel, self.app.max_channel_name_length)?;
+        let auth = request.auth.as_deref().unwrap_or("");
+        let member_user: Option<(String, Option<Box<RawValue>>)> = match channel.kind() {
+            ChannelKind::Public => None,
+            ChannelKind::ServerToUser => return Err(SubscribeError::NotSignedInAsUser),
+            ChannelKind::Private | ChannelKind::Encrypted => {
+                self.check_signature(&channel, None, auth)?;
+                None
+            }
+            ChannelKind::Presence => {
+                let data = request.channel_data.as_deref().ok_or_else(|| {
+                    SubscribeError::InvalidChannelData("missing channel_data".into())
+                })?;
+                self.check_signature(&channel, Some(data), auth)?;
+                Some(self.parse_member(data)?)
+            }
+        };
+
+        if let Some((user_id, info)) = &member_user {
+            if let Some(Some(existing)) = self.subscriptions.get(&channel) {
+                if **existing != **user_id {
+                    return Err(SubscribeError::InvalidChannelData(format!(
+                        "this connection is already a member as user {existing:?}"
+                    )));
+                }
+            }
+            let member = Member {
+                user_id,
+                info: info.as_deref().map(RawValue::get),
+            };
+            self.hub
+                .subscribe(&self.app, &self.connection, &channel, Some(member))?;
+        } else {
+            self.hub
+                .subscribe(&self.app, &self.connection, &channel, None)?;
+        }
+        self.subscriptions
+            .insert(channel, member_user.map(|(id, _)| id.into_boxed_str()));
+        Ok(())
+    }
+
+    fn check_signature(
+        &self,
+        channel: &ChannelName,
+        channel_data: Option<&str>,
+        auth: &str,
+    ) -> Result<(), SubscribeError> {
+        let sts =
+            signature::channel_string_to_sign(&self.socket_id_text, channel.as_str(), channel_data);
+        if signature::verify_auth_token(&self.app.key, &self.app.secret, &sts, auth) {
+            Ok(())
+        } else {
+            Err(SubscribeError::InvalidSignature(sts))
+        }
+    }
+
+    fn parse_member(
+        &self,
+        channel_data: &str,
+    ) -> Result<(String, Option<Box<RawValue>>), SubscribeError> {
+        let data: ChannelData = serde_json::from_str(channel_data)
+            .map_err(|e| SubscribeError::InvalidChannelData(e.to_string()))?;
+        // Pusher's own example uses a numeric id; emit every id as a string.
+        let user_id = match data.user_id {
+            serde_json::Value::String(s) if !s.is_empty() => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => {
+                return Err(SubscribeError::InvalidChannelData(
+                    "user_id must be a non-empty string or a number".into(),
+                ))
+            }
+        };
+        if user_id.chars().count() > MAX_USER_ID_LEN {
+            return Err(SubscribeError::InvalidChannelData(format!(
+                "user_id is longer than {MAX_USER_ID_LEN} characters"
+            )));
+        }
+        if let Some(info) = &data.user_info {
+            let (size, max) = (info.get().len(), self.app.max_member_info_bytes());
+            if size > max {
+                return Err(SubscribeError::MemberInfoTooLarge { size, max });
+            }
+        }
+        Ok((user_id, data.user_info))
+    }
+
+    fn unsubscribe(&mut self, channel: &str) {
+        if let Some((name, user_id)) = self.subscriptions.remove_entry(channel) {
+            self.hub.unsubscribe(
+                &self.app,
+                self.connection.socket_id,
+                &name,
+                user_id.as_deref(),
+            );
+        }
+    }
+
+    fn client_event(
+        &mut self,
+        event: &str,
+        channel: &str,
+        data: Option<&RawJson>,
+        now: Instant,
+    ) -> Result<(), ClientEventError> {
+        if !self.app.enable_client_messages {
+            return Err(ClientEventError::Disabled);
+        }
+        if event.chars().count() > MAX_EVENT_NAME_LEN {
+            return Err(ClientEventError::NameTooLong);
+        }
+        let Some((name, user_id)) = self.subscriptions.get_key_value(channel) else {
+            // Still tell the sender about the kind rule first: it is the more useful message.
+            return match ChannelName::parse(channel) {
+                Ok(name) if !name.allows_client_events() => Err(ClientEventError::WrongChannelKind),
+                _ => Err(ClientEventError::NotSubscribed),
+            };
+        };
+        if !name.allows_client_events() {
+            return Err(ClientEventError::WrongChannelKind);
+        }
+        let raw = data.map(RawJson::get);
+        let (size, max) = (raw.map_or(0, str::len), self.app.max_payload_bytes());
+        if size > max {
+            return Err(ClientEventError::TooLarge { size, max });
+        }
+        let limit = self.app.max_client_events_per_second;
+        if limit > 0 {
+            if now.duration_since(self.client_events.started) >= Duration::from_secs(1) {
+                self.client_events = RateWindow {
+                    started: now,
+                    count: 0,
+                };
+            }
+            if self.client_events.count >= limit {
+                return Err(ClientEventError::RateLimited(limit));
+            }
+            self.client_events.count += 1;
+        }
+
+        let user_id = user_id.as_deref();
+        let mut frame = ServerEvent::new(event)
+            .channel(name.as_str())
+            .user_id(user_id);
+        if let Some(raw) = raw {
+            frame = frame.data(Data::Raw(raw));
+        }
+        self.hub.publish(
+            name.as_str(),
+            &frame.to_frame(),
+            Some(self.connection.socket_id),
+        );
+        if wanted(&self.app, WebhookKind::ClientEvent) {
+            self.hub.submit_webhook(WebhookEvent::ClientEvent {
+                channel: name.to_string(),
+                event: event.to_owned(),
+                data: webhook_data(raw),
+                socket_id: self.socket_id_text.clone(),
+                user_id: user_id.map(str::to_owned),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Webhook `data` must be a string: a JSON string is unwrapped, anything else sent as its text.
+fn webhook_data(raw: Option<&str>) -> String {
+    match raw {
+        None => String::new(),
+        Some(text) => serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_owned()),
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for (channel, user_id) in self.subscriptions.drain() {
+            self.hub.unsubscribe(
+                &self.app,
+                self.connection.socket_id,
+                &channel,
+                user_id.as_deref(),
+            );
+        }
+        self.hub.disconnect(self.connection.socket_id);
+    }
+}

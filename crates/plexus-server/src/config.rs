@@ -1,0 +1,214 @@
+//! The configuration file (TOML) and how the command line and environment override it.
+//!
+//! Field names are a contract with tools outside this repository (`[server] host/port`,
+//! `[[apps]]` with `id`, `key`, `secret`, the `enable_*` and `max_*` settings, `[[apps.webhooks]]`):
+//! keep them. Unknown fields, bad types, duplicate keys or ids and missing secrets are errors that
+//! name the field; a server never starts on a file it half understood.
+
+use std::path::Path;
+
+use plexus_core::app::AppSetError;
+use plexus_core::{App, MemoryAppStore};
+use serde::Deserialize;
+
+/// Credentials of the embedded development app, used when no app is configured.
+pub const DEV_APP: (&str, &str, &str) = ("app-id", "app-key", "app-secret");
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub apps: Vec<App>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Seconds of silence after which a client is pinged (advertised as `activity_timeout`).
+    pub activity_timeout_secs: u64,
+    /// Seconds to wait for any frame after our ping before closing with 4201.
+    pub pong_timeout_secs: u64,
+    /// Largest WebSocket message accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+    /// Bytes that may wait in one connection's outbound queue before it is closed as too slow (4100).
+    pub max_queued_bytes: usize,
+    /// Seconds one write to a client may stall before the connection is dropped.
+    pub write_timeout_secs: u64,
+    /// Largest HTTP API request body, in KiB.
+    pub max_request_body_kb: usize,
+    /// Seconds to wait for clients to leave on SIGTERM/SIGINT before exiting anyway.
+    pub shutdown_grace_secs: u64,
+    /// Close connections that carry no `protocol` parameter with 4008 instead of assuming 7.
+    pub require_protocol_version: bool,
+    /// Put the expected string-to-sign in 401 bodies (never the secret); for debugging SDKs.
+    pub debug_signature_errors: bool,
+    /// TCP listen backlog; large enough that a connect storm does not overflow it.
+    pub listen_backlog: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 6001,
+            activity_timeout_secs: plexus_protocol::limits::ACTIVITY_TIMEOUT_SECS,
+            pong_timeout_secs: 30,
+            max_frame_bytes: 64 * 1024,
+            max_queued_bytes: 1024 * 1024,
+            write_timeout_secs: 10,
+            max_request_body_kb: 1024,
+            shutdown_grace_secs: 10,
+            require_protocol_version: false,
+            debug_signature_errors: false,
+            listen_backlog: 4096,
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid apps in {path}: {source}")]
+    Apps { path: String, source: AppSetError },
+    #[error("invalid setting {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::parse(&text, &shown)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
+        MemoryAppStore::new(config.apps.clone()).map_err(|source| ConfigError::Apps {
+            path: origin.into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let positive = [
+            (
+                "server.activity_timeout_secs",
+                s.activity_timeout_secs as usize,
+            ),
+            ("server.pong_timeout_secs", s.pong_timeout_secs as usize),
+            ("server.max_frame_bytes", s.max_frame_bytes),
+            ("server.max_queued_bytes", s.max_queued_bytes),
+            ("server.write_timeout_secs", s.write_timeout_secs as usize),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        for app in &self.apps {
+            if app.max_event_payload_kb == 0 {
+                return Err(ConfigError::Invalid {
+                    field: "apps.max_event_payload_kb",
+                    reason: format!("app {:?}: must be greater than 0", app.id),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[server]
+host = "127.0.0.1"
+port = 6001
+
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+enable_client_messages = true
+enable_user_authentication = true
+max_connections = 0                 # 0 = unlimited
+max_event_payload_kb = 10
+max_presence_members = 100
+max_client_events_per_second = 10
+
+[[apps.webhooks]]
+url = "http://127.0.0.1:7001/webhook"
+events = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss", "subscription_count"]
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let config = Config::parse(FULL, "example").unwrap();
+        assert_eq!(config.server.host, "127.0.0.1");
+        assert_eq!(config.apps.len(), 1);
+        assert!(config.apps[0].enable_client_messages);
+        assert_eq!(config.apps[0].webhooks[0].events.len(), 7);
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = error_of("[server]\nhots = \"x\"\n");
+        assert!(e.contains("hots"), "{e}");
+        let e = error_of("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\nmax_conections = 3\n");
+        assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn bad_types_missing_secrets_and_duplicates_are_refused() {
+        let e = error_of("[server]\nport = \"six\"\n");
+        assert!(e.contains("port"), "{e}");
+        let e = error_of("[[apps]]\nid=\"1\"\nkey=\"k\"\n");
+        assert!(e.contains("secret"), "{e}");
+        let e = error_of("[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps]]\nid=\"1\"\nkey=\"b\"\nsecret=\"s\"\n");
+        assert!(e.contains("duplicate app id"), "{e}");
+        let e = error_of("[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps]]\nid=\"2\"\nkey=\"a\"\nsecret=\"s\"\n");
+        assert!(e.contains("duplicate app key"), "{e}");
+        let e = error_of("[server]\nport = 1\nport = 2\n");
+        assert!(e.contains("port"), "{e}");
+        let e = error_of("[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps.webhooks]]\nurl=\"u\"\nevents=[\"nope\"]\n");
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused_with_the_field_name() {
+        let e = error_of("[server]\npong_timeout_secs = 0\n");
+        assert!(e.contains("server.pong_timeout_secs"), "{e}");
+    }
+}
