@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: Rust unit, property and loopback integration tests, then the
+# Node conformance suite (pusher-js and the pusher server SDK against a real `plexus serve`).
+# One release build serves both, so the binary is compiled once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace --release
+
+if ! command -v npm >/dev/null 2>&1; then
+  echo "npm is required for the conformance suite; installing Node.js from Debian" >&2
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+cd tests/conformance
+[ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund
+PLEXUS_BIN="$(pwd)/../../target/release/plexus" npm test
