@@ -160,6 +160,11 @@ impl Outbound {
         self.wake_writer.notify_one();
     }
 
+    /// Whether nothing is waiting to be written.
+    pub fn is_empty(&self) -> bool {
+        self.lock().frames.is_empty()
+    }
+
     pub fn is_closing(&self) -> bool {
         self.lock().closing.is_some()
     }
