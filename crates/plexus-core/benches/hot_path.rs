@@ -21,21 +21,15 @@ impl WebhookSink for NoWebhooks {
 
 fn codec_benches(c: &mut Criterion) {
     let subscribe = r#"{"event":"pusher:subscribe","data":{"channel":"presence-room","auth":"278d425bdf160c739803:31935e7d86dba64c2a90aed31fdc61869f9b22ba9d8863bba239c03ca481bc80","channel_data":"{\"user_id\":10,\"user_info\":{\"name\":\"Mr. Channels\"}}"}}"#;
-    let client_event =
-        r#"{"event":"client-typing","channel":"private-chat","data":{"on":true,"who":"ann"}}"#;
-    c.bench_function("decode subscribe", |b| {
-        b.iter(|| codec::decode_client_frame(black_box(subscribe)))
-    });
+    let client_event = r#"{"event":"client-typing","channel":"private-chat","data":{"on":true,"who":"ann"}}"#;
+    c.bench_function("decode subscribe", |b| b.iter(|| codec::decode_client_frame(black_box(subscribe))));
     c.bench_function("decode client event", |b| {
         b.iter(|| codec::decode_client_frame(black_box(client_event)))
     });
     let data = "x".repeat(100);
     c.bench_function("encode 100-byte event frame", |b| {
         b.iter(|| {
-            ServerEvent::new("tick")
-                .channel(black_box("room"))
-                .data(Data::Str(black_box(&data)))
-                .to_frame()
+            ServerEvent::new("tick").channel(black_box("room")).data(Data::Str(black_box(&data))).to_frame()
         })
     });
 }
@@ -54,24 +48,15 @@ fn signature_benches(c: &mut Criterion) {
         })
     });
     let body = br#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
-    let query =
-        signature::sign_api_query("k", "s", "POST", "/apps/3/events", body, 1_353_088_179, &[]);
+    let query = signature::sign_api_query("k", "s", "POST", "/apps/3/events", body, 1_353_088_179, &[]);
     let params: Vec<(String, String)> = query
         .split('&')
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .unwrap()
-        })
+        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).unwrap())
         .collect();
     c.bench_function("verify HTTP API request", |b| {
         b.iter(|| {
-            let request = signature::ApiRequest {
-                method: "POST",
-                path: "/apps/3/events",
-                params: &params,
-                body,
-            };
+            let request =
+                signature::ApiRequest { method: "POST", path: "/apps/3/events", params: &params, body };
             request.verify("k", "s", 1_353_088_179)
         })
     });
@@ -89,13 +74,8 @@ fn fanout_benches(c: &mut Criterion) {
                 conn
             })
             .collect();
-        let frame = ServerEvent::new("tick")
-            .channel("room")
-            .data(Data::Str(&"x".repeat(100)))
-            .to_frame();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let frame = ServerEvent::new("tick").channel("room").data(Data::Str(&"x".repeat(100))).to_frame();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         c.bench_function(&format!("publish to {subscribers} queues"), |b| {
             b.iter_batched(
                 || {
@@ -137,11 +117,5 @@ fn presence_benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(
-    benches,
-    codec_benches,
-    signature_benches,
-    fanout_benches,
-    presence_benches
-);
+criterion_group!(benches, codec_benches, signature_benches, fanout_benches, presence_benches);
 criterion_main!(benches);

@@ -120,21 +120,12 @@ impl fmt::Debug for App {
             .field("secret", &"<redacted>")
             .field("enabled", &self.enabled)
             .field("enable_client_messages", &self.enable_client_messages)
-            .field(
-                "enable_user_authentication",
-                &self.enable_user_authentication,
-            )
+            .field("enable_user_authentication", &self.enable_user_authentication)
             .field("max_connections", &self.max_connections)
             .field("max_event_payload_kb", &self.max_event_payload_kb)
             .field("max_presence_members", &self.max_presence_members)
-            .field(
-                "max_presence_member_size_kb",
-                &self.max_presence_member_size_kb,
-            )
-            .field(
-                "max_client_events_per_second",
-                &self.max_client_events_per_second,
-            )
+            .field("max_presence_member_size_kb", &self.max_presence_member_size_kb)
+            .field("max_client_events_per_second", &self.max_client_events_per_second)
             .field("max_channel_name_length", &self.max_channel_name_length)
             .field("webhooks", &self.webhooks)
             .finish()
@@ -174,10 +165,7 @@ impl MemoryAppStore {
         for app in apps {
             for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
                 if value.is_empty() {
-                    return Err(AppSetError::Empty {
-                        id: app.id.clone(),
-                        field,
-                    });
+                    return Err(AppSetError::Empty { id: app.id.clone(), field });
                 }
             }
             if store.by_id.contains_key(&app.id) {
@@ -218,16 +206,12 @@ mod tests {
     fn debug_output_hides_the_secret() {
         let app = App::new("1", "key", "very-secret-value");
         let printed = format!("{app:?}");
-        assert!(
-            printed.contains("key") && !printed.contains("very-secret-value"),
-            "{printed}"
-        );
+        assert!(printed.contains("key") && !printed.contains("very-secret-value"), "{printed}");
     }
 
     #[test]
     fn store_finds_by_key_and_id_and_refuses_duplicates() {
-        let store =
-            MemoryAppStore::new([App::new("1", "k1", "s1"), App::new("2", "k2", "s2")]).unwrap();
+        let store = MemoryAppStore::new([App::new("1", "k1", "s1"), App::new("2", "k2", "s2")]).unwrap();
         assert_eq!(store.by_key("k2").unwrap().id, "2");
         assert_eq!(store.by_id("1").unwrap().key, "k1");
         assert!(store.by_key("1").is_none());
@@ -242,10 +226,7 @@ mod tests {
         );
         assert!(matches!(
             MemoryAppStore::new([App::new("1", "a", "")]),
-            Err(AppSetError::Empty {
-                field: "secret",
-                ..
-            })
+            Err(AppSetError::Empty { field: "secret", .. })
         ));
     }
 }

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
+use metrics::{Counter, Gauge};
 use plexus_protocol::{codec, ChannelName, CloseCode, SocketId};
 
 use crate::app::{App, WebhookKind};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, Push};
 use crate::presence::Presence;
 use crate::webhook::{wanted, WebhookEvent, WebhookSink};
 
@@ -69,6 +70,37 @@ pub struct ChannelSummary {
     pub user_count: Option<usize>,
 }
 
+/// The numbers an operator watches, labelled with the app id. Handles are resolved once per app so
+/// the hot path pays one atomic add, not a registry lookup.
+struct HubMetrics {
+    connections: Gauge,
+    subscriptions: Gauge,
+    channels: Gauge,
+    events_published: Counter,
+    frames_delivered: Counter,
+    slow_consumer_closes: Counter,
+}
+
+impl HubMetrics {
+    fn new(app_id: &str) -> Self {
+        let app = app_id.to_owned();
+        HubMetrics {
+            connections: metrics::gauge!("plexus_connections", "app_id" => app.clone()),
+            subscriptions: metrics::gauge!("plexus_subscriptions", "app_id" => app.clone()),
+            channels: metrics::gauge!("plexus_channels_occupied", "app_id" => app.clone()),
+            events_published: metrics::counter!("plexus_events_published_total", "app_id" => app.clone()),
+            frames_delivered: metrics::counter!("plexus_messages_delivered_total", "app_id" => app.clone()),
+            slow_consumer_closes: metrics::counter!("plexus_slow_consumer_closes_total", "app_id" => app),
+        }
+    }
+}
+
+impl std::fmt::Debug for HubMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HubMetrics")
+    }
+}
+
 /// Channels and connections of one app.
 #[derive(Debug)]
 pub struct AppHub {
@@ -78,6 +110,7 @@ pub struct AppHub {
     connections: Mutex<HashMap<SocketId, Arc<Connection>>>,
     connection_count: AtomicUsize,
     webhooks: Arc<dyn WebhookSink>,
+    metrics: HubMetrics,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -109,6 +142,7 @@ impl AppHub {
             connections: Mutex::default(),
             connection_count: AtomicUsize::new(0),
             webhooks,
+            metrics: HubMetrics::new(app_id),
         }
     }
 
@@ -132,11 +166,7 @@ impl AppHub {
     }
 
     /// Registers a new connection with a fresh, unique socket id, unless the app is at its quota.
-    pub fn connect(
-        &self,
-        app: &App,
-        queue_max_bytes: usize,
-    ) -> Result<Arc<Connection>, ConnectError> {
+    pub fn connect(&self, app: &App, queue_max_bytes: usize) -> Result<Arc<Connection>, ConnectError> {
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         if app.max_connections > 0 && connections.len() as u64 >= app.max_connections {
             return Err(ConnectError::OverQuota(app.max_connections));
@@ -147,22 +177,20 @@ impl AppHub {
                 break candidate;
             }
         };
-        let connection = Arc::new(Connection {
-            socket_id,
-            outbound: Outbound::new(queue_max_bytes),
-        });
+        let connection = Arc::new(Connection { socket_id, outbound: Outbound::new(queue_max_bytes) });
         connections.insert(socket_id, connection.clone());
-        self.connection_count
-            .store(connections.len(), Ordering::Relaxed);
+        self.connection_count.store(connections.len(), Ordering::Relaxed);
+        self.metrics.connections.increment(1);
         Ok(connection)
     }
 
     /// Forgets a connection (its subscriptions must already be gone).
     pub fn disconnect(&self, socket_id: SocketId) {
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections.remove(&socket_id);
-        self.connection_count
-            .store(connections.len(), Ordering::Relaxed);
+        if connections.remove(&socket_id).is_some() {
+            self.metrics.connections.decrement(1);
+        }
+        self.connection_count.store(connections.len(), Ordering::Relaxed);
     }
 
     pub fn connection_count(&self) -> usize {
@@ -171,13 +199,8 @@ impl AppHub {
 
     /// Closes every connection of the app with `code` (after what is already queued to each).
     pub fn close_all(&self, code: CloseCode, message: &str) {
-        let connections: Vec<_> = self
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let connections: Vec<_> =
+            self.connections.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for connection in connections {
             connection.outbound.close(code, message);
         }
@@ -198,19 +221,19 @@ impl AppHub {
         let entry = shard.entry(channel.clone()).or_default();
         let first_subscriber = entry.subscribers.is_empty();
         let already = entry.subscribers.contains_key(&connection.socket_id);
+        if !already {
+            self.metrics.subscriptions.increment(1);
+        }
+        if first_subscriber {
+            self.metrics.channels.increment(1);
+        }
         let Some(member) = member else {
-            entry
-                .subscribers
-                .insert(connection.socket_id, connection.clone());
-            connection
-                .outbound
-                .push(codec::subscription_succeeded(channel.as_str()));
+            entry.subscribers.insert(connection.socket_id, connection.clone());
+            connection.outbound.push(codec::subscription_succeeded(channel.as_str()));
             if first_subscriber {
                 self.webhook(
                     app,
-                    || WebhookEvent::ChannelOccupied {
-                        channel: channel.to_string(),
-                    },
+                    || WebhookEvent::ChannelOccupied { channel: channel.to_string() },
                     WebhookKind::ChannelOccupied,
                 );
             }
@@ -225,19 +248,16 @@ impl AppHub {
             if first_subscriber {
                 shard.remove(channel);
             }
+            self.metrics.subscriptions.decrement(1);
+            if first_subscriber {
+                self.metrics.channels.decrement(1);
+            }
             return Err(JoinError::PresenceFull(app.max_presence_members));
         }
         let new_member = !already && presence.join(member.user_id, member.info);
         let snapshot = presence.snapshot_json();
-        entry
-            .subscribers
-            .insert(connection.socket_id, connection.clone());
-        connection
-            .outbound
-            .push(codec::presence_subscription_succeeded(
-                channel.as_str(),
-                &snapshot,
-            ));
+        entry.subscribers.insert(connection.socket_id, connection.clone());
+        connection.outbound.push(codec::presence_subscription_succeeded(channel.as_str(), &snapshot));
         if new_member {
             let added = codec::member_added(channel.as_str(), member.user_id, member.info);
             for (id, other) in &entry.subscribers {
@@ -249,9 +269,7 @@ impl AppHub {
         if first_subscriber {
             self.webhook(
                 app,
-                || WebhookEvent::ChannelOccupied {
-                    channel: channel.to_string(),
-                },
+                || WebhookEvent::ChannelOccupied { channel: channel.to_string() },
                 WebhookKind::ChannelOccupied,
             );
         }
@@ -281,6 +299,7 @@ impl AppHub {
         if entry.subscribers.remove(&socket_id).is_none() {
             return false;
         }
+        self.metrics.subscriptions.decrement(1);
         if let (Some(user_id), Some(presence)) = (user_id, entry.presence.as_mut()) {
             if presence.leave(user_id) {
                 let removed = codec::member_removed(channel.as_str(), user_id);
@@ -296,11 +315,10 @@ impl AppHub {
         }
         if entry.subscribers.is_empty() {
             shard.remove(channel.as_str());
+            self.metrics.channels.decrement(1);
             self.webhook(
                 app,
-                || WebhookEvent::ChannelVacated {
-                    channel: channel.to_string(),
-                },
+                || WebhookEvent::ChannelVacated { channel: channel.to_string() },
                 WebhookKind::ChannelVacated,
             );
         }
@@ -310,6 +328,7 @@ impl AppHub {
     /// Fans one encoded frame out to every subscriber of `channel` except `except`; returns how
     /// many queues received it. The frame's bytes are shared, never copied.
     pub fn publish(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        self.metrics.events_published.increment(1);
         let shard = read(self.shard(channel));
         let Some(entry) = shard.get(channel) else {
             return 0;
@@ -317,10 +336,13 @@ impl AppHub {
         let mut delivered = 0;
         for (id, connection) in &entry.subscribers {
             if Some(*id) != except {
-                connection.outbound.push(frame.clone());
+                if connection.outbound.push(frame.clone()) == Push::Overflowed {
+                    self.metrics.slow_consumer_closes.increment(1);
+                }
                 delivered += 1;
             }
         }
+        self.metrics.frames_delivered.increment(delivered as u64);
         delivered
     }
 
@@ -335,9 +357,7 @@ impl AppHub {
     /// Numbers for one channel; `None` when no one is subscribed.
     pub fn channel(&self, channel: &str) -> Option<ChannelSummary> {
         let shard = read(self.shard(channel));
-        shard
-            .get_key_value(channel)
-            .map(|(name, c)| Self::summary(name, c))
+        shard.get_key_value(channel).map(|(name, c)| Self::summary(name, c))
     }
 
     /// Every occupied channel whose name starts with `prefix`, sorted by name.
@@ -379,10 +399,7 @@ pub struct Hubs {
 
 impl Hubs {
     pub fn new(webhooks: Arc<dyn WebhookSink>) -> Self {
-        Hubs {
-            apps: RwLock::default(),
-            webhooks,
-        }
+        Hubs { apps: RwLock::default(), webhooks }
     }
 
     /// The hub of `app_id`, created if this is its first use.
@@ -403,9 +420,6 @@ impl Hubs {
 
     /// Live connections across all apps.
     pub fn connection_count(&self) -> usize {
-        read(&self.apps)
-            .values()
-            .map(|h| h.connection_count())
-            .sum()
+        read(&self.apps).values().map(|h| h.connection_count()).sum()
     }
 }

@@ -64,19 +64,13 @@ pub enum Drained {
 
 impl Outbound {
     pub fn new(max_bytes: usize) -> Self {
-        Outbound {
-            state: Mutex::new(State::default()),
-            wake_writer: Notify::new(),
-            max_bytes,
-        }
+        Outbound { state: Mutex::new(State::default()), wake_writer: Notify::new(), max_bytes }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent (each operation is a
         // single push, drain or flag), so a poisoned lock is still safe to use.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues a frame for the writer.
@@ -88,19 +82,9 @@ impl Outbound {
         if state.bytes + frame.len() > self.max_bytes && !state.frames.is_empty() {
             state.frames.clear();
             state.bytes = 0;
-            let message = format!(
-                "too slow: more than {} bytes waiting to be sent",
-                self.max_bytes
-            );
-            state.frames.push_back(codec::error(
-                Some(CloseCode::OverCapacity.code()),
-                &message,
-                None,
-            ));
-            state.closing = Some(Some(CloseReason {
-                code: CloseCode::OverCapacity.code(),
-                message,
-            }));
+            let message = format!("too slow: more than {} bytes waiting to be sent", self.max_bytes);
+            state.frames.push_back(codec::error(Some(CloseCode::OverCapacity.code()), &message, None));
+            state.closing = Some(Some(CloseReason { code: CloseCode::OverCapacity.code(), message }));
             drop(state);
             self.wake_writer.notify_one();
             return Push::Overflowed;
@@ -124,13 +108,8 @@ impl Outbound {
         if state.closing.is_some() {
             return;
         }
-        state
-            .frames
-            .push_back(codec::error(Some(code), message, None));
-        state.closing = Some(Some(CloseReason {
-            code,
-            message: message.to_owned(),
-        }));
+        state.frames.push_back(codec::error(Some(code), message, None));
+        state.closing = Some(Some(CloseReason { code, message: message.to_owned() }));
         drop(state);
         self.wake_writer.notify_one();
     }
@@ -242,13 +221,7 @@ mod tests {
         q.close(CloseCode::AppDisabled, "ignored");
         let mut out = Vec::new();
         let reason = q.drain_into(&mut out).await;
-        assert_eq!(
-            reason,
-            Drained::Close(CloseReason {
-                code: 4200,
-                message: "bye".into()
-            })
-        );
+        assert_eq!(reason, Drained::Close(CloseReason { code: 4200, message: "bye".into() }));
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].len(), 3);
     }

@@ -30,13 +30,7 @@ impl Presence {
                 false
             }
             None => {
-                self.members.insert(
-                    user_id.into(),
-                    Member {
-                        info: info.map(Into::into),
-                        sockets: 1,
-                    },
-                );
+                self.members.insert(user_id.into(), Member { info: info.map(Into::into), sockets: 1 });
                 true
             }
         }
@@ -88,10 +82,7 @@ impl Presence {
         }
         ids.push(']');
         hash.push('}');
-        format!(
-            "{{\"presence\":{{\"ids\":{ids},\"hash\":{hash},\"count\":{}}}}}",
-            self.members.len()
-        )
+        format!("{{\"presence\":{{\"ids\":{ids},\"hash\":{hash},\"count\":{}}}}}", self.members.len())
     }
 }
 
@@ -120,12 +111,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&p.snapshot_json()).unwrap();
         let presence = &v["presence"];
         assert_eq!(presence["count"], 2);
-        let mut ids: Vec<_> = presence["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_str().unwrap())
-            .collect();
+        let mut ids: Vec<_> =
+            presence["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
         ids.sort();
         assert_eq!(ids, ["1", "2"]);
         assert_eq!(presence["hash"]["1"]["n"], 1);
@@ -135,8 +122,7 @@ mod tests {
 
     #[test]
     fn empty_snapshot_is_well_formed() {
-        let v: serde_json::Value =
-            serde_json::from_str(&Presence::default().snapshot_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&Presence::default().snapshot_json()).unwrap();
         assert_eq!(v["presence"]["count"], 0);
         assert_eq!(v["presence"]["ids"].as_array().unwrap().len(), 0);
     }

@@ -9,9 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use plexus_protocol::codec::{
-    self, ClientFrame, Data, DecodeError, RawJson, ServerEvent, Subscribe,
-};
+use plexus_protocol::codec::{self, ClientFrame, Data, DecodeError, RawJson, ServerEvent, Subscribe};
 use plexus_protocol::limits::{MAX_EVENT_NAME_LEN, MAX_USER_ID_LEN};
 use plexus_protocol::{signature, ChannelError, ChannelKind, ChannelName, CloseCode, SocketId};
 use serde::Deserialize;
@@ -36,9 +34,7 @@ pub enum SubscribeError {
     MemberInfoTooLarge { size: usize, max: usize },
     #[error(transparent)]
     Join(#[from] JoinError),
-    #[error(
-        "a #server-to-user- channel can only be joined by a connection signed in as that user"
-    )]
+    #[error("a #server-to-user- channel can only be joined by a connection signed in as that user")]
     NotSignedInAsUser,
 }
 
@@ -48,9 +44,7 @@ impl SubscribeError {
     pub fn wire_type_and_status(&self) -> (&'static str, u16) {
         match self {
             SubscribeError::InvalidChannel(_) => ("InvalidChannel", 4009),
-            SubscribeError::InvalidSignature(_) | SubscribeError::NotSignedInAsUser => {
-                ("AuthError", 401)
-            }
+            SubscribeError::InvalidSignature(_) | SubscribeError::NotSignedInAsUser => ("AuthError", 401),
             SubscribeError::InvalidChannelData(_) => ("AuthError", 400),
             SubscribeError::MemberInfoTooLarge { .. } => ("LimitReached", 4009),
             SubscribeError::Join(JoinError::PresenceFull(_)) => ("LimitReached", 4100),
@@ -62,13 +56,13 @@ impl SubscribeError {
 /// which stays open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientEventError {
-    #[error("To send client events, you must enable this feature in the app's settings (enable_client_messages)")]
+    #[error(
+        "To send client events, you must enable this feature in the app's settings (enable_client_messages)"
+    )]
     Disabled,
     #[error("client event name is longer than {MAX_EVENT_NAME_LEN} characters")]
     NameTooLong,
-    #[error(
-        "client events are only allowed on private and presence channels (not public or encrypted)"
-    )]
+    #[error("client events are only allowed on private and presence channels (not public or encrypted)")]
     WrongChannelKind,
     #[error("client event rejected: not subscribed to channel")]
     NotSubscribed,
@@ -115,20 +109,14 @@ impl Session {
     ) -> Result<Session, ConnectError> {
         let connection = hub.connect(&app, queue_max_bytes)?;
         let socket_id_text = connection.socket_id.to_string();
-        connection.outbound.push(codec::connection_established(
-            &socket_id_text,
-            activity_timeout_secs,
-        ));
+        connection.outbound.push(codec::connection_established(&socket_id_text, activity_timeout_secs));
         Ok(Session {
             app,
             hub,
             connection,
             socket_id_text,
             subscriptions: HashMap::new(),
-            client_events: RateWindow {
-                started: now,
-                count: 0,
-            },
+            client_events: RateWindow { started: now, count: 0 },
         })
     }
 
@@ -154,9 +142,7 @@ impl Session {
 
     fn reply_decode_error(&self, error: &DecodeError) {
         tracing::debug!(socket_id = %self.socket_id_text, %error, "undecodable frame");
-        self.connection
-            .outbound
-            .push(codec::error(None, &error.to_string(), None));
+        self.connection.outbound.push(codec::error(None, &error.to_string(), None));
     }
 
     /// Handles one decoded client frame.
@@ -180,18 +166,10 @@ impl Session {
                     None,
                 ));
             }
-            ClientFrame::ClientEvent {
-                event,
-                channel,
-                data,
-            } => {
+            ClientFrame::ClientEvent { event, channel, data } => {
                 if let Err(error) = self.client_event(&event, &channel, data.as_ref(), now) {
                     let code = Some(CloseCode::ClientEventRejected.code());
-                    self.connection.outbound.push(codec::error(
-                        code,
-                        &error.to_string(),
-                        Some(&channel),
-                    ));
+                    self.connection.outbound.push(codec::error(code, &error.to_string(), Some(&channel)));
                 }
             }
         }
@@ -201,24 +179,15 @@ impl Session {
         let (kind, status) = error.wire_type_and_status();
         let message = error.to_string();
         tracing::debug!(socket_id = %self.socket_id_text, channel, %error, "subscription refused");
-        self.connection
-            .outbound
-            .push(codec::subscription_error(channel, kind, &message, status));
+        self.connection.outbound.push(codec::subscription_error(channel, kind, &message, status));
         // Pusher itself answers a bad signature with a bare pusher:error (code null); send it too
         // so clients written against Pusher see what they expect.
-        let code = if kind == "AuthError" {
-            None
-        } else {
-            Some(status)
-        };
-        self.connection
-            .outbound
-            .push(codec::error(code, &message, Some(channel)));
+        let code = if kind == "AuthError" { None } else { Some(status) };
+        self.connection.outbound.push(codec::error(code, &message, Some(channel)));
     }
 
     fn subscribe(&mut self, request: Subscribe) -> Result<(), SubscribeError> {
-        let channel =
-            ChannelName::parse_with_limit(&request.channel, self.app.max_channel_name_length)?;
+        let channel = ChannelName::parse_with_limit(&request.channel, self.app.max_channel_name_length)?;
         let auth = request.auth.as_deref().unwrap_or("");
         let member_user: Option<(String, Option<Box<RawValue>>)> = match channel.kind() {
             ChannelKind::Public => None,
@@ -228,9 +197,10 @@ impl Session {
                 None
             }
             ChannelKind::Presence => {
-                let data = request.channel_data.as_deref().ok_or_else(|| {
-                    SubscribeError::InvalidChannelData("missing channel_data".into())
-                })?;
+                let data = request
+                    .channel_data
+                    .as_deref()
+                    .ok_or_else(|| SubscribeError::InvalidChannelData("missing channel_data".into()))?;
                 self.check_signature(&channel, Some(data), auth)?;
                 Some(self.parse_member(data)?)
             }
@@ -244,18 +214,12 @@ impl Session {
                     )));
                 }
             }
-            let member = Member {
-                user_id,
-                info: info.as_deref().map(RawValue::get),
-            };
-            self.hub
-                .subscribe(&self.app, &self.connection, &channel, Some(member))?;
+            let member = Member { user_id, info: info.as_deref().map(RawValue::get) };
+            self.hub.subscribe(&self.app, &self.connection, &channel, Some(member))?;
         } else {
-            self.hub
-                .subscribe(&self.app, &self.connection, &channel, None)?;
+            self.hub.subscribe(&self.app, &self.connection, &channel, None)?;
         }
-        self.subscriptions
-            .insert(channel, member_user.map(|(id, _)| id.into_boxed_str()));
+        self.subscriptions.insert(channel, member_user.map(|(id, _)| id.into_boxed_str()));
         Ok(())
     }
 
@@ -265,8 +229,7 @@ impl Session {
         channel_data: Option<&str>,
         auth: &str,
     ) -> Result<(), SubscribeError> {
-        let sts =
-            signature::channel_string_to_sign(&self.socket_id_text, channel.as_str(), channel_data);
+        let sts = signature::channel_string_to_sign(&self.socket_id_text, channel.as_str(), channel_data);
         if signature::verify_auth_token(&self.app.key, &self.app.secret, &sts, auth) {
             Ok(())
         } else {
@@ -274,10 +237,7 @@ impl Session {
         }
     }
 
-    fn parse_member(
-        &self,
-        channel_data: &str,
-    ) -> Result<(String, Option<Box<RawValue>>), SubscribeError> {
+    fn parse_member(&self, channel_data: &str) -> Result<(String, Option<Box<RawValue>>), SubscribeError> {
         let data: ChannelData = serde_json::from_str(channel_data)
             .map_err(|e| SubscribeError::InvalidChannelData(e.to_string()))?;
         // Pusher's own example uses a numeric id; emit every id as a string.
@@ -306,12 +266,7 @@ impl Session {
 
     fn unsubscribe(&mut self, channel: &str) {
         if let Some((name, user_id)) = self.subscriptions.remove_entry(channel) {
-            self.hub.unsubscribe(
-                &self.app,
-                self.connection.socket_id,
-                &name,
-                user_id.as_deref(),
-            );
+            self.hub.unsubscribe(&self.app, self.connection.socket_id, &name, user_id.as_deref());
         }
     }
 
@@ -346,10 +301,7 @@ impl Session {
         let limit = self.app.max_client_events_per_second;
         if limit > 0 {
             if now.duration_since(self.client_events.started) >= Duration::from_secs(1) {
-                self.client_events = RateWindow {
-                    started: now,
-                    count: 0,
-                };
+                self.client_events = RateWindow { started: now, count: 0 };
             }
             if self.client_events.count >= limit {
                 return Err(ClientEventError::RateLimited(limit));
@@ -358,17 +310,11 @@ impl Session {
         }
 
         let user_id = user_id.as_deref();
-        let mut frame = ServerEvent::new(event)
-            .channel(name.as_str())
-            .user_id(user_id);
+        let mut frame = ServerEvent::new(event).channel(name.as_str()).user_id(user_id);
         if let Some(raw) = raw {
             frame = frame.data(Data::Raw(raw));
         }
-        self.hub.publish(
-            name.as_str(),
-            &frame.to_frame(),
-            Some(self.connection.socket_id),
-        );
+        self.hub.publish(name.as_str(), &frame.to_frame(), Some(self.connection.socket_id));
         if wanted(&self.app, WebhookKind::ClientEvent) {
             self.hub.submit_webhook(WebhookEvent::ClientEvent {
                 channel: name.to_string(),
@@ -393,12 +339,7 @@ fn webhook_data(raw: Option<&str>) -> String {
 impl Drop for Session {
     fn drop(&mut self) {
         for (channel, user_id) in self.subscriptions.drain() {
-            self.hub.unsubscribe(
-                &self.app,
-                self.connection.socket_id,
-                &channel,
-                user_id.as_deref(),
-            );
+            self.hub.unsubscribe(&self.app, self.connection.socket_id, &channel, user_id.as_deref());
         }
         self.hub.disconnect(self.connection.socket_id);
     }

@@ -11,27 +11,11 @@ use crate::app::{App, WebhookKind};
 /// One webhook event, as the Pusher SDKs parse it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookEvent {
-    ChannelOccupied {
-        channel: String,
-    },
-    ChannelVacated {
-        channel: String,
-    },
-    MemberAdded {
-        channel: String,
-        user_id: String,
-    },
-    MemberRemoved {
-        channel: String,
-        user_id: String,
-    },
-    ClientEvent {
-        channel: String,
-        event: String,
-        data: String,
-        socket_id: String,
-        user_id: Option<String>,
-    },
+    ChannelOccupied { channel: String },
+    ChannelVacated { channel: String },
+    MemberAdded { channel: String, user_id: String },
+    MemberRemoved { channel: String, user_id: String },
+    ClientEvent { channel: String, event: String, data: String, socket_id: String, user_id: Option<String> },
 }
 
 impl WebhookEvent {

@@ -75,12 +75,7 @@ async fn publishing_allocates_per_event_not_per_subscriber() {
         .collect();
     let mut drained = Vec::with_capacity(EVENTS + 8);
     let data = "x".repeat(100);
-    let encode = || {
-        ServerEvent::new("tick")
-            .channel("room")
-            .data(Data::Str(&data))
-            .to_frame()
-    };
+    let encode = || ServerEvent::new("tick").channel("room").data(Data::Str(&data)).to_frame();
 
     // Warm-up: queues grow to the size a burst of EVENTS needs, then are drained.
     for _ in 0..EVENTS {
@@ -93,12 +88,8 @@ async fn publishing_allocates_per_event_not_per_subscriber() {
     drained.clear();
 
     let frames: Vec<_> = (0..EVENTS).map(|_| encode()).collect();
-    let (delivered, fanout_allocations) = count(|| {
-        frames
-            .iter()
-            .map(|f| hub.publish("room", f, None))
-            .sum::<usize>()
-    });
+    let (delivered, fanout_allocations) =
+        count(|| frames.iter().map(|f| hub.publish("room", f, None)).sum::<usize>());
     assert_eq!(delivered, SUBSCRIBERS * EVENTS);
     // The first clone of a frame may turn its buffer into a shared one: at most one per event.
     assert!(
@@ -108,8 +99,5 @@ async fn publishing_allocates_per_event_not_per_subscriber() {
 
     // The frame buffer, plus the refcount header `Bytes` puts beside a buffer with spare capacity.
     let (_, encode_allocations) = count(encode);
-    assert!(
-        encode_allocations <= 2,
-        "encoding an event took {encode_allocations} allocations"
-    );
+    assert!(encode_allocations <= 2, "encoding an event took {encode_allocations} allocations");
 }

@@ -15,13 +15,32 @@ use serde::Deserialize;
 pub const DEV_APP: (&str, &str, &str) = ("app-id", "app-key", "app-secret");
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub apps: Vec<App>,
+}
+
+/// `[metrics]`: Prometheus text at `GET /metrics` on its own listener, so scraping needs no app
+/// credentials and can stay on a private interface.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub host: String,
+    /// 0 picks a free port (logged at start).
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true, host: "127.0.0.1".into(), port: 9601 }
+    }
 }
 
 /// `[server]`.
@@ -75,10 +94,7 @@ impl Default for ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid apps in {path}: {source}")]
@@ -91,23 +107,17 @@ impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         Config::parse(&text, &shown)
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.into(),
-            message: e.to_string(),
-        })?;
-        MemoryAppStore::new(config.apps.clone()).map_err(|source| ConfigError::Apps {
-            path: origin.into(),
-            source,
-        })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        MemoryAppStore::new(config.apps.clone())
+            .map_err(|source| ConfigError::Apps { path: origin.into(), source })?;
         config.validate()?;
         Ok(config)
     }
@@ -115,10 +125,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         let positive = [
-            (
-                "server.activity_timeout_secs",
-                s.activity_timeout_secs as usize,
-            ),
+            ("server.activity_timeout_secs", s.activity_timeout_secs as usize),
             ("server.pong_timeout_secs", s.pong_timeout_secs as usize),
             ("server.max_frame_bytes", s.max_frame_bytes),
             ("server.max_queued_bytes", s.max_queued_bytes),
@@ -126,10 +133,7 @@ impl Config {
         ];
         for (field, value) in positive {
             if value == 0 {
-                return Err(ConfigError::Invalid {
-                    field,
-                    reason: "must be greater than 0".into(),
-                });
+                return Err(ConfigError::Invalid { field, reason: "must be greater than 0".into() });
             }
         }
         for app in &self.apps {
@@ -196,13 +200,19 @@ events = ["channel_occupied", "channel_vacated", "member_added", "member_removed
         assert!(e.contains("port"), "{e}");
         let e = error_of("[[apps]]\nid=\"1\"\nkey=\"k\"\n");
         assert!(e.contains("secret"), "{e}");
-        let e = error_of("[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps]]\nid=\"1\"\nkey=\"b\"\nsecret=\"s\"\n");
+        let e = error_of(
+            "[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps]]\nid=\"1\"\nkey=\"b\"\nsecret=\"s\"\n",
+        );
         assert!(e.contains("duplicate app id"), "{e}");
-        let e = error_of("[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps]]\nid=\"2\"\nkey=\"a\"\nsecret=\"s\"\n");
+        let e = error_of(
+            "[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps]]\nid=\"2\"\nkey=\"a\"\nsecret=\"s\"\n",
+        );
         assert!(e.contains("duplicate app key"), "{e}");
         let e = error_of("[server]\nport = 1\nport = 2\n");
         assert!(e.contains("port"), "{e}");
-        let e = error_of("[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps.webhooks]]\nurl=\"u\"\nevents=[\"nope\"]\n");
+        let e = error_of(
+            "[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps.webhooks]]\nurl=\"u\"\nevents=[\"nope\"]\n",
+        );
         assert!(e.contains("nope"), "{e}");
     }
 

@@ -52,10 +52,7 @@ impl IntoResponse for ApiError {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A request that passed authentication: its app and decoded query parameters.
@@ -66,10 +63,7 @@ struct Authenticated {
 
 impl Authenticated {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -81,35 +75,20 @@ fn authenticate(
     uri: &Uri,
     body: &[u8],
 ) -> Result<Authenticated, ApiError> {
-    let app = state
-        .apps
-        .by_id(app_id)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown app id {app_id:?}")))?;
-    let params: Vec<(String, String)> = uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let request = ApiRequest {
-        method: method.as_str(),
-        path: uri.path(),
-        params: &params,
-        body,
-    };
-    request
-        .verify(&app.key, &app.secret, now_secs())
-        .map_err(|error| {
-            let message = match error {
-                ApiAuthError::InvalidSignature { string_to_sign }
-                    if state.config.debug_signature_errors =>
-                {
-                    format!(
-                        "Invalid signature: expected HMAC SHA256 hex digest of {string_to_sign:?}"
-                    )
-                }
-                other => other.to_string(),
-            };
-            ApiError::Unauthorized(message)
-        })?;
+    let app =
+        state.apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("unknown app id {app_id:?}")))?;
+    let params: Vec<(String, String)> =
+        uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let request = ApiRequest { method: method.as_str(), path: uri.path(), params: &params, body };
+    request.verify(&app.key, &app.secret, now_secs()).map_err(|error| {
+        let message = match error {
+            ApiAuthError::InvalidSignature { string_to_sign } if state.config.debug_signature_errors => {
+                format!("Invalid signature: expected HMAC SHA256 hex digest of {string_to_sign:?}")
+            }
+            other => other.to_string(),
+        };
+        ApiError::Unauthorized(message)
+    })?;
     if !app.enabled {
         return Err(ApiError::Forbidden("app is disabled".into()));
     }
@@ -125,20 +104,11 @@ struct InfoRequest {
 
 fn parse_info(info: Option<&str>) -> Result<InfoRequest, ApiError> {
     let mut request = InfoRequest::default();
-    for attribute in info
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-    {
+    for attribute in info.unwrap_or("").split(',').map(str::trim).filter(|a| !a.is_empty()) {
         match attribute {
             "user_count" => request.user_count = true,
             "subscription_count" => request.subscription_count = true,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unsupported info attribute {other:?}"
-                )))
-            }
+            other => return Err(ApiError::BadRequest(format!("unsupported info attribute {other:?}"))),
         }
     }
     Ok(request)
@@ -170,24 +140,15 @@ struct ValidEvent {
 }
 
 fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, ApiError> {
-    let name = request
-        .name
-        .ok_or_else(|| ApiError::BadRequest("missing event name".into()))?;
+    let name = request.name.ok_or_else(|| ApiError::BadRequest("missing event name".into()))?;
     if name.is_empty() || name.chars().count() > MAX_EVENT_NAME_LEN {
-        return Err(ApiError::BadRequest(format!(
-            "event name must be 1 to {MAX_EVENT_NAME_LEN} characters"
-        )));
+        return Err(ApiError::BadRequest(format!("event name must be 1 to {MAX_EVENT_NAME_LEN} characters")));
     }
     if name.starts_with("pusher:") || name.starts_with("pusher_internal:") {
-        return Err(ApiError::BadRequest(
-            "event names starting with pusher: are reserved".into(),
-        ));
+        return Err(ApiError::BadRequest("event names starting with pusher: are reserved".into()));
     }
     // SDKs send a string; anything else is serialised so clients still get string data.
-    let data = match request
-        .data
-        .ok_or_else(|| ApiError::BadRequest("missing data".into()))?
-    {
+    let data = match request.data.ok_or_else(|| ApiError::BadRequest("missing data".into()))? {
         Value::String(s) => s,
         other => other.to_string(),
     };
@@ -208,10 +169,7 @@ fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, ApiErr
             "an event must name 1 to {MAX_CHANNELS_PER_TRIGGER} channels"
         )));
     }
-    let channels = names
-        .iter()
-        .map(|n| parse_channel(app, n))
-        .collect::<Result<Vec<_>, _>>()?;
+    let channels = names.iter().map(|n| parse_channel(app, n)).collect::<Result<Vec<_>, _>>()?;
     if channels.len() > 1 && channels.iter().any(|c| c.kind() == ChannelKind::Encrypted) {
         return Err(ApiError::BadRequest(
             "an event for an encrypted channel must name only that channel".into(),
@@ -219,34 +177,21 @@ fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, ApiErr
     }
     let except = request
         .socket_id
-        .map(|s| {
-            s.parse::<SocketId>()
-                .map_err(|e| ApiError::BadRequest(e.to_string()))
-        })
+        .map(|s| s.parse::<SocketId>().map_err(|e| ApiError::BadRequest(e.to_string())))
         .transpose()?;
     let info = parse_info(request.info.as_deref())?;
     if info.user_count && channels.iter().any(|c| c.kind() != ChannelKind::Presence) {
-        return Err(ApiError::BadRequest(
-            "info=user_count is only available for presence channels".into(),
-        ));
+        return Err(ApiError::BadRequest("info=user_count is only available for presence channels".into()));
     }
-    Ok(ValidEvent {
-        name,
-        data,
-        channels,
-        except,
-        info,
-    })
+    Ok(ValidEvent { name, data, channels, except, info })
 }
 
 /// Publishes a validated event; returns the per-channel `info` object if one was asked for.
 fn publish(state: &ServerState, app: &App, event: &ValidEvent) -> Option<Map<String, Value>> {
     let hub = state.hubs.hub(&app.id);
     for channel in &event.channels {
-        let frame = ServerEvent::new(&event.name)
-            .channel(channel.as_str())
-            .data(Data::Str(&event.data))
-            .to_frame();
+        let frame =
+            ServerEvent::new(&event.name).channel(channel.as_str()).data(Data::Str(&event.data)).to_frame();
         hub.publish(channel.as_str(), &frame, event.except);
     }
     if !event.info.user_count && !event.info.subscription_count {
@@ -257,16 +202,11 @@ fn publish(state: &ServerState, app: &App, event: &ValidEvent) -> Option<Map<Str
         let summary = hub.channel(channel.as_str());
         let mut entry = Map::new();
         if event.info.user_count {
-            entry.insert(
-                "user_count".into(),
-                json!(summary.as_ref().and_then(|s| s.user_count).unwrap_or(0)),
-            );
+            entry
+                .insert("user_count".into(), json!(summary.as_ref().and_then(|s| s.user_count).unwrap_or(0)));
         }
         if event.info.subscription_count {
-            entry.insert(
-                "subscription_count".into(),
-                json!(summary.map_or(0, |s| s.subscription_count)),
-            );
+            entry.insert("subscription_count".into(), json!(summary.map_or(0, |s| s.subscription_count)));
         }
         channels.insert(channel.to_string(), Value::Object(entry));
     }
@@ -274,8 +214,7 @@ fn publish(state: &ServerState, app: &App, event: &ValidEvent) -> Option<Map<Str
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// `POST /apps/{app_id}/events`.
@@ -310,38 +249,29 @@ pub async fn trigger_batch(
     let auth = authenticate(&state, &app_id, &method, &uri, &body)?;
     let request: BatchRequest = parse_body(&body)?;
     if request.batch.len() > MAX_BATCH_EVENTS {
-        return Err(ApiError::BadRequest(format!(
-            "a batch may hold at most {MAX_BATCH_EVENTS} events"
-        )));
+        return Err(ApiError::BadRequest(format!("a batch may hold at most {MAX_BATCH_EVENTS} events")));
     }
     let mut events = Vec::with_capacity(request.batch.len());
     for (index, item) in request.batch.into_iter().enumerate() {
         if item.channels.is_some() {
-            return Err(ApiError::BadRequest(format!(
-                "batch[{index}]: use \"channel\", not \"channels\""
-            )));
+            return Err(ApiError::BadRequest(format!("batch[{index}]: use \"channel\", not \"channels\"")));
         }
         let event = validate_event(&auth.app, item).map_err(|e| match e {
             ApiError::BadRequest(m) => ApiError::BadRequest(format!("batch[{index}]: {m}")),
-            ApiError::PayloadTooLarge(m) => {
-                ApiError::PayloadTooLarge(format!("batch[{index}]: {m}"))
-            }
+            ApiError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(format!("batch[{index}]: {m}")),
             other => other,
         })?;
         events.push(event);
     }
-    let infos: Vec<Option<Map<String, Value>>> = events
-        .iter()
-        .map(|e| publish(&state, &auth.app, e))
-        .collect();
+    let infos: Vec<Option<Map<String, Value>>> =
+        events.iter().map(|e| publish(&state, &auth.app, e)).collect();
     if infos.iter().all(Option::is_none) {
         return Ok(Json(json!({})));
     }
     let batch: Vec<Value> = infos
         .into_iter()
         .map(|info| {
-            info.and_then(|channels| channels.into_iter().next().map(|(_, v)| v))
-                .unwrap_or_else(|| json!({}))
+            info.and_then(|channels| channels.into_iter().next().map(|(_, v)| v)).unwrap_or_else(|| json!({}))
         })
         .collect();
     Ok(Json(json!({ "batch": batch })))
@@ -358,9 +288,7 @@ pub async fn channels(
     let prefix = auth.param("filter_by_prefix").unwrap_or("");
     let info = parse_info(auth.param("info"))?;
     if info.user_count && !prefix.starts_with("presence-") {
-        return Err(ApiError::BadRequest(
-            "info=user_count requires filter_by_prefix=presence-".into(),
-        ));
+        return Err(ApiError::BadRequest("info=user_count requires filter_by_prefix=presence-".into()));
     }
     let mut channels = BTreeMap::new();
     for summary in state.hubs.hub(&auth.app.id).channels(prefix) {
@@ -369,10 +297,7 @@ pub async fn channels(
             entry.insert("user_count".into(), json!(summary.user_count.unwrap_or(0)));
         }
         if info.subscription_count {
-            entry.insert(
-                "subscription_count".into(),
-                json!(summary.subscription_count),
-            );
+            entry.insert("subscription_count".into(), json!(summary.subscription_count));
         }
         channels.insert(summary.name.to_string(), Value::Object(entry));
     }
@@ -390,24 +315,16 @@ pub async fn channel(
     let name = parse_channel(&auth.app, &channel)?;
     let info = parse_info(auth.param("info"))?;
     if info.user_count && name.kind() != ChannelKind::Presence {
-        return Err(ApiError::BadRequest(
-            "info=user_count is only available for presence channels".into(),
-        ));
+        return Err(ApiError::BadRequest("info=user_count is only available for presence channels".into()));
     }
     let summary = state.hubs.hub(&auth.app.id).channel(name.as_str());
     let mut body = Map::new();
     body.insert("occupied".into(), json!(summary.is_some()));
     if info.user_count {
-        body.insert(
-            "user_count".into(),
-            json!(summary.as_ref().and_then(|s| s.user_count).unwrap_or(0)),
-        );
+        body.insert("user_count".into(), json!(summary.as_ref().and_then(|s| s.user_count).unwrap_or(0)));
     }
     if info.subscription_count {
-        body.insert(
-            "subscription_count".into(),
-            json!(summary.map_or(0, |s| s.subscription_count)),
-        );
+        body.insert("subscription_count".into(), json!(summary.map_or(0, |s| s.subscription_count)));
     }
     Ok(Json(Value::Object(body)))
 }
@@ -422,9 +339,7 @@ pub async fn channel_users(
     let auth = authenticate(&state, &app_id, &method, &uri, b"")?;
     let name = parse_channel(&auth.app, &channel)?;
     if name.kind() != ChannelKind::Presence {
-        return Err(ApiError::BadRequest(
-            "users are only available for presence channels".into(),
-        ));
+        return Err(ApiError::BadRequest("users are only available for presence channels".into()));
     }
     let users: Vec<Value> = state
         .hubs

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod http_api;
+pub mod metrics;
 pub mod ws;
 
 use std::future::Future;
@@ -62,10 +63,7 @@ impl ServerState {
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         for hub in self.hubs.all() {
-            hub.close_all(
-                CloseCode::ReconnectImmediately,
-                "Server is shutting down; reconnect",
-            );
+            hub.close_all(CloseCode::ReconnectImmediately, "Server is shutting down; reconnect");
         }
     }
 }
@@ -79,38 +77,30 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/apps/{app_id}/batch_events", post(http_api::trigger_batch))
         .route("/apps/{app_id}/channels", get(http_api::channels))
         .route("/apps/{app_id}/channels/{channel}", get(http_api::channel))
-        .route(
-            "/apps/{app_id}/channels/{channel}/users",
-            get(http_api::channel_users),
-        )
+        .route("/apps/{app_id}/channels/{channel}/users", get(http_api::channel_users))
         .route("/", get(http_api::up))
         .route("/up", get(http_api::up))
         .route("/health", get(http_api::up))
         .route("/ready", get(http_api::ready))
         .fallback(http_api::not_found)
+        .layer(axum::middleware::from_fn(metrics::record_http))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
 /// Binds `host:port` with a listen backlog sized for connect storms.
 pub fn bind(config: &ServerConfig) -> std::io::Result<TcpListener> {
-    let addr: SocketAddr = format!("{}:{}", config.host, config.port)
-        .parse()
-        .or_else(|_| {
-            std::net::ToSocketAddrs::to_socket_addrs(&(config.host.as_str(), config.port))?
-                .next()
-                .ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("cannot resolve host {:?}", config.host),
-                    )
-                })
-        })?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().or_else(|_| {
+        std::net::ToSocketAddrs::to_socket_addrs(&(config.host.as_str(), config.port))?.next().ok_or_else(
+            || {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("cannot resolve host {:?}", config.host),
+                )
+            },
+        )
+    })?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(config.listen_backlog)
@@ -137,17 +127,13 @@ pub async fn serve(
             shutdown_state.begin_shutdown();
         })
         .await?;
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_grace_secs);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_grace_secs);
     while state.hubs.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = state.hubs.connection_count();
     if left > 0 {
-        tracing::warn!(
-            left,
-            "grace period over; exiting with clients still connected"
-        );
+        tracing::warn!(left, "grace period over; exiting with clients still connected");
     }
     Ok(())
 }

@@ -35,6 +35,9 @@ struct ServeArgs {
     /// Port to listen on; 0 picks a free one (overrides [server] port).
     #[arg(long, env = "PLEXUS_PORT")]
     port: Option<u16>,
+    /// Port of the Prometheus `/metrics` listener (overrides [metrics] port; 0 picks a free one).
+    #[arg(long, env = "PLEXUS_METRICS_PORT")]
+    metrics_port: Option<u16>,
     /// App id of the first app (or of the development app when none is configured).
     #[arg(long, env = "PLEXUS_APP_ID")]
     app_id: Option<String>,
@@ -70,11 +73,11 @@ fn main() -> std::process::ExitCode {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
-        None => Config {
-            server: Default::default(),
-            apps: Vec::new(),
-        },
+        None => Config::default(),
     };
+    if let Some(port) = args.metrics_port {
+        config.metrics.port = port;
+    }
     if let Some(host) = args.host {
         config.server.host = host;
     }
@@ -105,35 +108,41 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let apps = MemoryAppStore::new(config.apps.clone()).context("invalid apps")?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
-        let listener = plexus_server::bind(&config.server).with_context(|| {
-            format!(
-                "cannot listen on {}:{}",
-                config.server.host, config.server.port
-            )
-        })?;
+        let listener = plexus_server::bind(&config.server)
+            .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
         let addr = listener.local_addr()?;
         for app in &config.apps {
             tracing::info!(id = %app.id, key = %app.key, "serving app");
         }
-        // A stable line on stdout that scripts and tests wait for.
+        let shutdown = shutdown_signal().context("installing signal handlers")?;
+        if config.metrics.enabled {
+            let metrics_addr = plexus_server::metrics::start(&config.metrics).await.with_context(|| {
+                format!("cannot serve metrics on {}:{}", config.metrics.host, config.metrics.port)
+            })?;
+            println!("plexus metrics on {metrics_addr}");
+        }
+        // A stable line on stdout, printed last, that scripts and tests wait for.
         println!("plexus listening on {addr}");
         let state = ServerState::new(config.server.clone(), Arc::new(apps));
-        plexus_server::serve(listener, state, shutdown_signal()).await?;
+        plexus_server::serve(listener, state, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, so a signal that arrives as soon as we report
+/// readiness already means "shut down gracefully" rather than the default "die".
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

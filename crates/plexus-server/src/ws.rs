@@ -38,10 +38,7 @@ const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .body(Body::from(message))
-        .expect("static response is valid")
+    Response::builder().status(status).body(Body::from(message)).expect("static response is valid")
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -64,23 +61,13 @@ pub async fn upgrade(
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
     {
-        return plain(
-            StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket (Pusher protocol 7)",
-        );
+        return plain(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket (Pusher protocol 7)");
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
     }
     let Some(client_key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "Sec-WebSocket-Key header is missing",
-        );
+        return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key header is missing");
     };
     let mut sha = Sha1::new();
     sha.update(client_key.as_bytes());
@@ -132,10 +119,7 @@ fn refusal(
     query: Option<&str>,
 ) -> Result<Arc<plexus_core::App>, (CloseCode, String)> {
     if state.is_shutting_down() {
-        return Err((
-            CloseCode::ReconnectImmediately,
-            "Server is shutting down; reconnect".into(),
-        ));
+        return Err((CloseCode::ReconnectImmediately, "Server is shutting down; reconnect".into()));
     }
     let Some(app) = state.apps.by_key(key) else {
         return Err((
@@ -166,20 +150,14 @@ fn refusal(
             ))
         }
         Some(Err(_)) => {
-            return Err((
-                CloseCode::InvalidVersionFormat,
-                "Invalid protocol version format".into(),
-            ))
+            return Err((CloseCode::InvalidVersionFormat, "Invalid protocol version format".into()))
         }
     }
     Ok(app)
 }
 
 async fn refuse<W: AsyncWrite + Unpin>(mut write: W, code: CloseCode, message: &str) {
-    let frames = [
-        codec::error(Some(code.code()), message, None),
-        wsframe::close_frame(code.code(), message),
-    ];
+    let frames = [codec::error(Some(code.code()), message, None), wsframe::close_frame(code.code(), message)];
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         write_frames(&mut write, &frames).await?;
         write.shutdown().await
@@ -187,13 +165,8 @@ async fn refuse<W: AsyncWrite + Unpin>(mut write: W, code: CloseCode, message: &
     .await;
 }
 
-async fn run_connection<R, W>(
-    state: Arc<ServerState>,
-    read: R,
-    write: W,
-    key: &str,
-    query: Option<&str>,
-) where
+async fn run_connection<R, W>(state: Arc<ServerState>, read: R, write: W, key: &str, query: Option<&str>)
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -202,28 +175,24 @@ async fn run_connection<R, W>(
         Ok(app) => app,
         Err((code, message)) => {
             tracing::debug!(code = code.code(), %message, "connection refused");
+            metrics::counter!("plexus_connections_refused_total", "code" => code.code().to_string())
+                .increment(1);
             return refuse(write, code, &message).await;
         }
     };
     let hub = state.hubs.hub(&app.id);
-    let mut session = match Session::start(
-        app,
-        hub,
-        config.max_queued_bytes,
-        config.activity_timeout_secs,
-        Instant::now(),
-    ) {
-        Ok(session) => session,
-        Err(error) => {
-            return refuse(write, CloseCode::OverConnectionQuota, &error.to_string()).await
-        }
-    };
+    let mut session =
+        match Session::start(app, hub, config.max_queued_bytes, config.activity_timeout_secs, Instant::now())
+        {
+            Ok(session) => session,
+            Err(error) => return refuse(write, CloseCode::OverConnectionQuota, &error.to_string()).await,
+        };
     let connection = session.connection().clone();
     let write_timeout = Duration::from_secs(config.write_timeout_secs);
     let mut writer = tokio::spawn(write_loop(connection.clone(), write, write_timeout));
+    let frames_received = metrics::counter!("plexus_ws_frames_received_total");
 
-    let (mut ws_read, _) =
-        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    let (mut ws_read, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     ws_read.set_max_message_size(config.max_frame_bytes);
     let mut ws_read = FragmentCollectorRead::new(ws_read);
     let idle = Duration::from_secs(config.activity_timeout_secs);
@@ -234,14 +203,10 @@ async fn run_connection<R, W>(
     let mut obligated = |frame: Frame<'_>| {
         match frame.opcode {
             OpCode::Pong => {
-                connection
-                    .outbound
-                    .push(wsframe::frame(Opcode::Pong, &frame.payload));
+                connection.outbound.push(wsframe::frame(Opcode::Pong, &frame.payload));
             }
             OpCode::Close => {
-                connection
-                    .outbound
-                    .push(wsframe::frame(Opcode::Close, &frame.payload));
+                connection.outbound.push(wsframe::frame(Opcode::Close, &frame.payload));
                 connection.outbound.end();
             }
             _ => {}
@@ -266,14 +231,12 @@ async fn run_connection<R, W>(
                 awaiting_pong = true;
             }
             Err(_elapsed) => {
-                connection.outbound.close(
-                    CloseCode::PongNotReceived,
-                    "Pong reply not received in time",
-                );
+                connection.outbound.close(CloseCode::PongNotReceived, "Pong reply not received in time");
                 awaiting_pong = false;
             }
             Ok(Ok(frame)) => {
                 awaiting_pong = false;
+                frames_received.increment(1);
                 match frame.opcode {
                     OpCode::Text | OpCode::Binary => match std::str::from_utf8(&frame.payload) {
                         Ok(text) => session.handle_text(text, Instant::now()),
@@ -319,9 +282,7 @@ fn close_for_read_error(connection: &Connection, error: &WebSocketError) {
     let (code, message) = match error {
         WebSocketError::FrameTooLarge => (1009, "message too large"),
         WebSocketError::InvalidUTF8 => (1007, "text frame is not valid UTF-8"),
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed => {
+        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => {
             connection.outbound.abort();
             return;
         }
@@ -337,8 +298,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     write_timeout: Duration,
 ) {
     let mut batch: Vec<Bytes> = Vec::new();
+    let bytes_sent = metrics::counter!("plexus_ws_bytes_sent_total");
     loop {
         let drained = connection.outbound.drain_into(&mut batch).await;
+        bytes_sent.increment(batch.iter().map(|f| f.len() as u64).sum());
         let written = tokio::time::timeout(write_timeout, write_frames(&mut write, &batch)).await;
         batch.clear();
         if batch.capacity() > 256 {
@@ -353,8 +316,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Drained::Frames => {}
             Drained::Close(reason) => {
                 let close = wsframe::close_frame(reason.code, &reason.message);
-                let _ =
-                    tokio::time::timeout(write_timeout, write_frames(&mut write, &[close])).await;
+                let _ = tokio::time::timeout(write_timeout, write_frames(&mut write, &[close])).await;
                 let _ = tokio::time::timeout(write_timeout, write.shutdown()).await;
                 return;
             }
@@ -367,10 +329,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// Writes every frame with as few syscalls as the kernel allows (up to 64 frames per call).
-async fn write_frames<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    frames: &[Bytes],
-) -> std::io::Result<()> {
+async fn write_frames<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
     const MAX_SLICES: usize = 64;
     let (mut index, mut offset) = (0, 0);
     while index < frames.len() {

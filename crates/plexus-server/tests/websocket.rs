@@ -19,10 +19,7 @@ async fn first_frame_is_connection_established_with_sdk_shaped_socket_id() {
     let data = data_of(&first);
     let socket_id = data["socket_id"].as_str().unwrap();
     let (a, b) = socket_id.split_once('.').unwrap();
-    assert!(
-        a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit()),
-        "{socket_id}"
-    );
+    assert!(a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit()), "{socket_id}");
     assert_eq!(data["activity_timeout"], 120);
 }
 
@@ -34,10 +31,7 @@ async fn unknown_key_gets_error_4001_then_close_4001() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["event"], "pusher:error");
     assert_eq!(events[0]["data"]["code"], 4001);
-    assert!(events[0]["data"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("unknown-key"));
+    assert!(events[0]["data"]["message"].as_str().unwrap().contains("unknown-key"));
     assert_eq!(ended, Ended::Closed(4001));
 }
 
@@ -70,18 +64,12 @@ async fn disabled_app_quota_and_protocol_versions_are_refused_with_their_codes()
 
     // A missing protocol parameter is accepted unless strict mode is on.
     let mut lenient = server.connect_raw("/app/key-1").await;
-    assert_eq!(
-        lenient.recv().await["event"],
-        "pusher:connection_established"
-    );
+    assert_eq!(lenient.recv().await["event"], "pusher:connection_established");
 }
 
 #[tokio::test]
 async fn strict_mode_refuses_a_missing_protocol_with_4008() {
-    let config = ServerConfig {
-        require_protocol_version: true,
-        ..Default::default()
-    };
+    let config = ServerConfig { require_protocol_version: true, ..Default::default() };
     let server = TestServer::start_with(config, vec![app(1)]).await;
     let mut client = server.connect_raw("/app/key-1").await;
     let (_, ended) = client.until_closed().await;
@@ -92,19 +80,13 @@ async fn strict_mode_refuses_a_missing_protocol_with_4008() {
 async fn pusher_ping_is_answered_with_pong() {
     let server = TestServer::start(vec![app(1)]).await;
     let mut client = server.connect("key-1").await;
-    client
-        .send(json!({"event": "pusher:ping", "data": {}}))
-        .await;
+    client.send(json!({"event": "pusher:ping", "data": {}})).await;
     client.expect("pusher:pong").await;
 }
 
 #[tokio::test]
 async fn silent_client_is_pinged_then_closed_with_4201() {
-    let config = ServerConfig {
-        activity_timeout_secs: 1,
-        pong_timeout_secs: 1,
-        ..Default::default()
-    };
+    let config = ServerConfig { activity_timeout_secs: 1, pong_timeout_secs: 1, ..Default::default() };
     let server = TestServer::start_with(config, vec![app(1)]).await;
     let mut client = server.connect("key-1").await;
     client.expect("pusher:ping").await;
@@ -115,28 +97,17 @@ async fn silent_client_is_pinged_then_closed_with_4201() {
 
 #[tokio::test]
 async fn client_that_answers_pings_stays_connected() {
-    let config = ServerConfig {
-        activity_timeout_secs: 1,
-        pong_timeout_secs: 1,
-        ..Default::default()
-    };
+    let config = ServerConfig { activity_timeout_secs: 1, pong_timeout_secs: 1, ..Default::default() };
     let server = TestServer::start_with(config, vec![app(1)]).await;
     let mut client = server.connect("key-1").await;
     for _ in 0..3 {
         client.expect("pusher:ping").await;
-        client
-            .send(json!({"event": "pusher:pong", "data": {}}))
-            .await;
+        client.send(json!({"event": "pusher:pong", "data": {}})).await;
     }
-    client
-        .send(json!({"event": "pusher:ping", "data": {}}))
-        .await;
+    client.send(json!({"event": "pusher:ping", "data": {}})).await;
     // The next frames are our pong (and possibly another ping): the socket is still open.
     let next = client.recv().await;
-    assert!(
-        next["event"] == "pusher:pong" || next["event"] == "pusher:ping",
-        "{next}"
-    );
+    assert!(next["event"] == "pusher:pong" || next["event"] == "pusher:ping", "{next}");
 }
 
 #[tokio::test]
@@ -149,15 +120,10 @@ async fn public_subscription_receives_published_events_with_string_data() {
         ok,
         json!({"event": "pusher_internal:subscription_succeeded", "channel": "my-channel", "data": "{}"})
     );
-    let (status, body) = server
-        .trigger(&a, "my-channel", "greet", r#"{"hello":"world"}"#)
-        .await;
+    let (status, body) = server.trigger(&a, "my-channel", "greet", r#"{"hello":"world"}"#).await;
     assert_eq!((status, body), (200, json!({})));
     let event = client.recv().await;
-    assert_eq!(
-        event,
-        json!({"event": "greet", "channel": "my-channel", "data": r#"{"hello":"world"}"#})
-    );
+    assert_eq!(event, json!({"event": "greet", "channel": "my-channel", "data": r#"{"hello":"world"}"#}));
 }
 
 #[tokio::test]
@@ -170,11 +136,7 @@ async fn resubscribing_resends_success_without_duplicate_delivery() {
     server.trigger(&a, "dup", "once", "1").await;
     assert_eq!(client.recv().await["event"], "once");
     server.trigger(&a, "dup", "twice", "2").await;
-    assert_eq!(
-        client.recv().await["event"],
-        "twice",
-        "the first event arrived only once"
-    );
+    assert_eq!(client.recv().await["event"], "twice", "the first event arrived only once");
 }
 
 trait Resubscribe {
@@ -195,9 +157,7 @@ async fn unsubscribed_socket_receives_nothing_more() {
     let mut client = server.connect("key-1").await;
     client.subscribe("news").await;
     client.subscribe("marker").await;
-    client
-        .send(json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}}))
-        .await;
+    client.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}})).await;
     // The unsubscribe is processed before this ping, so the trigger below cannot race it.
     client.send(json!({"event": "pusher:ping"})).await;
     client.expect("pusher:pong").await;
@@ -226,17 +186,15 @@ async fn private_channel_needs_a_valid_signature_and_bad_ones_leave_the_socket_o
 
     // A signature for another socket or channel is no better.
     let stolen = plexus_protocol::signature::auth_token(&a.key, &a.secret, "1.1:private-bad");
-    client.send(json!({"event": "pusher:subscribe", "data": {"channel": "private-bad", "auth": stolen}})).await;
+    client
+        .send(json!({"event": "pusher:subscribe", "data": {"channel": "private-bad", "auth": stolen}}))
+        .await;
     client.expect("pusher:subscription_error").await;
     client.expect("pusher:error").await;
 
     server.trigger(&a, "private-bad", "secret", "x").await;
     server.trigger(&a, "private-ok", "marker", "x").await;
-    assert_eq!(
-        client.recv().await["event"],
-        "marker",
-        "nothing from the refused channel"
-    );
+    assert_eq!(client.recv().await["event"], "marker", "nothing from the refused channel");
 }
 
 #[tokio::test]
@@ -268,38 +226,19 @@ async fn presence_counts_users_not_sockets() {
     assert_eq!(data_of(&first)["presence"]["count"], 2);
     assert_eq!(data_of(&first)["presence"]["hash"]["42"]["name"], "Ann");
     let added = watcher.expect("pusher_internal:member_added").await;
-    assert_eq!(
-        data_of(&added),
-        json!({"user_id": "42", "user_info": {"name": "Ann"}})
-    );
+    assert_eq!(data_of(&added), json!({"user_id": "42", "user_info": {"name": "Ann"}}));
 
     let mut tab2 = server.connect("key-1").await;
     let second = tab2.subscribe_presence(&a, "presence-room", ann).await;
-    assert_eq!(
-        data_of(&second)["presence"]["count"],
-        2,
-        "a second tab is not a new member"
-    );
+    assert_eq!(data_of(&second)["presence"]["count"], 2, "a second tab is not a new member");
 
-    let (status, users) = server
-        .api(
-            &a,
-            "GET",
-            "/apps/app-1/channels/presence-room/users",
-            "",
-            &[],
-        )
-        .await;
+    let (status, users) = server.api(&a, "GET", "/apps/app-1/channels/presence-room/users", "", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(users, json!({"users": [{"id": "42"}, {"id": "7"}]}));
 
     tab1.close().await;
     server.trigger(&a, "presence-room", "marker", "1").await;
-    assert_eq!(
-        watcher.recv().await["event"],
-        "marker",
-        "no member_removed while a tab remains"
-    );
+    assert_eq!(watcher.recv().await["event"], "marker", "no member_removed while a tab remains");
     assert_eq!(tab2.recv().await["event"], "marker");
 
     tab2.close().await;
@@ -314,32 +253,25 @@ async fn presence_limits_members_info_size_and_requires_channel_data() {
     a.max_presence_member_size_kb = 1;
     let server = TestServer::start(vec![a.clone()]).await;
     let mut first = server.connect("key-1").await;
-    first
-        .subscribe_presence(&a, "presence-full", r#"{"user_id":"1"}"#)
-        .await;
+    first.subscribe_presence(&a, "presence-full", r#"{"user_id":"1"}"#).await;
 
     let mut second = server.connect("key-1").await;
-    let refused = second
-        .subscribe_presence(&a, "presence-full", r#"{"user_id":"2"}"#)
-        .await;
+    let refused = second.subscribe_presence(&a, "presence-full", r#"{"user_id":"2"}"#).await;
     assert_eq!(refused["event"], "pusher:subscription_error");
     assert_eq!(refused["data"]["type"], "LimitReached");
     second.expect("pusher:error").await;
     // The same user on another tab still fits.
-    let again = second
-        .subscribe_presence(&a, "presence-full", r#"{"user_id":"1"}"#)
-        .await;
+    let again = second.subscribe_presence(&a, "presence-full", r#"{"user_id":"1"}"#).await;
     assert_eq!(again["event"], "pusher_internal:subscription_succeeded");
 
-    let big = format!(
-        r#"{{"user_id":"3","user_info":{{"x":"{}"}}}}"#,
-        "a".repeat(1100)
-    );
+    let big = format!(r#"{{"user_id":"3","user_info":{{"x":"{}"}}}}"#, "a".repeat(1100));
     let refused = second.subscribe_presence(&a, "presence-other", &big).await;
     assert_eq!(refused["data"]["type"], "LimitReached");
     second.expect("pusher:error").await;
 
-    second.send(json!({"event": "pusher:subscribe", "data": {"channel": "presence-x", "auth": "key-1:00"}})).await;
+    second
+        .send(json!({"event": "pusher:subscribe", "data": {"channel": "presence-x", "auth": "key-1:00"}}))
+        .await;
     assert_eq!(second.recv().await["event"], "pusher:subscription_error");
 }
 
@@ -351,30 +283,19 @@ async fn client_events_reach_others_but_not_the_sender_and_carry_user_id_on_pres
     let mut bob = server.connect("key-1").await;
     alice.subscribe_private(&a, "private-chat").await;
     bob.subscribe_private(&a, "private-chat").await;
-    alice
-        .send(json!({"event": "client-typing", "channel": "private-chat", "data": {"on": true}}))
-        .await;
+    alice.send(json!({"event": "client-typing", "channel": "private-chat", "data": {"on": true}})).await;
     assert_eq!(
         bob.recv().await,
         json!({"event": "client-typing", "channel": "private-chat", "data": {"on": true}})
     );
     server.trigger(&a, "private-chat", "marker", "x").await;
-    assert_eq!(
-        alice.recv().await["event"],
-        "marker",
-        "the sender does not get its own event"
-    );
+    assert_eq!(alice.recv().await["event"], "marker", "the sender does not get its own event");
     assert_eq!(bob.recv().await["event"], "marker");
 
-    alice
-        .subscribe_presence(&a, "presence-chat", r#"{"user_id":"alice"}"#)
-        .await;
-    bob.subscribe_presence(&a, "presence-chat", r#"{"user_id":"bob"}"#)
-        .await;
+    alice.subscribe_presence(&a, "presence-chat", r#"{"user_id":"alice"}"#).await;
+    bob.subscribe_presence(&a, "presence-chat", r#"{"user_id":"bob"}"#).await;
     alice.expect("pusher_internal:member_added").await;
-    alice
-        .send(json!({"event": "client-wave", "channel": "presence-chat", "data": "hi"}))
-        .await;
+    alice.send(json!({"event": "client-wave", "channel": "presence-chat", "data": "hi"})).await;
     let wave = bob.recv().await;
     assert_eq!(
         wave,
@@ -409,17 +330,9 @@ async fn client_events_are_refused_where_the_rules_say_with_4301_and_the_socket_
 
     let mut disabled = server.connect("key-2").await;
     disabled.subscribe_private(&off, "private-a").await;
-    disabled
-        .send(json!({"event": "client-x", "channel": "private-a", "data": {}}))
-        .await;
+    disabled.send(json!({"event": "client-x", "channel": "private-a", "data": {}})).await;
     let error = disabled.expect("pusher:error").await;
-    assert!(
-        error["data"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("enable"),
-        "{error}"
-    );
+    assert!(error["data"]["message"].as_str().unwrap().contains("enable"), "{error}");
 
     client.send(json!({"event": "pusher:ping"})).await;
     client.expect("pusher:pong").await;
@@ -434,25 +347,16 @@ async fn eleventh_client_event_within_a_second_is_rejected_but_the_socket_stays(
     sender.subscribe_private(&a, "private-rate").await;
     receiver.subscribe_private(&a, "private-rate").await;
     for i in 0..11 {
-        sender
-            .send(json!({"event": "client-n", "channel": "private-rate", "data": {"i": i}}))
-            .await;
+        sender.send(json!({"event": "client-n", "channel": "private-rate", "data": {"i": i}})).await;
     }
     let error = sender.expect("pusher:error").await;
     assert_eq!(error["data"]["code"], 4301);
-    assert!(error["data"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("rate limit"));
+    assert!(error["data"]["message"].as_str().unwrap().contains("rate limit"));
     for i in 0..10 {
         assert_eq!(receiver.recv().await["data"]["i"], i);
     }
     server.trigger(&a, "private-rate", "marker", "x").await;
-    assert_eq!(
-        receiver.recv().await["event"],
-        "marker",
-        "exactly ten were relayed"
-    );
+    assert_eq!(receiver.recv().await["event"], "marker", "exactly ten were relayed");
     sender.send(json!({"event": "pusher:ping"})).await;
     assert_eq!(sender.recv().await["event"], "marker");
     sender.expect("pusher:pong").await;
@@ -480,28 +384,13 @@ async fn malformed_frames_get_errors_and_never_disturb_others() {
     // Unknown events are ignored silently.
     client.send(json!({"event": "whatever", "data": {}})).await;
     // Binary frames holding JSON are accepted like text.
-    client
-        .ws
-        .send(Message::binary(
-            br#"{"event":"pusher:ping","data":{}}"#.to_vec(),
-        ))
-        .await
-        .unwrap();
+    client.ws.send(Message::binary(br#"{"event":"pusher:ping","data":{}}"#.to_vec())).await.unwrap();
     client.expect("pusher:pong").await;
-    client
-        .ws
-        .send(Message::binary(vec![0xff, 0xfe]))
-        .await
-        .unwrap();
+    client.ws.send(Message::binary(vec![0xff, 0xfe])).await.unwrap();
     client.expect("pusher:error").await;
 
     // A message over the frame limit closes only that connection, with 1009.
-    client
-        .send_text(&format!(
-            r#"{{"event":"x","data":"{}"}}"#,
-            "a".repeat(70 * 1024)
-        ))
-        .await;
+    client.send_text(&format!(r#"{{"event":"x","data":"{}"}}"#, "a".repeat(70 * 1024))).await;
     let (_, ended) = client.until_closed().await;
     assert_eq!(ended, Ended::Closed(1009));
 
@@ -527,10 +416,7 @@ async fn shutdown_closes_clients_with_4200_and_serve_returns() {
 #[tokio::test]
 async fn slow_consumer_is_closed_with_4100_while_others_get_everything() {
     let a = app(1);
-    let config = ServerConfig {
-        max_queued_bytes: 256 * 1024,
-        ..Default::default()
-    };
+    let config = ServerConfig { max_queued_bytes: 256 * 1024, ..Default::default() };
     let server = TestServer::start_with(config, vec![a.clone()]).await;
 
     // A client whose receive window is tiny and who does not read.
@@ -539,13 +425,8 @@ async fn slow_consumer_is_closed_with_4100_while_others_get_everything() {
     let stream = socket.connect(server.addr).await.unwrap();
     let url = format!("ws://{}/app/key-1?protocol=7", server.addr);
     let (ws, _) =
-        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-            .await
-            .unwrap();
-    let mut slow = common::TestClient {
-        ws,
-        socket_id: String::new(),
-    };
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    let mut slow = common::TestClient { ws, socket_id: String::new() };
     slow.expect("pusher:connection_established").await;
     slow.subscribe("firehose").await;
 
@@ -566,20 +447,13 @@ async fn slow_consumer_is_closed_with_4100_while_others_get_everything() {
     // 7 MiB in all: more than the kernel's socket buffers (4 MiB send side) can hide.
     for _ in 0..80 {
         // Each request queues 90 KiB: well inside the bound for a reader that keeps up.
-        let batch: Vec<_> = (0..10)
-            .map(|_| json!({"channel": "firehose", "name": "big", "data": data}))
-            .collect();
+        let batch: Vec<_> =
+            (0..10).map(|_| json!({"channel": "firehose", "name": "big", "data": data})).collect();
         let body = json!({"batch": batch}).to_string();
-        let (status, _) = server
-            .api(&a, "POST", "/apps/app-1/batch_events", &body, &[])
-            .await;
+        let (status, _) = server.api(&a, "POST", "/apps/app-1/batch_events", &body, &[]).await;
         assert_eq!(status, 200);
     }
-    assert_eq!(
-        reader.await.unwrap(),
-        800,
-        "the fast client got every event"
-    );
+    assert_eq!(reader.await.unwrap(), 800, "the fast client got every event");
     let (events, ended) = slow.until_closed().await;
     assert!(events.len() < 800, "the slow client was cut off");
     assert_eq!(events.last().unwrap()["data"]["code"], 4100);

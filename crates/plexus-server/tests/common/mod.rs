@@ -23,11 +23,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const WAIT: Duration = Duration::from_secs(5);
 
 pub fn app(n: u32) -> App {
-    let mut app = App::new(
-        format!("app-{n}"),
-        format!("key-{n}"),
-        format!("secret-{n}"),
-    );
+    let mut app = App::new(format!("app-{n}"), format!("key-{n}"), format!("secret-{n}"));
     app.enable_client_messages = true;
     app
 }
@@ -54,12 +50,7 @@ impl TestServer {
         let task = tokio::spawn(plexus_server::serve(listener, state.clone(), async move {
             let _ = rx.await;
         }));
-        TestServer {
-            addr,
-            state,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
+        TestServer { addr, state, shutdown: Some(tx), task: Some(task) }
     }
 
     /// Signals shutdown and waits for `serve` to return.
@@ -68,25 +59,18 @@ impl TestServer {
             let _ = tx.send(());
         }
         match self.task.take() {
-            Some(task) => tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("server stops")
-                .unwrap(),
+            Some(task) => {
+                tokio::time::timeout(Duration::from_secs(15), task).await.expect("server stops").unwrap()
+            }
             None => Ok(()),
         }
     }
 
     pub async fn connect(&self, key: &str) -> TestClient {
-        let mut client = self
-            .connect_raw(&format!("/app/{key}?protocol=7&client=test&version=1.0"))
-            .await;
+        let mut client = self.connect_raw(&format!("/app/{key}?protocol=7&client=test&version=1.0")).await;
         let established = client.recv().await;
-        assert_eq!(
-            established["event"], "pusher:connection_established",
-            "{established}"
-        );
-        let data: Value =
-            serde_json::from_str(established["data"].as_str().expect("string data")).unwrap();
+        assert_eq!(established["event"], "pusher:connection_established", "{established}");
+        let data: Value = serde_json::from_str(established["data"].as_str().expect("string data")).unwrap();
         client.socket_id = data["socket_id"].as_str().unwrap().to_owned();
         client
     }
@@ -97,10 +81,7 @@ impl TestServer {
             .await
             .expect("connect in time")
             .expect("connect");
-        TestClient {
-            ws,
-            socket_id: String::new(),
-        }
+        TestClient { ws, socket_id: String::new() }
     }
 
     /// A signed API request; returns status and JSON body.
@@ -112,10 +93,7 @@ impl TestServer {
         body: &str,
         extra: &[(&str, &str)],
     ) -> (u16, Value) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         self.api_at(app, method, path, body, extra, now).await
     }
 
@@ -128,15 +106,8 @@ impl TestServer {
         extra: &[(&str, &str)],
         timestamp: u64,
     ) -> (u16, Value) {
-        let query = signature::sign_api_query(
-            &app.key,
-            &app.secret,
-            method,
-            path,
-            body.as_bytes(),
-            timestamp,
-            extra,
-        );
+        let query =
+            signature::sign_api_query(&app.key, &app.secret, method, path, body.as_bytes(), timestamp, extra);
         let (status, text) = self.http(method, &format!("{path}?{query}"), body).await;
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
@@ -144,8 +115,7 @@ impl TestServer {
 
     pub async fn trigger(&self, app: &App, channel: &str, event: &str, data: &str) -> (u16, Value) {
         let body = json!({"name": event, "channels": [channel], "data": data}).to_string();
-        self.api(app, "POST", &format!("/apps/{}/events", app.id), &body, &[])
-            .await
+        self.api(app, "POST", &format!("/apps/{}/events", app.id), &body, &[]).await
     }
 
     /// One HTTP/1.1 request with `Connection: close`; returns status and body text.
@@ -163,15 +133,8 @@ impl TestServer {
             .expect("response in time")
             .unwrap();
         let text = String::from_utf8_lossy(&response);
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status line");
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
         (status, body)
     }
 }
@@ -199,10 +162,7 @@ pub enum Ended {
 
 impl TestClient {
     pub async fn send(&mut self, value: Value) {
-        self.ws
-            .send(Message::text(value.to_string()))
-            .await
-            .unwrap();
+        self.ws.send(Message::text(value.to_string())).await.unwrap();
     }
 
     pub async fn send_text(&mut self, text: &str) {
@@ -218,9 +178,7 @@ impl TestClient {
                 .expect("the connection is open")
                 .expect("a valid frame");
             match message {
-                Message::Text(text) => {
-                    return serde_json::from_str(&text).expect("server sends JSON")
-                }
+                Message::Text(text) => return serde_json::from_str(&text).expect("server sends JSON"),
                 Message::Close(frame) => {
                     panic!("connection closed while waiting for an event: {frame:?}")
                 }
@@ -256,25 +214,18 @@ impl TestClient {
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
-        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": ""}}))
-            .await;
+        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": ""}})).await;
         self.recv().await
     }
 
     pub async fn subscribe_private(&mut self, app: &App, channel: &str) -> Value {
         let sts = signature::channel_string_to_sign(&self.socket_id, channel, None);
         let auth = signature::auth_token(&app.key, &app.secret, &sts);
-        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}}))
-            .await;
+        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}})).await;
         self.recv().await
     }
 
-    pub async fn subscribe_presence(
-        &mut self,
-        app: &App,
-        channel: &str,
-        channel_data: &str,
-    ) -> Value {
+    pub async fn subscribe_presence(&mut self, app: &App, channel: &str, channel_data: &str) -> Value {
         let sts = signature::channel_string_to_sign(&self.socket_id, channel, Some(channel_data));
         let auth = signature::auth_token(&app.key, &app.secret, &sts);
         self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": channel_data}})).await;
@@ -290,10 +241,7 @@ impl TestClient {
             }))
             .await;
         // Wait for the server's close echo so the server has processed the disconnect.
-        let _ = tokio::time::timeout(WAIT, async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+        let _ = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
     }
 }
 

@@ -1,0 +1,87 @@
+//! Prometheus metrics: the recorder, the `/metrics` listener and HTTP API timings.
+//!
+//! Counters and gauges are recorded where the work happens through the `metrics` facade (the hub
+//! in `plexus-core` keeps per-app handles; the WebSocket endpoint counts frames and bytes). This
+//! module installs the Prometheus recorder once per process and serves its text on a separate
+//! listener. Without a recorder (tests that embed the server) every metric is a no-op.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::MetricsConfig;
+
+/// Latency buckets (seconds) for the HTTP API: sub-millisecond publishes up to slow queries.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// Installs the global recorder and serves `GET /metrics` on `config.host:config.port`.
+/// Returns the bound address.
+pub async fn start(config: &MetricsConfig) -> anyhow::Result<SocketAddr> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+    let addr = listener.local_addr()?;
+    let router = Router::new().route("/metrics", get(move || render(handle.clone())));
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "metrics listener stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn render(handle: PrometheusHandle) -> String {
+    handle.run_upkeep();
+    handle.render()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("plexus_connections", "Open WebSocket connections");
+    describe_gauge!("plexus_subscriptions", "Channel subscriptions held by open connections");
+    describe_gauge!("plexus_channels_occupied", "Channels with at least one subscriber");
+    describe_counter!(
+        "plexus_events_published_total",
+        "Events fanned out (HTTP API and client events), per channel"
+    );
+    describe_counter!("plexus_messages_delivered_total", "Event frames queued to subscribers");
+    describe_counter!(
+        "plexus_slow_consumer_closes_total",
+        "Connections closed with 4100 because their queue overflowed"
+    );
+    describe_counter!("plexus_ws_frames_received_total", "WebSocket messages received from clients");
+    describe_counter!("plexus_ws_bytes_sent_total", Unit::Bytes, "Bytes written to WebSocket clients");
+    describe_counter!(
+        "plexus_connections_refused_total",
+        "Connections refused at the handshake, by close code"
+    );
+    describe_histogram!(
+        "plexus_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP API request latency by route and status"
+    );
+}
+
+/// Middleware: times every HTTP request under its route pattern (never the raw path, which would
+/// make one series per channel name).
+pub async fn record_http(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let route = route.unwrap_or_else(|| "unmatched".to_owned());
+    if route != "/app/{key}" {
+        let status = response.status().as_u16().to_string();
+        metrics::histogram!("plexus_http_request_duration_seconds", "route" => route, "status" => status)
+            .record(started.elapsed().as_secs_f64());
+    }
+    response
+}
