@@ -83,22 +83,14 @@ impl ChannelName {
     /// `private-encrypted-cache-`).
     pub fn is_cache(&self) -> bool {
         let n = self.as_str();
-        [
-            "cache-",
-            "private-cache-",
-            "presence-cache-",
-            "private-encrypted-cache-",
-        ]
-        .iter()
-        .any(|p| n.starts_with(p))
+        ["cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-"]
+            .iter()
+            .any(|p| n.starts_with(p))
     }
 
     /// Whether subscribing needs a signature from the app's auth endpoint.
     pub fn requires_auth(&self) -> bool {
-        matches!(
-            self.kind(),
-            ChannelKind::Private | ChannelKind::Presence | ChannelKind::Encrypted
-        )
+        matches!(self.kind(), ChannelKind::Private | ChannelKind::Presence | ChannelKind::Encrypted)
     }
 
     /// Client events are allowed on private and presence channels only (never encrypted).
@@ -175,20 +167,10 @@ mod tests {
 
     #[test]
     fn cache_flag_covers_all_four_cache_prefixes() {
-        for name in [
-            "cache-a",
-            "private-cache-a",
-            "presence-cache-a",
-            "private-encrypted-cache-a",
-        ] {
+        for name in ["cache-a", "private-cache-a", "presence-cache-a", "private-encrypted-cache-a"] {
             assert!(ChannelName::parse(name).unwrap().is_cache(), "{name}");
         }
-        for name in [
-            "a-cache-b",
-            "private-a",
-            "presence-a",
-            "private-encrypted-a",
-        ] {
+        for name in ["a-cache-b", "private-a", "presence-a", "private-encrypted-a"] {
             assert!(!ChannelName::parse(name).unwrap().is_cache(), "{name}");
         }
     }
@@ -203,31 +185,16 @@ mod tests {
     #[test]
     fn rejects_empty_long_and_foreign_characters() {
         assert_eq!(ChannelName::parse(""), Err(ChannelError::Empty));
-        assert_eq!(
-            ChannelName::parse("#server-to-user-"),
-            Err(ChannelError::Empty)
-        );
+        assert_eq!(ChannelName::parse("#server-to-user-"), Err(ChannelError::Empty));
         assert!(matches!(
             ChannelName::parse(&"a".repeat(201)),
             Err(ChannelError::TooLong { len: 201, max: 200 })
         ));
         assert!(ChannelName::parse(&"a".repeat(200)).is_ok());
-        assert_eq!(
-            ChannelName::parse("a b"),
-            Err(ChannelError::InvalidCharacter(' '))
-        );
-        assert_eq!(
-            ChannelName::parse("a:b"),
-            Err(ChannelError::InvalidCharacter(':'))
-        );
-        assert_eq!(
-            ChannelName::parse("#other"),
-            Err(ChannelError::InvalidCharacter('#'))
-        );
-        assert_eq!(
-            ChannelName::parse("a#b"),
-            Err(ChannelError::InvalidCharacter('#'))
-        );
+        assert_eq!(ChannelName::parse("a b"), Err(ChannelError::InvalidCharacter(' ')));
+        assert_eq!(ChannelName::parse("a:b"), Err(ChannelError::InvalidCharacter(':')));
+        assert_eq!(ChannelName::parse("#other"), Err(ChannelError::InvalidCharacter('#')));
+        assert_eq!(ChannelName::parse("a#b"), Err(ChannelError::InvalidCharacter('#')));
         assert!(ChannelName::parse("A-z_0=9@,.;").is_ok());
     }
 

@@ -77,14 +77,8 @@ mod tests {
         assert_eq!(CloseCode::AppNotFound.reconnect(), Reconnect::Never);
         assert_eq!(CloseCode::Unauthorized.reconnect(), Reconnect::Never);
         assert_eq!(CloseCode::OverCapacity.reconnect(), Reconnect::AfterBackoff);
-        assert_eq!(
-            CloseCode::ReconnectImmediately.reconnect(),
-            Reconnect::Immediately
-        );
-        assert_eq!(
-            CloseCode::PongNotReceived.reconnect(),
-            Reconnect::Immediately
-        );
+        assert_eq!(CloseCode::ReconnectImmediately.reconnect(), Reconnect::Immediately);
+        assert_eq!(CloseCode::PongNotReceived.reconnect(), Reconnect::Immediately);
     }
 
     #[test]

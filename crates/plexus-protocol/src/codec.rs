@@ -138,24 +138,17 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
         }
         "pusher:signin" => {
             let d: SigninData = protocol_data("pusher:signin", data)?;
-            ClientFrame::Signin {
-                auth: d.auth,
-                user_data: d.user_data,
-            }
+            ClientFrame::Signin { auth: d.auth, user_data: d.user_data }
         }
         name if name.starts_with("client-") => {
-            let channel = envelope
-                .channel
-                .ok_or_else(|| DecodeError::MissingChannel(name.to_owned()))?;
+            let channel = envelope.channel.ok_or_else(|| DecodeError::MissingChannel(name.to_owned()))?;
             ClientFrame::ClientEvent {
                 event: event.into_owned(),
                 channel: channel.into_owned(),
                 data: envelope.data.map(RawJson),
             }
         }
-        _ => ClientFrame::Unknown {
-            event: event.into_owned(),
-        },
+        _ => ClientFrame::Unknown { event: event.into_owned() },
     })
 }
 
@@ -182,11 +175,7 @@ impl ClientFrame {
             ClientFrame::Signin { auth, user_data } => {
                 json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})
             }
-            ClientFrame::ClientEvent {
-                event,
-                channel,
-                data,
-            } => {
+            ClientFrame::ClientEvent { event, channel, data } => {
                 let mut v = json!({"event": event, "channel": channel});
                 if let Some(d) = data {
                     v["data"] = serde_json::from_str(d.get()).unwrap_or(serde_json::Value::Null);
@@ -226,12 +215,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 
 impl<'a> ServerEvent<'a> {
     pub fn new(event: &'a str) -> Self {
-        ServerEvent {
-            event,
-            channel: None,
-            data: Data::Absent,
-            user_id: None,
-        }
+        ServerEvent { event, channel: None, data: Data::Absent, user_id: None }
     }
 
     pub fn channel(mut self, channel: &'a str) -> Self {
@@ -303,13 +287,9 @@ impl<'a> ServerEvent<'a> {
 
 /// `pusher:connection_established`, with its data double-encoded as every client expects.
 pub fn connection_established(socket_id: &str, activity_timeout_secs: u64) -> Bytes {
-    let inner = format!(
-        "{{\"socket_id\":{},\"activity_timeout\":{activity_timeout_secs}}}",
-        json_str(socket_id)
-    );
-    ServerEvent::new("pusher:connection_established")
-        .data(Data::Str(&inner))
-        .to_frame()
+    let inner =
+        format!("{{\"socket_id\":{},\"activity_timeout\":{activity_timeout_secs}}}", json_str(socket_id));
+    ServerEvent::new("pusher:connection_established").data(Data::Str(&inner)).to_frame()
 }
 
 /// `pusher:error` with an object `data` (`code` may be null, as Pusher sends for non-fatal errors).
@@ -324,27 +304,16 @@ pub fn error(code: Option<u16>, message: &str, channel: Option<&str>) -> Bytes {
 /// `pusher:subscription_error` on a channel, which pusher-js and Laravel Echo surface on the
 /// channel object (`type` is `AuthError`, `LimitReached` or `InvalidChannel`).
 pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> Bytes {
-    let data = format!(
-        "{{\"type\":{},\"error\":{},\"status\":{status}}}",
-        json_str(kind),
-        json_str(message)
-    );
-    ServerEvent::new("pusher:subscription_error")
-        .channel(channel)
-        .data(Data::Raw(&data))
-        .to_frame()
+    let data = format!("{{\"type\":{},\"error\":{},\"status\":{status}}}", json_str(kind), json_str(message));
+    ServerEvent::new("pusher:subscription_error").channel(channel).data(Data::Raw(&data)).to_frame()
 }
 
 pub fn pong() -> Bytes {
-    ServerEvent::new("pusher:pong")
-        .data(Data::Str("{}"))
-        .to_frame()
+    ServerEvent::new("pusher:pong").data(Data::Str("{}")).to_frame()
 }
 
 pub fn ping() -> Bytes {
-    ServerEvent::new("pusher:ping")
-        .data(Data::Str("{}"))
-        .to_frame()
+    ServerEvent::new("pusher:ping").data(Data::Str("{}")).to_frame()
 }
 
 /// `pusher_internal:subscription_succeeded` for a non-presence channel.
@@ -370,18 +339,12 @@ pub fn member_added(channel: &str, user_id: &str, user_info_json: Option<&str>) 
         Some(info) => format!("{{\"user_id\":{},\"user_info\":{info}}}", json_str(user_id)),
         None => format!("{{\"user_id\":{}}}", json_str(user_id)),
     };
-    ServerEvent::new("pusher_internal:member_added")
-        .channel(channel)
-        .data(Data::Str(&inner))
-        .to_frame()
+    ServerEvent::new("pusher_internal:member_added").channel(channel).data(Data::Str(&inner)).to_frame()
 }
 
 pub fn member_removed(channel: &str, user_id: &str) -> Bytes {
     let inner = format!("{{\"user_id\":{}}}", json_str(user_id));
-    ServerEvent::new("pusher_internal:member_removed")
-        .channel(channel)
-        .data(Data::Str(&inner))
-        .to_frame()
+    ServerEvent::new("pusher_internal:member_removed").channel(channel).data(Data::Str(&inner)).to_frame()
 }
 
 /// `s` as a JSON string literal.
@@ -436,11 +399,7 @@ mod tests {
     #[test]
     fn member_events_are_double_encoded() {
         assert_eq!(
-            text(&member_added(
-                "presence-room",
-                "42",
-                Some(r#"{"name":"Ann"}"#)
-            )),
+            text(&member_added("presence-room", "42", Some(r#"{"name":"Ann"}"#))),
             r#"{"event":"pusher_internal:member_added","channel":"presence-room","data":"{\"user_id\":\"42\",\"user_info\":{\"name\":\"Ann\"}}"}"#
         );
         assert_eq!(
@@ -490,15 +449,8 @@ mod tests {
         )
         .unwrap();
         match f {
-            ClientFrame::ClientEvent {
-                event,
-                channel,
-                data,
-            } => {
-                assert_eq!(
-                    (event.as_str(), channel.as_str()),
-                    ("client-x", "private-a")
-                );
+            ClientFrame::ClientEvent { event, channel, data } => {
+                assert_eq!((event.as_str(), channel.as_str()), ("client-x", "private-a"));
                 assert_eq!(data.unwrap().get(), r#"{"b": [1, 2]}"#);
             }
             other => panic!("unexpected {other:?}"),
@@ -507,24 +459,12 @@ mod tests {
 
     #[test]
     fn errors_are_reported_not_panicked() {
-        assert!(matches!(
-            decode_client_frame("not json"),
-            Err(DecodeError::InvalidJson(_))
-        ));
-        assert!(matches!(
-            decode_client_frame("[1]"),
-            Err(DecodeError::InvalidJson(_))
-        ));
-        assert_eq!(
-            decode_client_frame(r#"{"data":{}}"#),
-            Err(DecodeError::MissingEvent)
-        );
+        assert!(matches!(decode_client_frame("not json"), Err(DecodeError::InvalidJson(_))));
+        assert!(matches!(decode_client_frame("[1]"), Err(DecodeError::InvalidJson(_))));
+        assert_eq!(decode_client_frame(r#"{"data":{}}"#), Err(DecodeError::MissingEvent));
         assert!(matches!(
             decode_client_frame(r#"{"event":"pusher:subscribe","data":{}}"#),
-            Err(DecodeError::InvalidData {
-                event: "pusher:subscribe",
-                ..
-            })
+            Err(DecodeError::InvalidData { event: "pusher:subscribe", .. })
         ));
         assert_eq!(
             decode_client_frame(r#"{"event":"client-a","data":{}}"#),
@@ -532,9 +472,7 @@ mod tests {
         );
         assert_eq!(
             decode_client_frame(r#"{"event":"whatever"}"#),
-            Ok(ClientFrame::Unknown {
-                event: "whatever".into()
-            })
+            Ok(ClientFrame::Unknown { event: "whatever".into() })
         );
     }
 
@@ -545,24 +483,18 @@ mod tests {
             Just(ClientFrame::Pong),
             (s, proptest::option::of(s), proptest::option::of(s)).prop_map(
                 |(channel, auth, channel_data)| {
-                    ClientFrame::Subscribe(Subscribe {
-                        channel,
-                        auth,
-                        channel_data,
-                    })
+                    ClientFrame::Subscribe(Subscribe { channel, auth, channel_data })
                 }
             ),
             s.prop_map(|channel| ClientFrame::Unsubscribe { channel }),
             (s, s).prop_map(|(auth, user_data)| ClientFrame::Signin { auth, user_data }),
-            ("client-[a-z]{0,10}", s, proptest::option::of(any::<i64>())).prop_map(
-                |(event, channel, n)| {
-                    ClientFrame::ClientEvent {
-                        event,
-                        channel,
-                        data: n.map(|n| RawJson::new(format!("{{\"n\":{n}}}")).unwrap()),
-                    }
+            ("client-[a-z]{0,10}", s, proptest::option::of(any::<i64>())).prop_map(|(event, channel, n)| {
+                ClientFrame::ClientEvent {
+                    event,
+                    channel,
+                    data: n.map(|n| RawJson::new(format!("{{\"n\":{n}}}")).unwrap()),
                 }
-            ),
+            }),
         ]
     }
 

@@ -38,11 +38,7 @@ pub fn verify_hex(secret: &str, message: &[u8], signature_hex: &str) -> bool {
 }
 
 /// String to sign for a channel subscription.
-pub fn channel_string_to_sign(
-    socket_id: &str,
-    channel: &str,
-    channel_data: Option<&str>,
-) -> String {
+pub fn channel_string_to_sign(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
     match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),
@@ -88,11 +84,7 @@ pub fn api_string_to_sign(method: &str, path: &str, params: &[(String, String)])
         .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
         .collect();
     pairs.sort();
-    let query = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let query = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
     format!("{}\n{path}\n{query}", method.to_ascii_uppercase())
 }
 
@@ -129,27 +121,19 @@ pub struct ApiRequest<'a> {
 
 impl ApiRequest<'_> {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// Verifies the request against an app's key and secret at time `now_secs` (Unix seconds):
     /// key, timestamp window, body MD5, then the signature in constant time.
     pub fn verify(&self, key: &str, secret: &str, now_secs: u64) -> Result<(), ApiAuthError> {
-        let auth_key = self
-            .param("auth_key")
-            .ok_or(ApiAuthError::Missing("auth_key"))?;
+        let auth_key = self.param("auth_key").ok_or(ApiAuthError::Missing("auth_key"))?;
         if auth_key != key {
             return Err(ApiAuthError::WrongKey);
         }
-        let timestamp = self
-            .param("auth_timestamp")
-            .ok_or(ApiAuthError::Missing("auth_timestamp"))?;
-        let within = timestamp
-            .parse::<u64>()
-            .is_ok_and(|t| t.abs_diff(now_secs) <= API_TIMESTAMP_WINDOW_SECS);
+        let timestamp = self.param("auth_timestamp").ok_or(ApiAuthError::Missing("auth_timestamp"))?;
+        let within =
+            timestamp.parse::<u64>().is_ok_and(|t| t.abs_diff(now_secs) <= API_TIMESTAMP_WINDOW_SECS);
         if !within {
             return Err(ApiAuthError::TimestampExpired {
                 given: timestamp.chars().take(20).collect(),
@@ -158,13 +142,9 @@ impl ApiRequest<'_> {
         }
         match self.param("auth_version") {
             Some("1.0") | None => {}
-            Some(other) => {
-                return Err(ApiAuthError::WrongVersion(other.chars().take(20).collect()))
-            }
+            Some(other) => return Err(ApiAuthError::WrongVersion(other.chars().take(20).collect())),
         }
-        let signature = self
-            .param("auth_signature")
-            .ok_or(ApiAuthError::Missing("auth_signature"))?;
+        let signature = self.param("auth_signature").ok_or(ApiAuthError::Missing("auth_signature"))?;
         match self.param("body_md5") {
             Some(md5) if md5 != md5_hex(self.body) => return Err(ApiAuthError::BodyMd5Mismatch),
             None if !self.body.is_empty() => return Err(ApiAuthError::Missing("body_md5")),
@@ -201,20 +181,14 @@ pub fn sign_api_query(
     params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let signature = sign_hex(secret, api_string_to_sign(method, path, &params).as_bytes());
     params.push(("auth_signature".into(), signature));
-    params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", percent_encode_query(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    params.iter().map(|(k, v)| format!("{k}={}", percent_encode_query(v))).collect::<Vec<_>>().join("&")
 }
 
 fn percent_encode_query(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -231,10 +205,7 @@ mod tests {
     const TS: u64 = 1353088179;
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -312,21 +283,11 @@ mod tests {
     fn wrong_key_prefix_or_garbage_tokens_fail() {
         let sts = "1234.1234:private-foobar";
         let sig = sign_hex(SECRET, sts.as_bytes());
-        assert!(!verify_auth_token(
-            KEY,
-            SECRET,
-            sts,
-            &format!("otherkey:{sig}")
-        ));
+        assert!(!verify_auth_token(KEY, SECRET, sts, &format!("otherkey:{sig}")));
         assert!(!verify_auth_token(KEY, SECRET, sts, &sig));
         assert!(!verify_auth_token(KEY, SECRET, sts, &format!("{KEY}:zz")));
         assert!(!verify_auth_token(KEY, SECRET, sts, ""));
-        assert!(!verify_auth_token(
-            KEY,
-            SECRET,
-            "1234.1234:private-other",
-            &format!("{KEY}:{sig}")
-        ));
+        assert!(!verify_auth_token(KEY, SECRET, "1234.1234:private-other", &format!("{KEY}:{sig}")));
     }
 
     #[test]
@@ -342,28 +303,16 @@ mod tests {
         let sts = api_string_to_sign("POST", "/apps/3/events", &p);
         assert_eq!(sts, "POST\n/apps/3/events\nauth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f");
         let sig = sign_hex(SECRET, sts.as_bytes());
-        assert_eq!(
-            sig,
-            "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"
-        );
+        assert_eq!(sig, "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c");
         let mut signed = p.clone();
         signed.push(("auth_signature".into(), sig));
-        let req = ApiRequest {
-            method: "POST",
-            path: "/apps/3/events",
-            params: &signed,
-            body,
-        };
+        let req = ApiRequest { method: "POST", path: "/apps/3/events", params: &signed, body };
         assert_eq!(req.verify(KEY, SECRET, TS + 10), Ok(()));
     }
 
     #[test]
     fn v8_v9_v10_queries() {
-        let base = [
-            ("auth_key", KEY),
-            ("auth_timestamp", "1353088179"),
-            ("auth_version", "1.0"),
-        ];
+        let base = [("auth_key", KEY), ("auth_timestamp", "1353088179"), ("auth_version", "1.0")];
         let with = |extra: &[(&str, &str)]| {
             let mut p = params(&base);
             p.extend(params(extra));
@@ -425,7 +374,8 @@ mod tests {
 
     #[test]
     fn v13_webhook() {
-        let body = br#"{"time_ms":1327078148132,"events":[{"name":"channel_occupied","channel":"test_channel"}]}"#;
+        let body =
+            br#"{"time_ms":1327078148132,"events":[{"name":"channel_occupied","channel":"test_channel"}]}"#;
         assert_eq!(
             webhook_signature(SECRET, body),
             "709fdb84c03664445f7698120b0edf0acc1ab1c8c6e93a0368c61841d6b998aa"
@@ -433,15 +383,8 @@ mod tests {
     }
 
     fn signed(method: &str, path: &str, body: &[u8], ts: u64) -> Vec<(String, String)> {
-        let query = sign_api_query(
-            KEY,
-            SECRET,
-            method,
-            path,
-            body,
-            ts,
-            &[("info", "user_count,subscription_count")],
-        );
+        let query =
+            sign_api_query(KEY, SECRET, method, path, body, ts, &[("info", "user_count,subscription_count")]);
         form_pairs(&query)
     }
 
@@ -458,80 +401,35 @@ mod tests {
     #[test]
     fn v14_timestamp_outside_600s_is_rejected_and_inside_accepted() {
         let p = signed("GET", "/apps/3/channels", b"", TS);
-        let req = ApiRequest {
-            method: "GET",
-            path: "/apps/3/channels",
-            params: &p,
-            body: b"",
-        };
+        let req = ApiRequest { method: "GET", path: "/apps/3/channels", params: &p, body: b"" };
         assert_eq!(req.verify(KEY, SECRET, TS + 600), Ok(()));
-        assert!(matches!(
-            req.verify(KEY, SECRET, TS + 601),
-            Err(ApiAuthError::TimestampExpired { .. })
-        ));
-        assert!(matches!(
-            req.verify(KEY, SECRET, TS - 601),
-            Err(ApiAuthError::TimestampExpired { .. })
-        ));
+        assert!(matches!(req.verify(KEY, SECRET, TS + 601), Err(ApiAuthError::TimestampExpired { .. })));
+        assert!(matches!(req.verify(KEY, SECRET, TS - 601), Err(ApiAuthError::TimestampExpired { .. })));
     }
 
     #[test]
     fn tampered_body_path_or_key_is_rejected() {
         let body = br#"{"name":"a"}"#;
         let p = signed("POST", "/apps/3/events", body, TS);
-        let ok = ApiRequest {
-            method: "POST",
-            path: "/apps/3/events",
-            params: &p,
-            body,
-        };
+        let ok = ApiRequest { method: "POST", path: "/apps/3/events", params: &p, body };
         assert_eq!(ok.verify(KEY, SECRET, TS), Ok(()));
-        let other_body = ApiRequest {
-            body: br#"{"name":"b"}"#,
-            ..ok
-        };
-        assert_eq!(
-            other_body.verify(KEY, SECRET, TS),
-            Err(ApiAuthError::BodyMd5Mismatch)
-        );
-        let other_path = ApiRequest {
-            path: "/apps/4/events",
-            ..ok
-        };
-        assert!(matches!(
-            other_path.verify(KEY, SECRET, TS),
-            Err(ApiAuthError::InvalidSignature { .. })
-        ));
-        assert_eq!(
-            ok.verify("another-key", SECRET, TS),
-            Err(ApiAuthError::WrongKey)
-        );
-        assert!(matches!(
-            ok.verify(KEY, "wrong-secret", TS),
-            Err(ApiAuthError::InvalidSignature { .. })
-        ));
+        let other_body = ApiRequest { body: br#"{"name":"b"}"#, ..ok };
+        assert_eq!(other_body.verify(KEY, SECRET, TS), Err(ApiAuthError::BodyMd5Mismatch));
+        let other_path = ApiRequest { path: "/apps/4/events", ..ok };
+        assert!(matches!(other_path.verify(KEY, SECRET, TS), Err(ApiAuthError::InvalidSignature { .. })));
+        assert_eq!(ok.verify("another-key", SECRET, TS), Err(ApiAuthError::WrongKey));
+        assert!(matches!(ok.verify(KEY, "wrong-secret", TS), Err(ApiAuthError::InvalidSignature { .. })));
     }
 
     #[test]
     fn body_md5_on_an_empty_get_body_is_accepted_like_pusher_http_python_sends_it() {
         let p = signed("GET", "/apps/3/channels", b"", TS);
-        let mut with_md5: Vec<(String, String)> = p
-            .iter()
-            .filter(|(k, _)| k != "auth_signature")
-            .cloned()
-            .collect();
+        let mut with_md5: Vec<(String, String)> =
+            p.iter().filter(|(k, _)| k != "auth_signature").cloned().collect();
         with_md5.push(("body_md5".into(), md5_hex(b"")));
-        let sig = sign_hex(
-            SECRET,
-            api_string_to_sign("GET", "/apps/3/channels", &with_md5).as_bytes(),
-        );
+        let sig = sign_hex(SECRET, api_string_to_sign("GET", "/apps/3/channels", &with_md5).as_bytes());
         with_md5.push(("auth_signature".into(), sig));
-        let req = ApiRequest {
-            method: "GET",
-            path: "/apps/3/channels",
-            params: &with_md5,
-            body: b"",
-        };
+        let req = ApiRequest { method: "GET", path: "/apps/3/channels", params: &with_md5, body: b"" };
         assert_eq!(req.verify(KEY, SECRET, TS), Ok(()));
     }
 }

@@ -17,10 +17,7 @@ const HALF_MAX: u64 = 10_000_000_000;
 impl SocketId {
     /// Builds an id from two random words (the caller owns the randomness; this crate does no I/O).
     pub fn from_random(a: u64, b: u64) -> Self {
-        SocketId {
-            high: a % HALF_MAX,
-            low: b % HALF_MAX,
-        }
+        SocketId { high: a % HALF_MAX, low: b % HALF_MAX }
     }
 }
 
@@ -35,15 +32,11 @@ impl FromStr for SocketId {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = || InvalidSocketId(text.chars().take(64).collect());
         let (high, low) = text.split_once('.').ok_or_else(invalid)?;
-        let digits =
-            |s: &str| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit());
+        let digits = |s: &str| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit());
         if !digits(high) || !digits(low) {
             return Err(invalid());
         }
-        Ok(SocketId {
-            high: high.parse().map_err(|_| invalid())?,
-            low: low.parse().map_err(|_| invalid())?,
-        })
+        Ok(SocketId { high: high.parse().map_err(|_| invalid())?, low: low.parse().map_err(|_| invalid())? })
     }
 }
 
@@ -71,23 +64,10 @@ mod tests {
 
     #[test]
     fn rejects_anything_but_digits_dot_digits() {
-        for bad in [
-            "",
-            "1",
-            "1.",
-            ".1",
-            "1.2.3",
-            "a.1",
-            "1.b",
-            " 1.2",
-            "1.2 ",
-            "-1.2",
-            "1.99999999999999999999",
-        ] {
-            assert!(
-                bad.parse::<SocketId>().is_err(),
-                "{bad:?} should be rejected"
-            );
+        for bad in
+            ["", "1", "1.", ".1", "1.2.3", "a.1", "1.b", " 1.2", "1.2 ", "-1.2", "1.99999999999999999999"]
+        {
+            assert!(bad.parse::<SocketId>().is_err(), "{bad:?} should be rejected");
         }
     }
 
