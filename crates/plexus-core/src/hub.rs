@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use plexus_protocol::{codec, ChannelName, CloseCode, SocketId};
+use tokio::sync::Notify;
 
 use crate::app::{App, WebhookKind};
 use crate::outbound::{Outbound, Push};
@@ -109,6 +110,8 @@ pub struct AppHub {
     hasher: RandomState,
     connections: Mutex<HashMap<SocketId, Arc<Connection>>>,
     connection_count: AtomicUsize,
+    /// Woken whenever a connection leaves, for whoever waits for the server to empty.
+    departures: Arc<Notify>,
     webhooks: Arc<dyn WebhookSink>,
     metrics: HubMetrics,
 }
@@ -141,6 +144,7 @@ impl AppHub {
             hasher: RandomState::new(),
             connections: Mutex::default(),
             connection_count: AtomicUsize::new(0),
+            departures: Arc::default(),
             webhooks,
             metrics: HubMetrics::new(app_id),
         }
@@ -191,6 +195,8 @@ impl AppHub {
             self.metrics.connections.decrement(1);
         }
         self.connection_count.store(connections.len(), Ordering::Relaxed);
+        drop(connections);
+        self.departures.notify_waiters();
     }
 
     pub fn connection_count(&self) -> usize {
@@ -395,11 +401,12 @@ impl AppHub {
 pub struct Hubs {
     apps: RwLock<HashMap<String, Arc<AppHub>>>,
     webhooks: Arc<dyn WebhookSink>,
+    departures: Arc<Notify>,
 }
 
 impl Hubs {
     pub fn new(webhooks: Arc<dyn WebhookSink>) -> Self {
-        Hubs { apps: RwLock::default(), webhooks }
+        Hubs { apps: RwLock::default(), webhooks, departures: Arc::default() }
     }
 
     /// The hub of `app_id`, created if this is its first use.
@@ -409,7 +416,11 @@ impl Hubs {
         }
         write(&self.apps)
             .entry(app_id.to_owned())
-            .or_insert_with(|| Arc::new(AppHub::new(app_id, self.webhooks.clone())))
+            .or_insert_with(|| {
+                let mut hub = AppHub::new(app_id, self.webhooks.clone());
+                hub.departures = self.departures.clone();
+                Arc::new(hub)
+            })
             .clone()
     }
 
@@ -421,5 +432,23 @@ impl Hubs {
     /// Live connections across all apps.
     pub fn connection_count(&self) -> usize {
         read(&self.apps).values().map(|h| h.connection_count()).sum()
+    }
+
+    /// Waits until no connection is left or `deadline` passes; returns how many remain.
+    pub async fn wait_until_empty(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let departed = self.departures.notified();
+            tokio::pin!(departed);
+            // Register interest before checking, so a departure in between is not missed.
+            departed.as_mut().enable();
+            let left = self.connection_count();
+            if left == 0 {
+                return 0;
+            }
+            tokio::select! {
+                _ = departed => {}
+                _ = tokio::time::sleep_until(deadline) => return self.connection_count(),
+            }
+        }
     }
 }

@@ -128,10 +128,7 @@ pub async fn serve(
         })
         .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_grace_secs);
-    while state.hubs.connection_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let left = state.hubs.connection_count();
+    let left = state.hubs.wait_until_empty(deadline).await;
     if left > 0 {
         tracing::warn!(left, "grace period over; exiting with clients still connected");
     }
