@@ -5,13 +5,23 @@
 //! pusher-js as a `pusher:error` and a close code it understands (a failed HTTP upgrade looks like
 //! a network fault, and pusher-js would retry forever).
 //!
-//! Per connection there are two tasks. The reader decodes client frames (with `fastwebsockets`,
-//! which unmasks, reassembles fragments and validates UTF-8), feeds them to the session and keeps
-//! the activity timer. The writer drains the connection's outbound queue and hands the already
-//! framed, shared bytes to the kernel in one vectored write per batch; it never frames or copies a
-//! broadcast itself.
+//! Per connection there are two tasks. The reader feeds client messages to the session and keeps
+//! the activity timer ([`run_connection`]); the writer drains the connection's outbound queue into
+//! the socket ([`write_loop`]). Both talk to the socket through two small traits,
+//! [`MessageReader`] and [`FrameWriter`], so the loops are written once:
+//!
+//! - [`shared_frames`] (the default): `fastwebsockets` reads client frames; the writer hands the
+//!   already framed, shared event bytes to the kernel in one vectored write per batch and never
+//!   frames or copies a broadcast itself.
+//! - `tungstenite` (cargo feature `tungstenite`, for the comparison in BENCHMARKS.md):
+//!   tokio-tungstenite for both directions, framing each message per recipient.
 
-use std::io::IoSlice;
+// Compiled in both builds so the comparison build keeps it checked.
+#[cfg_attr(feature = "tungstenite", allow(dead_code))]
+mod shared_frames;
+#[cfg(feature = "tungstenite")]
+mod tungstenite;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,15 +30,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Request, Response, StatusCode};
 use base64::Engine;
 use bytes::Bytes;
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Role, WebSocketError};
-use hyper_util::rt::TokioIo;
 use plexus_core::outbound::Drained;
 use plexus_core::{Connection, Session};
-use plexus_protocol::wsframe::{self, Opcode};
 use plexus_protocol::{codec, CloseCode};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::ServerState;
@@ -90,25 +95,22 @@ pub async fn upgrade(
         .expect("upgrade response is valid")
 }
 
-/// Splits the upgraded connection. Plain TCP splits into owned halves without a lock; other
-/// transports fall back to a locked split.
+/// Hands the upgraded socket to the configured transport.
 async fn run_socket(
     state: Arc<ServerState>,
     upgraded: hyper::upgrade::Upgraded,
     key: String,
     query: Option<String>,
 ) {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let (read, write) = parts.io.into_inner().into_split();
-            // Bytes the HTTP layer read past the handshake belong to the first frames.
-            let read = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(parts.read_buf), read);
-            run_connection(state, read, write, &key, query.as_deref()).await;
-        }
-        Err(upgraded) => {
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            run_connection(state, read, write, &key, query.as_deref()).await;
-        }
+    #[cfg(feature = "tungstenite")]
+    {
+        let (reader, writer) = tungstenite::split(upgraded, state.config.max_frame_bytes).await;
+        run_connection(state, reader, writer, &key, query.as_deref()).await;
+    }
+    #[cfg(not(feature = "tungstenite"))]
+    {
+        let (reader, writer) = shared_frames::split(upgraded, state.config.max_frame_bytes);
+        run_connection(state, reader, writer, &key, query.as_deref()).await;
     }
 }
 
@@ -156,63 +158,104 @@ fn refusal(
     Ok(app)
 }
 
-async fn refuse<W: AsyncWrite + Unpin>(mut write: W, code: CloseCode, message: &str) {
-    let frames = [codec::error(Some(code.code()), message, None), wsframe::close_frame(code.code(), message)];
+/// One message from the client, as the transport delivers it.
+#[derive(Debug)]
+pub enum Incoming<P> {
+    Text(P),
+    Binary(P),
+    /// The client closed (the transport has queued or sent its close reply).
+    Close,
+    /// A control frame or continuation the transport handled itself.
+    Ignored,
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum ReadFault {
+    /// A message over `max_frame_bytes`: close 1009.
+    TooLarge,
+    /// Text that is not UTF-8: close 1007.
+    InvalidUtf8,
+    /// Any other violation of RFC 6455: close 1002.
+    Protocol(String),
+    /// The peer went away or the socket failed.
+    Gone,
+}
+
+/// The receiving half of a client socket.
+pub trait MessageReader: Send + 'static {
+    type Payload: std::ops::Deref<Target = [u8]> + Send;
+
+    /// The next message. `connection` receives what the WebSocket layer owes the peer (pongs,
+    /// the close echo) so it stays ordered with everything else queued.
+    fn next(
+        &mut self,
+        connection: &Connection,
+    ) -> impl std::future::Future<Output = Result<Incoming<Self::Payload>, ReadFault>> + Send;
+}
+
+/// The sending half of a client socket. Frames arrive complete (header included), encoded once
+/// and shared by every recipient.
+pub trait FrameWriter: Send + 'static {
+    /// Writes every frame of a batch and flushes once.
+    fn write_batch(
+        &mut self,
+        frames: &[Bytes],
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Sends a close frame with `code` (when given), then shuts the socket's write side.
+    fn finish(
+        &mut self,
+        close: Option<(u16, &str)>,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+async fn refuse<W: FrameWriter>(mut write: W, code: CloseCode, message: &str) {
+    let error = [codec::error(Some(code.code()), message, None)];
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        write_frames(&mut write, &frames).await?;
-        write.shutdown().await
+        write.write_batch(&error).await?;
+        write.finish(Some((code.code(), message))).await
     })
     .await;
 }
 
-async fn run_connection<R, W>(state: Arc<ServerState>, read: R, write: W, key: &str, query: Option<&str>)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
+fn count_refusal(code: CloseCode) {
+    metrics::counter!("plexus_connections_refused_total", "code" => code.code().to_string()).increment(1);
+}
+
+/// Runs one connection: refusal checks, then the reader loop here and the writer in its own task.
+async fn run_connection<R: MessageReader, W: FrameWriter>(
+    state: Arc<ServerState>,
+    mut reader: R,
+    write: W,
+    key: &str,
+    query: Option<&str>,
+) {
     let config = &state.config;
     let app = match refusal(&state, key, query) {
         Ok(app) => app,
         Err((code, message)) => {
             tracing::debug!(code = code.code(), %message, "connection refused");
-            metrics::counter!("plexus_connections_refused_total", "code" => code.code().to_string())
-                .increment(1);
+            count_refusal(code);
             return refuse(write, code, &message).await;
         }
     };
     let hub = state.hubs.hub(&app.id);
-    let mut session =
-        match Session::start(app, hub, config.max_queued_bytes, config.activity_timeout_secs, Instant::now())
-        {
-            Ok(session) => session,
-            Err(error) => return refuse(write, CloseCode::OverConnectionQuota, &error.to_string()).await,
-        };
+    let started =
+        Session::start(app, hub, config.max_queued_bytes, config.activity_timeout_secs, Instant::now());
+    let mut session = match started {
+        Ok(session) => session,
+        Err(error) => {
+            count_refusal(CloseCode::OverConnectionQuota);
+            return refuse(write, CloseCode::OverConnectionQuota, &error.to_string()).await;
+        }
+    };
     let connection = session.connection().clone();
     let write_timeout = Duration::from_secs(config.write_timeout_secs);
     let mut writer = tokio::spawn(write_loop(connection.clone(), write, write_timeout));
     let frames_received = metrics::counter!("plexus_ws_frames_received_total");
-
-    let (mut ws_read, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    ws_read.set_max_message_size(config.max_frame_bytes);
-    let mut ws_read = FragmentCollectorRead::new(ws_read);
     let idle = Duration::from_secs(config.activity_timeout_secs);
     let pong_grace = Duration::from_secs(config.pong_timeout_secs);
     let mut awaiting_pong = false;
-    // Control replies the WebSocket layer owes the client (pong, close echo) go through the queue
-    // so they stay ordered with everything else.
-    let mut obligated = |frame: Frame<'_>| {
-        match frame.opcode {
-            OpCode::Pong => {
-                connection.outbound.push(wsframe::frame(Opcode::Pong, &frame.payload));
-            }
-            OpCode::Close => {
-                connection.outbound.push(wsframe::frame(Opcode::Close, &frame.payload));
-                connection.outbound.end();
-            }
-            _ => {}
-        }
-        std::future::ready(Ok::<(), std::io::Error>(()))
-    };
 
     let mut writer_done = false;
     loop {
@@ -223,7 +266,7 @@ where
                 writer_done = true;
                 break;
             }
-            read = tokio::time::timeout(wait, ws_read.read_frame(&mut obligated)) => read,
+            read = tokio::time::timeout(wait, reader.next(&connection)) => read,
         };
         match read {
             Err(_elapsed) if !awaiting_pong => {
@@ -234,26 +277,26 @@ where
                 connection.outbound.close(CloseCode::PongNotReceived, "Pong reply not received in time");
                 awaiting_pong = false;
             }
-            Ok(Ok(frame)) => {
+            Ok(Ok(incoming)) => {
                 awaiting_pong = false;
                 frames_received.increment(1);
-                match frame.opcode {
-                    OpCode::Text | OpCode::Binary => match std::str::from_utf8(&frame.payload) {
-                        Ok(text) => session.handle_text(text, Instant::now()),
-                        Err(_) => {
-                            connection.outbound.push(codec::error(
-                                None,
-                                "binary frames must hold UTF-8 JSON text",
-                                None,
-                            ));
+                match incoming {
+                    Incoming::Text(payload) | Incoming::Binary(payload) => {
+                        match std::str::from_utf8(&payload) {
+                            Ok(text) => session.handle_text(text, Instant::now()),
+                            Err(_) => {
+                                let error =
+                                    codec::error(None, "binary frames must hold UTF-8 JSON text", None);
+                                connection.outbound.push(error);
+                            }
                         }
-                    },
-                    OpCode::Close => break,
-                    _ => {}
+                    }
+                    Incoming::Close => break,
+                    Incoming::Ignored => {}
                 }
             }
-            Ok(Err(error)) => {
-                close_for_read_error(&connection, &error);
+            Ok(Err(fault)) => {
+                close_for_read_fault(&connection, fault);
                 break;
             }
         }
@@ -264,45 +307,41 @@ where
         // We closed: give the client a moment to answer with its close frame, so the socket ends
         // with FIN rather than a reset that could discard our last frames on its side.
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Ok(frame) = ws_read.read_frame(&mut obligated).await {
-                if frame.opcode == OpCode::Close {
+            while let Ok(incoming) = reader.next(&connection).await {
+                if matches!(incoming, Incoming::Close) {
                     break;
                 }
             }
         })
         .await;
     } else {
-        connection.outbound.abort();
+        connection.outbound.end();
         let _ = tokio::time::timeout(CLOSE_LINGER, writer).await;
     }
 }
 
 /// Malformed input ends the connection with the standard WebSocket code for the fault.
-fn close_for_read_error(connection: &Connection, error: &WebSocketError) {
-    let (code, message) = match error {
-        WebSocketError::FrameTooLarge => (1009, "message too large"),
-        WebSocketError::InvalidUTF8 => (1007, "text frame is not valid UTF-8"),
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => {
+fn close_for_read_fault(connection: &Connection, fault: ReadFault) {
+    let (code, message) = match fault {
+        ReadFault::TooLarge => (1009, "message too large".to_owned()),
+        ReadFault::InvalidUtf8 => (1007, "text frame is not valid UTF-8".to_owned()),
+        ReadFault::Protocol(reason) => (1002, format!("WebSocket protocol error: {reason}")),
+        ReadFault::Gone => {
             connection.outbound.abort();
             return;
         }
-        _ => (1002, "WebSocket protocol error"),
     };
-    tracing::debug!(socket_id = %connection.socket_id, %error, "closing connection after a malformed frame");
-    connection.outbound.close_with_code(code, message);
+    tracing::debug!(socket_id = %connection.socket_id, %message, "closing connection after a malformed frame");
+    connection.outbound.close_with_code(code, &message);
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    connection: Arc<Connection>,
-    mut write: W,
-    write_timeout: Duration,
-) {
+async fn write_loop<W: FrameWriter>(connection: Arc<Connection>, mut write: W, write_timeout: Duration) {
     let mut batch: Vec<Bytes> = Vec::new();
     let bytes_sent = metrics::counter!("plexus_ws_bytes_sent_total");
     loop {
         let drained = connection.outbound.drain_into(&mut batch).await;
         bytes_sent.increment(batch.iter().map(|f| f.len() as u64).sum());
-        let written = tokio::time::timeout(write_timeout, write_frames(&mut write, &batch)).await;
+        let written = tokio::time::timeout(write_timeout, write.write_batch(&batch)).await;
         batch.clear();
         if batch.capacity() > 256 {
             // Keep idle connections small after a burst.
@@ -312,48 +351,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             connection.outbound.abort();
             return;
         }
-        match drained {
-            Drained::Frames => {}
-            Drained::Close(reason) => {
-                let close = wsframe::close_frame(reason.code, &reason.message);
-                let _ = tokio::time::timeout(write_timeout, write_frames(&mut write, &[close])).await;
-                let _ = tokio::time::timeout(write_timeout, write.shutdown()).await;
-                return;
-            }
-            Drained::End => {
-                let _ = tokio::time::timeout(write_timeout, write.shutdown()).await;
-                return;
-            }
-        }
+        let close = match &drained {
+            Drained::Frames => continue,
+            Drained::Close(reason) => Some((reason.code, reason.message.as_str())),
+            Drained::End => None,
+        };
+        let _ = tokio::time::timeout(write_timeout, write.finish(close)).await;
+        return;
     }
-}
-
-/// Writes every frame with as few syscalls as the kernel allows (up to 64 frames per call).
-async fn write_frames<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
-    const MAX_SLICES: usize = 64;
-    let (mut index, mut offset) = (0, 0);
-    while index < frames.len() {
-        let count = (frames.len() - index).min(MAX_SLICES);
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        slices[0] = IoSlice::new(&frames[index][offset..]);
-        for (slot, frame) in slices[1..count].iter_mut().zip(&frames[index + 1..]) {
-            *slot = IoSlice::new(frame);
-        }
-        let mut written = write.write_vectored(&slices[..count]).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let left = frames[index].len() - offset;
-            if written >= left {
-                written -= left;
-                index += 1;
-                offset = 0;
-            } else {
-                offset += written;
-                written = 0;
-            }
-        }
-    }
-    write.flush().await
 }
