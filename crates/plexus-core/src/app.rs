@@ -59,6 +59,16 @@ pub struct App {
     pub max_client_events_per_second: u32,
     #[serde(default = "default_channel_name_length")]
     pub max_channel_name_length: usize,
+    /// Seconds a connection of an app with `enable_user_authentication` has to sign in (or
+    /// subscribe to a private or presence channel) before it is closed with 4009.
+    #[serde(default = "default_user_authentication_timeout")]
+    pub user_authentication_timeout_secs: u64,
+    /// Send `pusher_internal:subscription_count` to subscribers of non-presence channels.
+    #[serde(default)]
+    pub enable_subscription_count: bool,
+    /// How long a cache channel keeps its last event.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
     #[serde(default)]
     pub webhooks: Vec<WebhookTarget>,
 }
@@ -77,6 +87,12 @@ fn default_member_size_kb() -> u32 {
 }
 fn default_client_events_per_second() -> u32 {
     10
+}
+fn default_user_authentication_timeout() -> u64 {
+    30
+}
+fn default_cache_ttl() -> u64 {
+    1800
 }
 fn default_channel_name_length() -> usize {
     plexus_protocol::limits::MAX_CHANNEL_NAME_LEN
@@ -98,6 +114,9 @@ impl App {
             max_presence_member_size_kb: default_member_size_kb(),
             max_client_events_per_second: default_client_events_per_second(),
             max_channel_name_length: default_channel_name_length(),
+            user_authentication_timeout_secs: default_user_authentication_timeout(),
+            enable_subscription_count: false,
+            cache_ttl_secs: default_cache_ttl(),
             webhooks: Vec::new(),
         }
     }
@@ -127,6 +146,9 @@ impl fmt::Debug for App {
             .field("max_presence_member_size_kb", &self.max_presence_member_size_kb)
             .field("max_client_events_per_second", &self.max_client_events_per_second)
             .field("max_channel_name_length", &self.max_channel_name_length)
+            .field("user_authentication_timeout_secs", &self.user_authentication_timeout_secs)
+            .field("enable_subscription_count", &self.enable_subscription_count)
+            .field("cache_ttl_secs", &self.cache_ttl_secs)
             .field("webhooks", &self.webhooks)
             .finish()
     }

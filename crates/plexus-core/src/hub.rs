@@ -8,24 +8,38 @@
 //! joiner's `subscription_succeeded` is queued before any later member event of that channel.
 //!
 //! Every publish goes through [`AppHub::publish`]; that is where a cluster adapter hooks in.
+//!
+//! Beside its channels each shard keeps the last event of its cache channels, which outlives
+//! occupancy (an event published to an empty cache channel waits for the first subscriber). The
+//! hub also keeps the signed-in users ([`UserRegistry`]) for server-to-user events, termination
+//! and watchlists.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
-use plexus_protocol::{codec, ChannelName, CloseCode, SocketId};
+use plexus_protocol::codec::{self, Data, ServerEvent};
+use plexus_protocol::{ChannelKind, ChannelName, CloseCode, SocketId};
 use tokio::sync::Notify;
+use tokio::time::{Duration, Instant};
 
 use crate::app::{App, WebhookKind};
 use crate::outbound::{Outbound, Push};
 use crate::presence::Presence;
+use crate::users::UserRegistry;
 use crate::webhook::{wanted, WebhookEvent, WebhookSink};
 
 /// Enough shards that two busy channels rarely share a lock, few enough to stay cheap per app.
 const SHARDS: usize = 16;
+/// Channels above this many subscribers get at most one subscription count per
+/// [`COUNT_INTERVAL`] (Pusher's throttle), so a join storm is not a broadcast storm.
+const COUNT_THROTTLE_ABOVE: usize = 100;
+const COUNT_INTERVAL: Duration = Duration::from_secs(5);
+/// At most one `cache_miss` webhook per channel this often (Pusher de-duplicates them).
+const CACHE_MISS_WEBHOOK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The hub's handle on a live connection: its id and its outbound queue.
 #[derive(Debug)]
@@ -38,6 +52,24 @@ pub struct Connection {
 struct Channel {
     subscribers: HashMap<SocketId, Arc<Connection>>,
     presence: Option<Presence>,
+    /// When a subscription count was last broadcast, and whether a newer one is owed.
+    count_sent_at: Option<Instant>,
+    count_pending: bool,
+}
+
+/// What a shard knows about a cache channel.
+#[derive(Debug)]
+enum CacheSlot {
+    /// The last event published, as a ready frame, until it expires.
+    Event { data: Arc<str>, frame: Bytes, expires: Instant },
+    /// No event; when the last `cache_miss` webhook went out.
+    Missed { webhook_at: Instant },
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    channels: HashMap<ChannelName, Channel>,
+    cache: HashMap<ChannelName, CacheSlot>,
 }
 
 /// A presence member joining with a subscription.
@@ -69,6 +101,14 @@ pub struct ChannelSummary {
     pub subscription_count: usize,
     /// Distinct users, for presence channels.
     pub user_count: Option<usize>,
+}
+
+/// A cache channel's current event, as the HTTP API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheInfo {
+    pub data: String,
+    /// Whole seconds until it expires.
+    pub ttl_secs: u64,
 }
 
 /// The numbers an operator watches, labelled with the app id. Handles are resolved once per app so
@@ -106,10 +146,11 @@ impl std::fmt::Debug for HubMetrics {
 #[derive(Debug)]
 pub struct AppHub {
     app_id: Arc<str>,
-    shards: Box<[RwLock<HashMap<ChannelName, Channel>>]>,
+    shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     connections: Mutex<HashMap<SocketId, Arc<Connection>>>,
     connection_count: AtomicUsize,
+    users: Mutex<UserRegistry>,
     /// Woken whenever a connection leaves, for whoever waits for the server to empty.
     departures: Arc<Notify>,
     webhooks: Arc<dyn WebhookSink>,
@@ -125,6 +166,10 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn random_socket_id() -> SocketId {
     let mut bytes = [0u8; 16];
     // The OS generator; failing to read it is an unrecoverable platform fault.
@@ -136,6 +181,20 @@ fn random_socket_id() -> SocketId {
     )
 }
 
+/// `pusher_internal:watchlist_events` with one online or offline entry.
+fn watchlist_frame(online: &[&str], offline: &[&str]) -> Bytes {
+    let list = |ids: &[&str]| ids.iter().map(|id| codec::json_str(id)).collect::<Vec<_>>().join(",");
+    let mut events = Vec::new();
+    if !online.is_empty() {
+        events.push(format!("{{\"name\":\"online\",\"user_ids\":[{}]}}", list(online)));
+    }
+    if !offline.is_empty() {
+        events.push(format!("{{\"name\":\"offline\",\"user_ids\":[{}]}}", list(offline)));
+    }
+    let data = format!("{{\"events\":[{}]}}", events.join(","));
+    ServerEvent::new("pusher_internal:watchlist_events").data(Data::Str(&data)).to_frame()
+}
+
 impl AppHub {
     pub fn new(app_id: &str, webhooks: Arc<dyn WebhookSink>) -> Self {
         AppHub {
@@ -144,6 +203,7 @@ impl AppHub {
             hasher: RandomState::new(),
             connections: Mutex::default(),
             connection_count: AtomicUsize::new(0),
+            users: Mutex::default(),
             departures: Arc::default(),
             webhooks,
             metrics: HubMetrics::new(app_id),
@@ -154,7 +214,7 @@ impl AppHub {
         &self.app_id
     }
 
-    fn shard(&self, channel: &str) -> &RwLock<HashMap<ChannelName, Channel>> {
+    fn shard(&self, channel: &str) -> &RwLock<Shard> {
         &self.shards[self.hasher.hash_one(channel) as usize % SHARDS]
     }
 
@@ -163,7 +223,7 @@ impl AppHub {
         self.webhooks.submit(&self.app_id, event);
     }
 
-    fn webhook(&self, app: &App, event: impl FnOnce() -> WebhookEvent, kind: WebhookKind) {
+    fn webhook(&self, app: &App, kind: WebhookKind, event: impl FnOnce() -> WebhookEvent) {
         if wanted(app, kind) {
             self.webhooks.submit(&self.app_id, event());
         }
@@ -171,7 +231,7 @@ impl AppHub {
 
     /// Registers a new connection with a fresh, unique socket id, unless the app is at its quota.
     pub fn connect(&self, app: &App, queue_max_bytes: usize) -> Result<Arc<Connection>, ConnectError> {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut connections = lock(&self.connections);
         if app.max_connections > 0 && connections.len() as u64 >= app.max_connections {
             return Err(ConnectError::OverQuota(app.max_connections));
         }
@@ -188,9 +248,9 @@ impl AppHub {
         Ok(connection)
     }
 
-    /// Forgets a connection (its subscriptions must already be gone).
+    /// Forgets a connection (its subscriptions and sign-in must already be gone).
     pub fn disconnect(&self, socket_id: SocketId) {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut connections = lock(&self.connections);
         if connections.remove(&socket_id).is_some() {
             self.metrics.connections.decrement(1);
         }
@@ -205,17 +265,17 @@ impl AppHub {
 
     /// Closes every connection of the app with `code` (after what is already queued to each).
     pub fn close_all(&self, code: CloseCode, message: &str) {
-        let connections: Vec<_> =
-            self.connections.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let connections: Vec<_> = lock(&self.connections).values().cloned().collect();
         for connection in connections {
             connection.outbound.close(code, message);
         }
     }
 
-    /// Adds `connection` to `channel` and queues its `subscription_succeeded`; for presence, adds
-    /// the member and tells the others if this is the user's first socket. Subscribing again to a
-    /// channel the connection holds re-sends the success event and changes nothing else; callers
-    /// make sure a connection joins a presence channel under one user id.
+    /// Adds `connection` to `channel` and queues its `subscription_succeeded`, then the cached
+    /// event or `pusher:cache_miss` on cache channels; for presence, adds the member and tells the
+    /// others if this is the user's first socket. Subscribing again to a channel the connection
+    /// holds re-sends the success event and changes nothing else; callers make sure a connection
+    /// joins a presence channel under one user id.
     pub fn subscribe(
         &self,
         app: &App,
@@ -223,70 +283,132 @@ impl AppHub {
         channel: &ChannelName,
         member: Option<Member<'_>>,
     ) -> Result<(), JoinError> {
-        let mut shard = write(self.shard(channel.as_str()));
-        let entry = shard.entry(channel.clone()).or_default();
+        let mut guard = write(self.shard(channel.as_str()));
+        let shard = &mut *guard;
+        let entry = shard.channels.entry(channel.clone()).or_default();
         let first_subscriber = entry.subscribers.is_empty();
         let already = entry.subscribers.contains_key(&connection.socket_id);
+
+        let mut new_member = false;
+        if let Some(member) = member {
+            let presence = entry.presence.get_or_insert_with(Presence::default);
+            if !already
+                && !presence.contains(member.user_id)
+                && presence.count() >= app.max_presence_members as usize
+            {
+                if first_subscriber {
+                    shard.channels.remove(channel);
+                }
+                return Err(JoinError::PresenceFull(app.max_presence_members));
+            }
+            new_member = !already && presence.join(member.user_id, member.info);
+            entry.subscribers.insert(connection.socket_id, connection.clone());
+            let snapshot = presence.snapshot_json();
+            connection.outbound.push(codec::presence_subscription_succeeded(channel.as_str(), &snapshot));
+            if new_member {
+                let added = codec::member_added(channel.as_str(), member.user_id, member.info);
+                for (id, other) in &entry.subscribers {
+                    if *id != connection.socket_id {
+                        other.outbound.push(added.clone());
+                    }
+                }
+            }
+        } else {
+            entry.subscribers.insert(connection.socket_id, connection.clone());
+            connection.outbound.push(codec::subscription_succeeded(channel.as_str()));
+        }
+
         if !already {
             self.metrics.subscriptions.increment(1);
         }
         if first_subscriber {
             self.metrics.channels.increment(1);
+            self.webhook(app, WebhookKind::ChannelOccupied, || WebhookEvent::ChannelOccupied {
+                channel: channel.to_string(),
+            });
         }
-        let Some(member) = member else {
-            entry.subscribers.insert(connection.socket_id, connection.clone());
-            connection.outbound.push(codec::subscription_succeeded(channel.as_str()));
-            if first_subscriber {
-                self.webhook(
-                    app,
-                    || WebhookEvent::ChannelOccupied { channel: channel.to_string() },
-                    WebhookKind::ChannelOccupied,
-                );
-            }
-            return Ok(());
-        };
-
-        let presence = entry.presence.get_or_insert_with(Presence::default);
-        if !already
-            && !presence.contains(member.user_id)
-            && presence.count() >= app.max_presence_members as usize
-        {
-            if first_subscriber {
-                shard.remove(channel);
-            }
-            self.metrics.subscriptions.decrement(1);
-            if first_subscriber {
-                self.metrics.channels.decrement(1);
-            }
-            return Err(JoinError::PresenceFull(app.max_presence_members));
-        }
-        let new_member = !already && presence.join(member.user_id, member.info);
-        let snapshot = presence.snapshot_json();
-        entry.subscribers.insert(connection.socket_id, connection.clone());
-        connection.outbound.push(codec::presence_subscription_succeeded(channel.as_str(), &snapshot));
-        if new_member {
-            let added = codec::member_added(channel.as_str(), member.user_id, member.info);
-            for (id, other) in &entry.subscribers {
-                if *id != connection.socket_id {
-                    other.outbound.push(added.clone());
-                }
-            }
-        }
-        if first_subscriber {
-            self.webhook(
-                app,
-                || WebhookEvent::ChannelOccupied { channel: channel.to_string() },
-                WebhookKind::ChannelOccupied,
-            );
-        }
-        if new_member {
-            let event = || WebhookEvent::MemberAdded {
+        if let (true, Some(member)) = (new_member, member) {
+            self.webhook(app, WebhookKind::MemberAdded, || WebhookEvent::MemberAdded {
                 channel: channel.to_string(),
                 user_id: member.user_id.to_owned(),
-            };
-            self.webhook(app, event, WebhookKind::MemberAdded);
+            });
+        }
+        if channel.is_cache() {
+            self.replay_cache(app, &mut shard.cache, channel, connection);
+        }
+        if !already {
+            if let Some(entry) = shard.channels.get_mut(channel) {
+                self.subscription_count_changed(app, channel, entry, Instant::now());
+            }
         }
         Ok(())
+    }
+
+    /// Sends a new cache-channel subscriber the cached event, or `pusher:cache_miss` (and a
+    /// rate-limited `cache_miss` webhook).
+    fn replay_cache(
+        &self,
+        app: &App,
+        cache: &mut HashMap<ChannelName, CacheSlot>,
+        channel: &ChannelName,
+        connection: &Connection,
+    ) {
+        let now = Instant::now();
+        match cache.get_mut(channel) {
+            Some(CacheSlot::Event { frame, expires, .. }) if *expires > now => {
+                connection.outbound.push(frame.clone());
+                return;
+            }
+            Some(CacheSlot::Missed { webhook_at })
+                if now.duration_since(*webhook_at) < CACHE_MISS_WEBHOOK_INTERVAL =>
+            {
+                connection.outbound.push(codec::cache_miss(channel.as_str()));
+                return;
+            }
+            _ => {}
+        }
+        connection.outbound.push(codec::cache_miss(channel.as_str()));
+        cache.insert(channel.clone(), CacheSlot::Missed { webhook_at: now });
+        self.webhook(app, WebhookKind::CacheMiss, || WebhookEvent::CacheMiss {
+            channel: channel.to_string(),
+        });
+    }
+
+    /// Broadcasts `pusher_internal:subscription_count` (and the webhook) after a change, when the
+    /// app asks for it; large channels are throttled and caught up by [`AppHub::tick`].
+    fn subscription_count_changed(
+        &self,
+        app: &App,
+        channel: &ChannelName,
+        entry: &mut Channel,
+        now: Instant,
+    ) {
+        if !app.enable_subscription_count || channel.kind() == ChannelKind::Presence {
+            return;
+        }
+        let throttled = entry.subscribers.len() > COUNT_THROTTLE_ABOVE
+            && entry.count_sent_at.is_some_and(|at| now.duration_since(at) < COUNT_INTERVAL);
+        if throttled {
+            entry.count_pending = true;
+            return;
+        }
+        self.send_subscription_count(app, channel, entry, now);
+    }
+
+    fn send_subscription_count(&self, app: &App, channel: &ChannelName, entry: &mut Channel, now: Instant) {
+        let count = entry.subscribers.len();
+        entry.count_sent_at = Some(now);
+        entry.count_pending = false;
+        if count > 0 {
+            let frame = codec::subscription_count(channel.as_str(), count);
+            for subscriber in entry.subscribers.values() {
+                subscriber.outbound.push(frame.clone());
+            }
+        }
+        self.webhook(app, WebhookKind::SubscriptionCount, || WebhookEvent::SubscriptionCount {
+            channel: channel.to_string(),
+            subscription_count: count,
+        });
     }
 
     /// Removes `socket_id` from `channel`; for presence (`user_id` given), tells the others when
@@ -299,7 +421,7 @@ impl AppHub {
         user_id: Option<&str>,
     ) -> bool {
         let mut shard = write(self.shard(channel.as_str()));
-        let Some(entry) = shard.get_mut(channel.as_str()) else {
+        let Some(entry) = shard.channels.get_mut(channel.as_str()) else {
             return false;
         };
         if entry.subscribers.remove(&socket_id).is_none() {
@@ -312,21 +434,19 @@ impl AppHub {
                 for other in entry.subscribers.values() {
                     other.outbound.push(removed.clone());
                 }
-                let event = || WebhookEvent::MemberRemoved {
+                self.webhook(app, WebhookKind::MemberRemoved, || WebhookEvent::MemberRemoved {
                     channel: channel.to_string(),
                     user_id: user_id.to_owned(),
-                };
-                self.webhook(app, event, WebhookKind::MemberRemoved);
+                });
             }
         }
+        self.subscription_count_changed(app, channel, entry, Instant::now());
         if entry.subscribers.is_empty() {
-            shard.remove(channel.as_str());
+            shard.channels.remove(channel.as_str());
             self.metrics.channels.decrement(1);
-            self.webhook(
-                app,
-                || WebhookEvent::ChannelVacated { channel: channel.to_string() },
-                WebhookKind::ChannelVacated,
-            );
+            self.webhook(app, WebhookKind::ChannelVacated, || WebhookEvent::ChannelVacated {
+                channel: channel.to_string(),
+            });
         }
         true
     }
@@ -336,7 +456,7 @@ impl AppHub {
     pub fn publish(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         self.metrics.events_published.increment(1);
         let shard = read(self.shard(channel));
-        let Some(entry) = shard.get(channel) else {
+        let Some(entry) = shard.channels.get(channel) else {
             return 0;
         };
         let mut delivered = 0;
@@ -352,6 +472,51 @@ impl AppHub {
         delivered
     }
 
+    /// Keeps `frame` (an event with `data`) as the cache channel's last event for `ttl`.
+    pub fn remember(&self, channel: &ChannelName, data: &str, frame: &Bytes, ttl: Duration) {
+        let slot =
+            CacheSlot::Event { data: data.into(), frame: frame.clone(), expires: Instant::now() + ttl };
+        write(self.shard(channel.as_str())).cache.insert(channel.clone(), slot);
+    }
+
+    /// The cache channel's current event, if any.
+    pub fn cached(&self, channel: &str) -> Option<CacheInfo> {
+        let now = Instant::now();
+        match read(self.shard(channel)).cache.get(channel) {
+            Some(CacheSlot::Event { data, expires, .. }) if *expires > now => {
+                let left = expires.duration_since(now);
+                Some(CacheInfo {
+                    data: data.to_string(),
+                    ttl_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Periodic upkeep: sends subscription counts held back by the throttle and drops expired
+    /// cache entries. The server calls it about once a second.
+    pub fn tick(&self, app: &App) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut guard = write(shard);
+            let shard = &mut *guard;
+            shard.cache.retain(|_, slot| match slot {
+                CacheSlot::Event { expires, .. } => *expires > now,
+                CacheSlot::Missed { webhook_at } => {
+                    now.duration_since(*webhook_at) < CACHE_MISS_WEBHOOK_INTERVAL
+                }
+            });
+            for (name, entry) in shard.channels.iter_mut() {
+                let due = entry.count_pending
+                    && entry.count_sent_at.is_none_or(|at| now.duration_since(at) >= COUNT_INTERVAL);
+                if due {
+                    self.send_subscription_count(app, name, entry, now);
+                }
+            }
+        }
+    }
+
     fn summary(name: &ChannelName, channel: &Channel) -> ChannelSummary {
         ChannelSummary {
             name: name.clone(),
@@ -363,7 +528,7 @@ impl AppHub {
     /// Numbers for one channel; `None` when no one is subscribed.
     pub fn channel(&self, channel: &str) -> Option<ChannelSummary> {
         let shard = read(self.shard(channel));
-        shard.get_key_value(channel).map(|(name, c)| Self::summary(name, c))
+        shard.channels.get_key_value(channel).map(|(name, c)| Self::summary(name, c))
     }
 
     /// Every occupied channel whose name starts with `prefix`, sorted by name.
@@ -373,6 +538,7 @@ impl AppHub {
             .iter()
             .flat_map(|shard| {
                 read(shard)
+                    .channels
                     .iter()
                     .filter(|(name, _)| name.as_str().starts_with(prefix))
                     .map(|(name, c)| Self::summary(name, c))
@@ -387,12 +553,63 @@ impl AppHub {
     pub fn presence_user_ids(&self, channel: &str) -> Vec<String> {
         let shard = read(self.shard(channel));
         let mut ids: Vec<String> = shard
+            .channels
             .get(channel)
             .and_then(|c| c.presence.as_ref())
             .map(|p| p.user_ids().map(str::to_owned).collect())
             .unwrap_or_default();
         ids.sort();
         ids
+    }
+
+    /// Records a sign-in. Tells watchers when the user comes online, and tells this connection
+    /// which of its watched users are online and offline now.
+    pub fn sign_in(&self, connection: &Arc<Connection>, user_id: &str, watchlist: &[String]) {
+        let mut users = lock(&self.users);
+        if users.sign_in(user_id, connection, watchlist) {
+            let frame = watchlist_frame(&[user_id], &[]);
+            for watcher in users.watchers_of(user_id) {
+                watcher.outbound.push(frame.clone());
+            }
+        }
+        if !watchlist.is_empty() {
+            let (online, offline): (Vec<&str>, Vec<&str>) =
+                watchlist.iter().map(String::as_str).partition(|id| users.is_online(id));
+            connection.outbound.push(watchlist_frame(&online, &offline));
+        }
+    }
+
+    /// Forgets a signed-in connection; tells watchers when its user goes offline.
+    pub fn sign_out(&self, socket_id: SocketId, user_id: &str, watchlist: &[String]) {
+        let mut users = lock(&self.users);
+        if users.sign_out(user_id, socket_id, watchlist) {
+            let frame = watchlist_frame(&[], &[user_id]);
+            for watcher in users.watchers_of(user_id) {
+                watcher.outbound.push(frame.clone());
+            }
+        }
+    }
+
+    /// Delivers a frame to every connection signed in as `user_id`; returns how many.
+    pub fn send_to_user(&self, user_id: &str, frame: &Bytes) -> usize {
+        self.metrics.events_published.increment(1);
+        let users = lock(&self.users);
+        let connections = users.connections_of(user_id);
+        for connection in connections {
+            connection.outbound.push(frame.clone());
+        }
+        self.metrics.frames_delivered.increment(connections.len() as u64);
+        connections.len()
+    }
+
+    /// Closes every connection signed in as `user_id` with 4009; returns how many.
+    pub fn terminate_user(&self, user_id: &str) -> usize {
+        let users = lock(&self.users);
+        let connections = users.connections_of(user_id);
+        for connection in connections {
+            connection.outbound.close(CloseCode::Unauthorized, "Connection terminated by the app");
+        }
+        connections.len()
     }
 }
 
@@ -422,6 +639,15 @@ impl Hubs {
                 Arc::new(hub)
             })
             .clone()
+    }
+
+    /// Periodic upkeep of every hub (see [`AppHub::tick`]); `app_of` finds each hub's app.
+    pub fn tick(&self, app_of: impl Fn(&str) -> Option<Arc<App>>) {
+        for hub in self.all() {
+            if let Some(app) = app_of(hub.app_id()) {
+                hub.tick(&app);
+            }
+        }
     }
 
     /// Every hub created so far.

@@ -5,6 +5,7 @@
 //! - [`presence`]: who is in a presence channel, counted per user, not per socket.
 //! - [`outbound`]: each connection's bounded queue of encoded frames and the slow-consumer policy.
 //! - [`session`]: one connection's state machine: client frames in, replies and hub calls out.
+//! - [`users`]: signed-in users and their watchers.
 //! - [`webhook`]: the events the hub reports for webhooks, and the [`webhook::WebhookSink`] seam.
 //!
 //! A transport (the WebSocket endpoint in `plexus-server`) owns the socket: it feeds decoded text
@@ -16,6 +17,7 @@ pub mod hub;
 pub mod outbound;
 pub mod presence;
 pub mod session;
+pub mod users;
 pub mod webhook;
 
 pub use app::{App, AppStore, MemoryAppStore};

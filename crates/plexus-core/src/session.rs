@@ -86,6 +86,39 @@ struct RateWindow {
     count: u32,
 }
 
+/// Why a sign-in was refused. Answered with `pusher:error` 4009 and a close with 4009.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigninError {
+    #[error("Invalid signature: expected HMAC SHA256 hex digest of {0:?}")]
+    InvalidSignature(String),
+    #[error("invalid user_data: {0}")]
+    InvalidUserData(String),
+    #[error("user_data is {size} bytes; the limit is {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("this connection is already signed in as user {0:?}")]
+    AlreadySignedIn(String),
+}
+
+/// Most watched users per sign-in; the rest are dropped with `pusher:error` 4302.
+pub const MAX_WATCHLIST: usize = 100;
+
+#[derive(Deserialize)]
+struct UserData {
+    id: serde_json::Value,
+    #[serde(default)]
+    user_info: Option<Box<RawValue>>,
+    #[serde(default)]
+    watchlist: Option<Vec<String>>,
+}
+
+/// The user a connection signed in as.
+#[derive(Debug)]
+struct SignedIn {
+    user_id: String,
+    user_info: Option<Box<RawValue>>,
+    watchlist: Vec<String>,
+}
+
 /// One connection's state.
 #[derive(Debug)]
 pub struct Session {
@@ -96,6 +129,9 @@ pub struct Session {
     /// Channel → presence user id (for presence channels).
     subscriptions: HashMap<ChannelName, Option<Box<str>>>,
     client_events: RateWindow,
+    signed_in: Option<SignedIn>,
+    /// Signed in, or holds a private or presence subscription (the "authorized connection" rule).
+    authorized: bool,
 }
 
 impl Session {
@@ -117,7 +153,15 @@ impl Session {
             socket_id_text,
             subscriptions: HashMap::new(),
             client_events: RateWindow { started: now, count: 0 },
+            signed_in: None,
+            authorized: false,
         })
+    }
+
+    /// Whether the connection has signed in or joined a private or presence channel; apps with
+    /// `enable_user_authentication` close connections that are not within the timeout.
+    pub fn is_authorized(&self) -> bool {
+        self.authorized
     }
 
     pub fn socket_id(&self) -> SocketId {
@@ -159,12 +203,11 @@ impl Session {
                 }
             }
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(&channel),
-            ClientFrame::Signin { .. } => {
-                self.connection.outbound.push(codec::error(
-                    None,
-                    "pusher:signin is not supported by this server yet",
-                    None,
-                ));
+            ClientFrame::Signin { auth, user_data } => {
+                if let Err(error) = self.sign_in(&auth, &user_data) {
+                    tracing::debug!(socket_id = %self.socket_id_text, %error, "sign-in refused");
+                    self.connection.outbound.close(CloseCode::Unauthorized, &error.to_string());
+                }
             }
             ClientFrame::ClientEvent { event, channel, data } => {
                 if let Err(error) = self.client_event(&event, &channel, data.as_ref(), now) {
@@ -191,20 +234,37 @@ impl Session {
         let auth = request.auth.as_deref().unwrap_or("");
         let member_user: Option<(String, Option<Box<RawValue>>)> = match channel.kind() {
             ChannelKind::Public => None,
-            ChannelKind::ServerToUser => return Err(SubscribeError::NotSignedInAsUser),
+            ChannelKind::ServerToUser => {
+                // Delivery goes by sign-in, not by subscription: acknowledge, register nothing.
+                let signed_in_as = self.signed_in.as_ref().map(|s| s.user_id.as_str());
+                if signed_in_as.is_none() || signed_in_as != channel.server_to_user_id() {
+                    return Err(SubscribeError::NotSignedInAsUser);
+                }
+                self.connection.outbound.push(codec::subscription_succeeded(channel.as_str()));
+                return Ok(());
+            }
             ChannelKind::Private | ChannelKind::Encrypted => {
                 self.check_signature(&channel, None, auth)?;
                 None
             }
-            ChannelKind::Presence => {
-                let data = request
-                    .channel_data
-                    .as_deref()
-                    .ok_or_else(|| SubscribeError::InvalidChannelData("missing channel_data".into()))?;
-                self.check_signature(&channel, Some(data), auth)?;
-                Some(self.parse_member(data)?)
-            }
+            ChannelKind::Presence => match (request.channel_data.as_deref(), &self.signed_in) {
+                (Some(data), _) => {
+                    self.check_signature(&channel, Some(data), auth)?;
+                    Some(self.parse_member(data)?)
+                }
+                // A signed-in connection may join as its user with a private-form signature.
+                (None, Some(user)) => {
+                    self.check_signature(&channel, None, auth)?;
+                    Some((user.user_id.clone(), user.user_info.clone()))
+                }
+                (None, None) => {
+                    return Err(SubscribeError::InvalidChannelData("missing channel_data".into()))
+                }
+            },
         };
+        if channel.requires_auth() {
+            self.authorized = true;
+        }
 
         if let Some((user_id, info)) = &member_user {
             if let Some(Some(existing)) = self.subscriptions.get(&channel) {
@@ -220,6 +280,50 @@ impl Session {
             self.hub.subscribe(&self.app, &self.connection, &channel, None)?;
         }
         self.subscriptions.insert(channel, member_user.map(|(id, _)| id.into_boxed_str()));
+        Ok(())
+    }
+
+    fn sign_in(&mut self, auth: &str, user_data: &str) -> Result<(), SigninError> {
+        let max = self.app.max_payload_bytes();
+        if user_data.len() > max {
+            return Err(SigninError::TooLarge { size: user_data.len(), max });
+        }
+        let sts = signature::user_string_to_sign(&self.socket_id_text, user_data);
+        if !signature::verify_auth_token(&self.app.key, &self.app.secret, &sts, auth) {
+            return Err(SigninError::InvalidSignature(sts));
+        }
+        let data: UserData =
+            serde_json::from_str(user_data).map_err(|e| SigninError::InvalidUserData(e.to_string()))?;
+        let user_id = match data.id {
+            serde_json::Value::String(id) if !id.is_empty() && id.chars().count() <= MAX_USER_ID_LEN => id,
+            _ => {
+                return Err(SigninError::InvalidUserData(format!(
+                    "id must be a non-empty string of at most {MAX_USER_ID_LEN} characters"
+                )))
+            }
+        };
+        if let Some(current) = &self.signed_in {
+            if current.user_id != user_id {
+                return Err(SigninError::AlreadySignedIn(current.user_id.clone()));
+            }
+        }
+        let mut watchlist = data.watchlist.unwrap_or_default();
+        if watchlist.len() > MAX_WATCHLIST {
+            watchlist.truncate(MAX_WATCHLIST);
+            let message = format!("watchlist is limited to {MAX_WATCHLIST} user ids; the rest were ignored");
+            self.connection.outbound.push(codec::error(
+                Some(CloseCode::WatchlistLimitExceeded.code()),
+                &message,
+                None,
+            ));
+        }
+        if let Some(previous) = self.signed_in.take() {
+            self.hub.sign_out(self.connection.socket_id, &previous.user_id, &previous.watchlist);
+        }
+        self.connection.outbound.push(codec::signin_success(user_data));
+        self.hub.sign_in(&self.connection, &user_id, &watchlist);
+        self.signed_in = Some(SignedIn { user_id, user_info: data.user_info, watchlist });
+        self.authorized = true;
         Ok(())
     }
 
@@ -338,6 +442,9 @@ fn webhook_data(raw: Option<&str>) -> String {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if let Some(user) = self.signed_in.take() {
+            self.hub.sign_out(self.connection.socket_id, &user.user_id, &user.watchlist);
+        }
         for (channel, user_id) in self.subscriptions.drain() {
             self.hub.unsubscribe(&self.app, self.connection.socket_id, &channel, user_id.as_deref());
         }

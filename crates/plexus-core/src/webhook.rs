@@ -16,6 +16,8 @@ pub enum WebhookEvent {
     MemberAdded { channel: String, user_id: String },
     MemberRemoved { channel: String, user_id: String },
     ClientEvent { channel: String, event: String, data: String, socket_id: String, user_id: Option<String> },
+    CacheMiss { channel: String },
+    SubscriptionCount { channel: String, subscription_count: usize },
 }
 
 impl WebhookEvent {
@@ -26,6 +28,8 @@ impl WebhookEvent {
             WebhookEvent::MemberAdded { .. } => WebhookKind::MemberAdded,
             WebhookEvent::MemberRemoved { .. } => WebhookKind::MemberRemoved,
             WebhookEvent::ClientEvent { .. } => WebhookKind::ClientEvent,
+            WebhookEvent::CacheMiss { .. } => WebhookKind::CacheMiss,
+            WebhookEvent::SubscriptionCount { .. } => WebhookKind::SubscriptionCount,
         }
     }
 }

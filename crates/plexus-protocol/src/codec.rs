@@ -347,6 +347,23 @@ pub fn member_removed(channel: &str, user_id: &str) -> Bytes {
     ServerEvent::new("pusher_internal:member_removed").channel(channel).data(Data::Str(&inner)).to_frame()
 }
 
+/// `pusher:cache_miss`: a cache channel had no event for a new subscriber.
+pub fn cache_miss(channel: &str) -> Bytes {
+    ServerEvent::new("pusher:cache_miss").channel(channel).data(Data::Str("{}")).to_frame()
+}
+
+/// `pusher_internal:subscription_count` with `{"subscription_count":n}` as string data.
+pub fn subscription_count(channel: &str, count: usize) -> Bytes {
+    let inner = format!("{{\"subscription_count\":{count}}}");
+    ServerEvent::new("pusher_internal:subscription_count").channel(channel).data(Data::Str(&inner)).to_frame()
+}
+
+/// `pusher:signin_success`, echoing the exact `user_data` string that was signed.
+pub fn signin_success(user_data: &str) -> Bytes {
+    let data = format!("{{\"user_data\":{}}}", json_str(user_data));
+    ServerEvent::new("pusher:signin_success").data(Data::Raw(&data)).to_frame()
+}
+
 /// `s` as a JSON string literal.
 pub fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("string serialisation is infallible")
@@ -393,6 +410,22 @@ mod tests {
         assert_eq!(
             text(&subscription_succeeded("my-channel")),
             r#"{"event":"pusher_internal:subscription_succeeded","channel":"my-channel","data":"{}"}"#
+        );
+    }
+
+    #[test]
+    fn signin_cache_and_count_events_have_the_documented_shapes() {
+        assert_eq!(
+            text(&signin_success(r#"{"id":"1"}"#)),
+            r#"{"event":"pusher:signin_success","data":{"user_data":"{\"id\":\"1\"}"}}"#
+        );
+        assert_eq!(
+            text(&cache_miss("cache-a")),
+            r#"{"event":"pusher:cache_miss","channel":"cache-a","data":"{}"}"#
+        );
+        assert_eq!(
+            text(&subscription_count("a", 42)),
+            r#"{"event":"pusher_internal:subscription_count","channel":"a","data":"{\"subscription_count\":42}"}"#
         );
     }
 

@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use plexus_core::hub::ChannelSummary;
 use plexus_core::App;
 use plexus_protocol::codec::{Data, ServerEvent};
 use plexus_protocol::limits::{MAX_BATCH_EVENTS, MAX_CHANNELS_PER_TRIGGER, MAX_EVENT_NAME_LEN};
@@ -100,6 +101,8 @@ fn authenticate(
 struct InfoRequest {
     user_count: bool,
     subscription_count: bool,
+    /// Only on `GET /channels/{channel}` for cache channels.
+    cache: bool,
 }
 
 fn parse_info(info: Option<&str>) -> Result<InfoRequest, ApiError> {
@@ -108,6 +111,7 @@ fn parse_info(info: Option<&str>) -> Result<InfoRequest, ApiError> {
         match attribute {
             "user_count" => request.user_count = true,
             "subscription_count" => request.subscription_count = true,
+            "cache" => request.cache = true,
             other => return Err(ApiError::BadRequest(format!("unsupported info attribute {other:?}"))),
         }
     }
@@ -180,6 +184,9 @@ fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, ApiErr
         .map(|s| s.parse::<SocketId>().map_err(|e| ApiError::BadRequest(e.to_string())))
         .transpose()?;
     let info = parse_info(request.info.as_deref())?;
+    if info.cache {
+        return Err(ApiError::BadRequest("info=cache is only available on GET /channels/{channel}".into()));
+    }
     if info.user_count && channels.iter().any(|c| c.kind() != ChannelKind::Presence) {
         return Err(ApiError::BadRequest("info=user_count is only available for presence channels".into()));
     }
@@ -192,25 +199,35 @@ fn publish(state: &ServerState, app: &App, event: &ValidEvent) -> Option<Map<Str
     for channel in &event.channels {
         let frame =
             ServerEvent::new(&event.name).channel(channel.as_str()).data(Data::Str(&event.data)).to_frame();
-        hub.publish(channel.as_str(), &frame, event.except);
+        match channel.server_to_user_id() {
+            Some(user_id) => hub.send_to_user(user_id, &frame),
+            None => hub.publish(channel.as_str(), &frame, event.except),
+        };
+        if channel.is_cache() {
+            hub.remember(channel, &event.data, &frame, Duration::from_secs(app.cache_ttl_secs));
+        }
     }
     if !event.info.user_count && !event.info.subscription_count {
         return None;
     }
-    let mut channels = Map::new();
-    for channel in &event.channels {
-        let summary = hub.channel(channel.as_str());
-        let mut entry = Map::new();
-        if event.info.user_count {
-            entry
-                .insert("user_count".into(), json!(summary.as_ref().and_then(|s| s.user_count).unwrap_or(0)));
-        }
-        if event.info.subscription_count {
-            entry.insert("subscription_count".into(), json!(summary.map_or(0, |s| s.subscription_count)));
-        }
-        channels.insert(channel.to_string(), Value::Object(entry));
-    }
+    let channels = event
+        .channels
+        .iter()
+        .map(|c| (c.to_string(), Value::Object(counts(event.info, hub.channel(c.as_str())))))
+        .collect();
     Some(channels)
+}
+
+/// The counts an `info=` asked for, from a channel summary (zeros for an empty channel).
+fn counts(info: InfoRequest, summary: Option<ChannelSummary>) -> Map<String, Value> {
+    let mut entry = Map::new();
+    if info.user_count {
+        entry.insert("user_count".into(), json!(summary.as_ref().and_then(|s| s.user_count).unwrap_or(0)));
+    }
+    if info.subscription_count {
+        entry.insert("subscription_count".into(), json!(summary.map_or(0, |s| s.subscription_count)));
+    }
+    entry
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
@@ -287,19 +304,15 @@ pub async fn channels(
     let auth = authenticate(&state, &app_id, &method, &uri, b"")?;
     let prefix = auth.param("filter_by_prefix").unwrap_or("");
     let info = parse_info(auth.param("info"))?;
+    if info.cache {
+        return Err(ApiError::BadRequest("info=cache is only available on GET /channels/{channel}".into()));
+    }
     if info.user_count && !prefix.starts_with("presence-") {
         return Err(ApiError::BadRequest("info=user_count requires filter_by_prefix=presence-".into()));
     }
     let mut channels = BTreeMap::new();
     for summary in state.hubs.hub(&auth.app.id).channels(prefix) {
-        let mut entry = Map::new();
-        if info.user_count {
-            entry.insert("user_count".into(), json!(summary.user_count.unwrap_or(0)));
-        }
-        if info.subscription_count {
-            entry.insert("subscription_count".into(), json!(summary.subscription_count));
-        }
-        channels.insert(summary.name.to_string(), Value::Object(entry));
+        channels.insert(summary.name.to_string(), Value::Object(counts(info, Some(summary))));
     }
     Ok(Json(json!({ "channels": channels })))
 }
@@ -317,14 +330,17 @@ pub async fn channel(
     if info.user_count && name.kind() != ChannelKind::Presence {
         return Err(ApiError::BadRequest("info=user_count is only available for presence channels".into()));
     }
-    let summary = state.hubs.hub(&auth.app.id).channel(name.as_str());
+    if info.cache && !name.is_cache() {
+        return Err(ApiError::BadRequest("info=cache is only available for cache channels".into()));
+    }
+    let hub = state.hubs.hub(&auth.app.id);
+    let summary = hub.channel(name.as_str());
     let mut body = Map::new();
     body.insert("occupied".into(), json!(summary.is_some()));
-    if info.user_count {
-        body.insert("user_count".into(), json!(summary.as_ref().and_then(|s| s.user_count).unwrap_or(0)));
-    }
-    if info.subscription_count {
-        body.insert("subscription_count".into(), json!(summary.map_or(0, |s| s.subscription_count)));
+    body.extend(counts(info, summary));
+    if info.cache {
+        let cache = hub.cached(name.as_str()).map(|c| json!({"data": c.data, "ttl": c.ttl_secs}));
+        body.insert("cache".into(), cache.unwrap_or(Value::Null));
     }
     Ok(Json(Value::Object(body)))
 }
@@ -349,6 +365,43 @@ pub async fn channel_users(
         .map(|id| json!({ "id": id }))
         .collect();
     Ok(Json(json!({ "users": users })))
+}
+
+/// `POST /apps/{app_id}/users/{user_id}/terminate_connections`: closes every connection signed
+/// in as the user with 4009 (pusher-js does not reconnect on its own).
+pub async fn terminate_user_connections(
+    State(state): State<Arc<ServerState>>,
+    Path((app_id, user_id)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let auth = authenticate(&state, &app_id, &method, &uri, &body)?;
+    let closed = state.hubs.hub(&auth.app.id).terminate_user(&user_id);
+    tracing::info!(app_id = %auth.app.id, user_id, closed, "terminated user connections");
+    Ok(Json(json!({})))
+}
+
+/// `POST /users/{user_id}/terminate_connections`: the same without the `/apps/{id}` prefix, as
+/// pusher-http-python sends it; the app is the one whose key signed the request.
+pub async fn terminate_user_connections_unprefixed(
+    State(state): State<Arc<ServerState>>,
+    Path(user_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let key = uri
+        .query()
+        .and_then(|q| {
+            form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "auth_key").map(|(_, v)| v.into_owned())
+        })
+        .ok_or_else(|| ApiError::Unauthorized("missing query parameter auth_key".into()))?;
+    let app = state
+        .apps
+        .by_key(&key)
+        .ok_or_else(|| ApiError::Unauthorized("auth_key does not match an app".into()))?;
+    terminate_user_connections(State(state), Path((app.id.clone(), user_id)), method, uri, body).await
 }
 
 /// `GET /up`, `/health`, `/`: the process is alive.

@@ -78,6 +78,14 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/apps/{app_id}/channels", get(http_api::channels))
         .route("/apps/{app_id}/channels/{channel}", get(http_api::channel))
         .route("/apps/{app_id}/channels/{channel}/users", get(http_api::channel_users))
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            post(http_api::terminate_user_connections),
+        )
+        .route(
+            "/users/{user_id}/terminate_connections",
+            post(http_api::terminate_user_connections_unprefixed),
+        )
         .route("/", get(http_api::up))
         .route("/up", get(http_api::up))
         .route("/health", get(http_api::up))
@@ -106,6 +114,16 @@ pub fn bind(config: &ServerConfig) -> std::io::Result<TcpListener> {
     socket.listen(config.listen_backlog)
 }
 
+/// Once a second: throttled subscription counts go out and expired cache entries are dropped.
+async fn upkeep(state: Arc<ServerState>) {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every_second.tick().await;
+        state.hubs.tick(|app_id| state.apps.by_id(app_id));
+    }
+}
+
 /// Serves until `shutdown` resolves, then closes every client with 4200 and waits (bounded by
 /// `shutdown_grace_secs`) for them to go.
 pub async fn serve(
@@ -120,6 +138,7 @@ pub async fn serve(
     });
     let shutdown_state = state.clone();
     let app = router(state.clone());
+    let upkeep = tokio::spawn(upkeep(state.clone()));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -129,6 +148,7 @@ pub async fn serve(
         .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_grace_secs);
     let left = state.hubs.wait_until_empty(deadline).await;
+    upkeep.abort();
     if left > 0 {
         tracing::warn!(left, "grace period over; exiting with clients still connected");
     }

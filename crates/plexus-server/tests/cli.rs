@@ -92,9 +92,16 @@ fn env_overrides_and_sigterm_exits_zero() {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .unwrap();
+    // Read until the first frame: the session exists once connection_established is sent.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut received = Vec::new();
     let mut buf = [0u8; 512];
-    let n = stream.read(&mut buf).unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
+    while !String::from_utf8_lossy(&received).contains("pusher:connection_established") {
+        let n = stream.read(&mut buf).expect("the handshake and first frame arrive");
+        assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&received);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "RFC 6455 sample accept key: {head}");
 

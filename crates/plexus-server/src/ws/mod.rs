@@ -257,14 +257,26 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
     let pong_grace = Duration::from_secs(config.pong_timeout_secs);
     let mut awaiting_pong = false;
 
+    // Apps with user authentication give a connection this long to sign in or join a private or
+    // presence channel.
+    let auth_deadline = session
+        .app()
+        .enable_user_authentication
+        .then(|| Instant::now() + Duration::from_secs(session.app().user_authentication_timeout_secs));
     let mut writer_done = false;
     loop {
         let wait = if awaiting_pong { pong_grace } else { idle };
+        let unauthorized_by =
+            auth_deadline.filter(|_| !session.is_authorized() && !connection.outbound.is_closing());
         let read = tokio::select! {
             biased;
             _ = &mut writer => {
                 writer_done = true;
                 break;
+            }
+            _ = sleep_until_some(unauthorized_by) => {
+                connection.outbound.close(CloseCode::Unauthorized, "Connection not authorized within timeout");
+                continue;
             }
             read = tokio::time::timeout(wait, reader.next(&connection)) => read,
         };
@@ -317,6 +329,14 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
     } else {
         connection.outbound.end();
         let _ = tokio::time::timeout(CLOSE_LINGER, writer).await;
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
