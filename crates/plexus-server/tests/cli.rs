@@ -60,19 +60,32 @@ fn invalid_config_stops_with_nonzero_exit_naming_the_field() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/plexus.toml"));
 }
 
+/// Kills the child if the test fails before it exits, so no server outlives its test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn env_overrides_and_sigterm_exits_zero() {
-    let mut child = plexus()
-        .arg("serve")
-        .env("PLEXUS_HOST", "127.0.0.1")
-        .env("PLEXUS_PORT", "0")
-        .env("PLEXUS_APP_KEY", "env-key")
-        .env("PLEXUS_METRICS_PORT", "0")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut guard = KillOnDrop(
+        plexus()
+            .arg("serve")
+            .env("PLEXUS_HOST", "127.0.0.1")
+            .env("PLEXUS_PORT", "0")
+            .env("PLEXUS_APP_KEY", "env-key")
+            .env("PLEXUS_METRICS_PORT", "0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();

@@ -1,0 +1,105 @@
+//! `broadcast`: N subscribers on one public channel, M events published back to back through
+//! the HTTP API. Measures the time from the first publish until every subscriber has every
+//! event, deliveries per second, delivery latency, loss and duplicates.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::{Ctx, Deliveries, Subscribers};
+use crate::publisher::{publish, PublishPlan};
+use crate::pusher::API_EVENT;
+use crate::stats::{round3, CpuMeter, Errors};
+
+/// Scenario settings.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub subscribers: usize,
+    pub events: u64,
+    pub http_connections: usize,
+    pub window: usize,
+}
+
+pub const CHANNEL: &str = "bench-broadcast";
+
+pub async fn run(ctx: Arc<Ctx>, p: Params) -> Value {
+    let mut errors = Errors::default();
+    let rss_before = ctx.server_rss();
+    let subs =
+        Subscribers::spawn(&ctx, p.subscribers, |_| CHANNEL.to_string(), false, API_EVENT, p.events as usize);
+    let setup_start = Instant::now();
+    let ready = subs.wait_ready(ctx.deadline).await;
+    let setup_secs = setup_start.elapsed().as_secs_f64();
+    let rss_subscribed = ctx.server_rss();
+
+    let cpu = CpuMeter::start();
+    let server_cpu = ctx.server_cpu();
+    let report = if ready > 0 {
+        publish(
+            &ctx.target,
+            &PublishPlan {
+                events: p.events,
+                channels: vec![CHANNEL.to_string()],
+                rate: None,
+                connections: p.http_connections,
+                window: p.window,
+                affinity: false,
+                padding: ctx.padding.clone(),
+                deadline: ctx.deadline,
+            },
+        )
+        .await
+    } else {
+        errors.add("no_subscriber_ready");
+        Default::default()
+    };
+    let accepted = report.sent_per_channel.first().map_or(0, |_| report.accepted_on(0));
+    let expected = ready as u64 * accepted;
+    let drain_until = ctx.cap(report.last_send.unwrap_or_else(Instant::now) + ctx.drain);
+    if !super::wait_until(drain_until, || subs.received() >= expected).await {
+        errors.add(if Instant::now() >= ctx.deadline { "deadline_exceeded" } else { "drain_timeout" });
+    }
+    let bench_cpu_measure = cpu.fraction();
+    let server_cpu_measure = server_cpu.and_then(|m| m.fraction());
+    let results = subs.stop().await;
+    let d = Deliveries::collect(results, |_| accepted);
+    errors.merge(report.errors);
+    errors.merge(d.errors);
+    let rss_after = ctx.server_rss();
+
+    let delivery_secs = match (report.first_send, d.last_new) {
+        (Some(first), Some(last)) => Some(last.duration_since(first).as_secs_f64()),
+        _ => None,
+    };
+    let publish_secs = match (report.first_send, report.last_send) {
+        (Some(a), Some(b)) => Some(b.duration_since(a).as_secs_f64()),
+        _ => None,
+    };
+    json!({
+        "subscribers_ready": ready,
+        "setup_secs": round3(setup_secs),
+        "events_published": report.sent,
+        "events_accepted": accepted,
+        "deliveries_expected": d.expected,
+        "deliveries_received": d.received,
+        "complete": d.lost == 0 && d.expected > 0,
+        "loss": d.lost,
+        "duplicates": d.duplicates,
+        "delivery_secs": delivery_secs.map(round3),
+        "deliveries_per_sec": delivery_secs.filter(|s| *s > 0.0).map(|s| (d.received as f64 / s).round()),
+        "latency_ms": d.latencies.summary(),
+        "publish": {
+            "secs": publish_secs.map(round3),
+            "http_latency_ms": report.http.summary(),
+        },
+        "bench_cpu_measure": bench_cpu_measure,
+        "server_cpu_measure": server_cpu_measure,
+        "server_rss": {
+            "before_kib": rss_before,
+            "subscribed_kib": rss_subscribed,
+            "after_kib": rss_after,
+        },
+        "errors": errors.to_json(),
+    })
+}
