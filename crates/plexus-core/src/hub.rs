@@ -170,6 +170,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Gives memory back after a crowd leaves: maps keep their peak capacity otherwise, and the
+/// registry's maps are what grows with connections and channels.
+pub(crate) fn shrink_if_sparse<K: std::hash::Hash + Eq, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 fn random_socket_id() -> SocketId {
     let mut bytes = [0u8; 16];
     // The OS generator; failing to read it is an unrecoverable platform fault.
@@ -253,6 +261,7 @@ impl AppHub {
         let mut connections = lock(&self.connections);
         if connections.remove(&socket_id).is_some() {
             self.metrics.connections.decrement(1);
+            shrink_if_sparse(&mut connections);
         }
         self.connection_count.store(connections.len(), Ordering::Relaxed);
         drop(connections);
@@ -427,6 +436,7 @@ impl AppHub {
         if entry.subscribers.remove(&socket_id).is_none() {
             return false;
         }
+        shrink_if_sparse(&mut entry.subscribers);
         self.metrics.subscriptions.decrement(1);
         if let (Some(user_id), Some(presence)) = (user_id, entry.presence.as_mut()) {
             if presence.leave(user_id) {
@@ -443,6 +453,7 @@ impl AppHub {
         self.subscription_count_changed(app, channel, entry, Instant::now());
         if entry.subscribers.is_empty() {
             shard.channels.remove(channel.as_str());
+            shrink_if_sparse(&mut shard.channels);
             self.metrics.channels.decrement(1);
             self.webhook(app, WebhookKind::ChannelVacated, || WebhookEvent::ChannelVacated {
                 channel: channel.to_string(),

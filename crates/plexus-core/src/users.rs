@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use plexus_protocol::SocketId;
 
-use crate::hub::Connection;
+use crate::hub::{shrink_if_sparse, Connection};
 
 /// Signed-in connections and watchers of one app.
 #[derive(Debug, Default)]
@@ -55,6 +55,7 @@ impl UserRegistry {
                 remove_socket(watchers, socket_id);
                 if watchers.is_empty() {
                     self.watchers.remove(watched.as_str());
+                    shrink_if_sparse(&mut self.watchers);
                 }
             }
         }
@@ -64,6 +65,7 @@ impl UserRegistry {
         }
         if sockets.is_empty() {
             self.signed_in.remove(user_id);
+            shrink_if_sparse(&mut self.signed_in);
             return true;
         }
         false

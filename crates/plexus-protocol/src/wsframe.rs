@@ -1,12 +1,17 @@
-//! Server-to-client WebSocket framing (RFC 6455 §5.2), done once per event.
+//! WebSocket framing (RFC 6455 §5): server frames encoded once per event, client frames parsed
+//! without holding a buffer between messages.
 //!
 //! Frames a server sends are never masked, so the bytes of a frame are the same for every
 //! recipient: the hub encodes an event into one complete frame and every subscriber's queue holds
 //! a reference to the same [`Bytes`]. The writer then hands those bytes to the kernel as they are
-//! (vectored), with no per-subscriber framing or copying. Reading client frames (masked,
-//! possibly fragmented) is left to the WebSocket crate in the server.
+//! (vectored), with no per-subscriber framing or copying.
+//!
+//! Client frames are parsed by [`ClientFrameReader`] out of whatever bytes the transport has
+//! read: it takes complete frames, unmasks them in place, reassembles fragments, checks UTF-8 and
+//! the size limit, and leaves partial frames in the caller's buffer. An idle connection therefore
+//! needs no read buffer at all; that is why plexus parses frames itself (see BENCHMARKS.md).
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Most bytes a server frame header takes (no mask: 2 + 8).
 pub const MAX_HEADER_LEN: usize = 10;
@@ -17,7 +22,9 @@ const FIN: u8 = 0x80;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Opcode {
+    Continuation = 0x0,
     Text = 0x1,
+    Binary = 0x2,
     Close = 0x8,
     Ping = 0x9,
     Pong = 0xA,
@@ -90,6 +97,171 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     frame(Opcode::Close, &payload)
 }
 
+/// A complete message (or control frame) from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong,
+    /// `code` is absent for an empty close frame; the reason is already checked to be UTF-8.
+    Close {
+        code: Option<u16>,
+        reason: Bytes,
+    },
+}
+
+/// Why the client's byte stream is not acceptable WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("message larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("text is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("{0}")]
+    Protocol(&'static str),
+}
+
+/// Parses client frames (RFC 6455 §5.2–5.5) from a caller-owned buffer.
+#[derive(Debug)]
+pub struct ClientFrameReader {
+    max_message: usize,
+    /// A fragmented text (true) or binary message being reassembled.
+    fragments: Option<(bool, BytesMut)>,
+}
+
+impl ClientFrameReader {
+    pub fn new(max_message: usize) -> Self {
+        ClientFrameReader { max_message, fragments: None }
+    }
+
+    /// Takes the next complete message out of `buf`; `Ok(None)` means more bytes are needed.
+    /// Control frames are returned as they arrive, also between the fragments of a message.
+    pub fn next_message(&mut self, buf: &mut BytesMut) -> Result<Option<ClientMessage>, FrameError> {
+        loop {
+            let Some(frame) = self.take_frame(buf)? else { return Ok(None) };
+            if let Some(message) = self.assemble(frame)? {
+                return Ok(Some(message));
+            }
+        }
+    }
+
+    /// One complete frame, unmasked, or `None` if `buf` does not hold one yet.
+    fn take_frame(&self, buf: &mut BytesMut) -> Result<Option<RawFrame>, FrameError> {
+        if buf.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (buf[0], buf[1]);
+        if b0 & 0x70 != 0 {
+            return Err(FrameError::Protocol("reserved bits set without an extension"));
+        }
+        if b1 & 0x80 == 0 {
+            return Err(FrameError::Protocol("client frames must be masked"));
+        }
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0f;
+        let (len, len_bytes) = match b1 & 0x7f {
+            126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as u64, 2),
+            127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")), 8),
+            126 | 127 => return Ok(None),
+            short => (short as u64, 0),
+        };
+        if opcode & 0x08 != 0 && (!fin || len > 125) {
+            return Err(FrameError::Protocol("control frames must be final and at most 125 bytes"));
+        }
+        let buffered = self.fragments.as_ref().map_or(0, |(_, f)| f.len() as u64);
+        if len + buffered > self.max_message as u64 {
+            return Err(FrameError::TooLarge(self.max_message));
+        }
+        let header = 2 + len_bytes + 4;
+        let total = header + len as usize;
+        if buf.len() < total {
+            // Make room once for the whole frame rather than growing read by read.
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        let mask: [u8; 4] = buf[header - 4..header].try_into().expect("4 bytes");
+        let mut frame = buf.split_to(total);
+        frame.advance(header);
+        for (i, byte) in frame.iter_mut().enumerate() {
+            *byte ^= mask[i & 3];
+        }
+        Ok(Some(RawFrame { fin, opcode, payload: frame }))
+    }
+
+    fn assemble(&mut self, frame: RawFrame) -> Result<Option<ClientMessage>, FrameError> {
+        let RawFrame { fin, opcode, payload } = frame;
+        match opcode {
+            0x0 => {
+                let Some((_, buffer)) = self.fragments.as_mut() else {
+                    return Err(FrameError::Protocol("continuation frame without a message to continue"));
+                };
+                buffer.extend_from_slice(&payload);
+                if !fin {
+                    return Ok(None);
+                }
+                let (text, whole) = self.fragments.take().expect("checked above");
+                data_message(text, whole).map(Some)
+            }
+            0x1 | 0x2 => {
+                if self.fragments.is_some() {
+                    return Err(FrameError::Protocol("new message before the previous one was finished"));
+                }
+                if fin {
+                    return data_message(opcode == 0x1, payload).map(Some);
+                }
+                self.fragments = Some((opcode == 0x1, payload));
+                Ok(None)
+            }
+            0x8 => {
+                if payload.len() == 1 {
+                    return Err(FrameError::Protocol("close frame with a one-byte payload"));
+                }
+                if payload.is_empty() {
+                    return Ok(Some(ClientMessage::Close { code: None, reason: Bytes::new() }));
+                }
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                let reason = payload.freeze().slice(2..);
+                std::str::from_utf8(&reason).map_err(|_| FrameError::InvalidUtf8)?;
+                Ok(Some(ClientMessage::Close { code: Some(code), reason }))
+            }
+            0x9 => Ok(Some(ClientMessage::Ping(payload.freeze()))),
+            0xA => Ok(Some(ClientMessage::Pong)),
+            _ => Err(FrameError::Protocol("unknown opcode")),
+        }
+    }
+}
+
+struct RawFrame {
+    fin: bool,
+    opcode: u8,
+    payload: BytesMut,
+}
+
+fn data_message(text: bool, payload: BytesMut) -> Result<ClientMessage, FrameError> {
+    if text {
+        std::str::from_utf8(&payload).map_err(|_| FrameError::InvalidUtf8)?;
+        Ok(ClientMessage::Text(payload.freeze()))
+    } else {
+        Ok(ClientMessage::Binary(payload.freeze()))
+    }
+}
+
+/// Encodes a masked client frame (for clients, load generators and tests).
+pub fn client_frame(opcode: Opcode, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let header_len = write_header(&mut header, opcode, payload.len());
+    if !fin {
+        header[0] &= 0x7f;
+    }
+    header[1] |= 0x80;
+    let mut out = Vec::with_capacity(header_len + 4 + payload.len());
+    out.extend_from_slice(&header[..header_len]);
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +299,139 @@ mod tests {
         let f = close_frame(4200, &long);
         assert!(f.len() - 2 <= 125);
         assert!(std::str::from_utf8(&f[4..]).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod reader_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    fn parse_all(reader: &mut ClientFrameReader, bytes: &[u8]) -> Result<Vec<ClientMessage>, FrameError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(message) = reader.next_message(&mut buf)? {
+            out.push(message);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn rfc_6455_masked_hello() {
+        // RFC 6455 §5.7: a single-frame masked text message "Hello".
+        let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let messages = parse_all(&mut ClientFrameReader::new(1024), &bytes).unwrap();
+        assert_eq!(messages, vec![ClientMessage::Text(Bytes::from_static(b"Hello"))]);
+    }
+
+    #[test]
+    fn fragments_are_reassembled_around_control_frames() {
+        let mut bytes = client_frame(Opcode::Text, false, b"Hel", MASK);
+        bytes.extend(client_frame(Opcode::Ping, true, b"p", MASK));
+        bytes.extend(client_frame(Opcode::Continuation, true, b"lo", MASK));
+        let messages = parse_all(&mut ClientFrameReader::new(1024), &bytes).unwrap();
+        assert_eq!(
+            messages,
+            vec![
+                ClientMessage::Ping(Bytes::from_static(b"p")),
+                ClientMessage::Text(Bytes::from_static(b"Hello"))
+            ]
+        );
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let frame = client_frame(Opcode::Text, true, &[b'a'; 300], MASK);
+        let mut reader = ClientFrameReader::new(1024);
+        let mut buf = BytesMut::new();
+        for (i, byte) in frame.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let got = reader.next_message(&mut buf).unwrap();
+            assert_eq!(got.is_some(), i == frame.len() - 1, "byte {i}");
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn violations_are_reported() {
+        let protocol = |bytes: Vec<u8>| parse_all(&mut ClientFrameReader::new(100), &bytes).unwrap_err();
+        let mut unmasked = client_frame(Opcode::Text, true, b"x", MASK);
+        unmasked[1] &= 0x7f;
+        assert_eq!(protocol(unmasked), FrameError::Protocol("client frames must be masked"));
+        let mut rsv = client_frame(Opcode::Text, true, b"x", MASK);
+        rsv[0] |= 0x40;
+        assert!(matches!(protocol(rsv), FrameError::Protocol(_)));
+        assert!(matches!(
+            protocol(client_frame(Opcode::Continuation, true, b"x", MASK)),
+            FrameError::Protocol(_)
+        ));
+        assert!(matches!(protocol(client_frame(Opcode::Ping, false, b"x", MASK)), FrameError::Protocol(_)));
+        assert_eq!(protocol(client_frame(Opcode::Text, true, &[b'a'; 101], MASK)), FrameError::TooLarge(100));
+        assert_eq!(protocol(client_frame(Opcode::Text, true, &[0xff, 0xfe], MASK)), FrameError::InvalidUtf8);
+        let mut two_starts = client_frame(Opcode::Text, false, b"a", MASK);
+        two_starts.extend(client_frame(Opcode::Text, true, b"b", MASK));
+        assert!(matches!(protocol(two_starts), FrameError::Protocol(_)));
+        let mut too_long_in_parts = client_frame(Opcode::Text, false, &[b'a'; 60], MASK);
+        too_long_in_parts.extend(client_frame(Opcode::Continuation, true, &[b'a'; 60], MASK));
+        assert_eq!(protocol(too_long_in_parts), FrameError::TooLarge(100));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_the_payload_arrives() {
+        let mut reader = ClientFrameReader::new(1000);
+        let mut buf = BytesMut::from(&[0x81u8, 0xff, 0, 0, 0, 1, 0, 0, 0, 0][..]);
+        assert_eq!(reader.next_message(&mut buf), Err(FrameError::TooLarge(1000)));
+    }
+
+    #[test]
+    fn close_frames_carry_code_and_reason() {
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        let messages =
+            parse_all(&mut ClientFrameReader::new(100), &client_frame(Opcode::Close, true, &payload, MASK));
+        assert_eq!(
+            messages.unwrap(),
+            vec![ClientMessage::Close { code: Some(1000), reason: Bytes::from_static(b"bye") }]
+        );
+        let empty =
+            parse_all(&mut ClientFrameReader::new(100), &client_frame(Opcode::Close, true, b"", MASK));
+        assert_eq!(empty.unwrap(), vec![ClientMessage::Close { code: None, reason: Bytes::new() }]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_a_frame_stream_yields_the_same_messages(
+            texts in proptest::collection::vec(".{0,300}", 1..6),
+            cuts in proptest::collection::vec(0usize..2000, 0..8),
+        ) {
+            let mut stream = Vec::new();
+            for text in &texts {
+                stream.extend(client_frame(Opcode::Text, true, text.as_bytes(), MASK));
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort();
+            let mut reader = ClientFrameReader::new(1 << 16);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut start = 0;
+            for end in cuts.into_iter().chain([stream.len()]) {
+                buf.extend_from_slice(&stream[start..end]);
+                start = end;
+                while let Some(message) = reader.next_message(&mut buf).unwrap() {
+                    got.push(message);
+                }
+            }
+            let want: Vec<ClientMessage> = texts.iter().map(|t| ClientMessage::Text(Bytes::from(t.clone().into_bytes()))).collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut reader = ClientFrameReader::new(256);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = reader.next_message(&mut buf) {}
+        }
     }
 }

@@ -1,6 +1,11 @@
 //! The `plexus` command: `plexus serve` runs the server.
 
 use std::path::PathBuf;
+
+/// jemalloc returns freed memory to the OS (background purging, see .cargo/config.toml), so RSS
+/// falls after a crowd of connections leaves; glibc's malloc kept all of it (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::sync::Arc;
 
 use anyhow::Context;

@@ -10,9 +10,9 @@
 //! the socket ([`write_loop`]). Both talk to the socket through two small traits,
 //! [`MessageReader`] and [`FrameWriter`], so the loops are written once:
 //!
-//! - [`shared_frames`] (the default): `fastwebsockets` reads client frames; the writer hands the
-//!   already framed, shared event bytes to the kernel in one vectored write per batch and never
-//!   frames or copies a broadcast itself.
+//! - [`shared_frames`] (the default): plexus's own framing (`plexus_protocol::wsframe`). The
+//!   reader keeps no buffer between messages; the writer hands the already framed, shared event
+//!   bytes to the kernel in one vectored write per batch and never frames or copies a broadcast.
 //! - `tungstenite` (cargo feature `tungstenite`, for the comparison in BENCHMARKS.md):
 //!   tokio-tungstenite for both directions, framing each message per recipient.
 
@@ -236,7 +236,8 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
         Err((code, message)) => {
             tracing::debug!(code = code.code(), %message, "connection refused");
             count_refusal(code);
-            return refuse(write, code, &message).await;
+            // Boxed: refusals are rare, and inline they would enlarge every connection's task.
+            return Box::pin(refuse(write, code, &message)).await;
         }
     };
     let hub = state.hubs.hub(&app.id);
@@ -246,71 +247,60 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
         Ok(session) => session,
         Err(error) => {
             count_refusal(CloseCode::OverConnectionQuota);
-            return refuse(write, CloseCode::OverConnectionQuota, &error.to_string()).await;
+            return Box::pin(refuse(write, CloseCode::OverConnectionQuota, &error.to_string())).await;
         }
     };
     let connection = session.connection().clone();
     let write_timeout = Duration::from_secs(config.write_timeout_secs);
     let mut writer = tokio::spawn(write_loop(connection.clone(), write, write_timeout));
     let frames_received = metrics::counter!("plexus_ws_frames_received_total");
-    let idle = Duration::from_secs(config.activity_timeout_secs);
-    let pong_grace = Duration::from_secs(config.pong_timeout_secs);
-    let mut awaiting_pong = false;
-
-    // Apps with user authentication give a connection this long to sign in or join a private or
-    // presence channel.
-    let auth_deadline = session
-        .app()
-        .enable_user_authentication
-        .then(|| Instant::now() + Duration::from_secs(session.app().user_authentication_timeout_secs));
+    let mut liveness = Liveness::new(
+        Duration::from_secs(config.activity_timeout_secs),
+        Duration::from_secs(config.pong_timeout_secs),
+        // Apps with user authentication give a connection this long to sign in or join a
+        // private or presence channel.
+        session
+            .app()
+            .enable_user_authentication
+            .then(|| Instant::now() + Duration::from_secs(session.app().user_authentication_timeout_secs)),
+    );
+    // One timer for every deadline, re-armed lazily: hearing from the client only moves the
+    // deadline later, which the timer discovers when it fires (no timer work per frame).
+    let timer = tokio::time::sleep_until(liveness.next_wake());
+    tokio::pin!(timer);
     let mut writer_done = false;
     loop {
-        let wait = if awaiting_pong { pong_grace } else { idle };
-        let unauthorized_by =
-            auth_deadline.filter(|_| !session.is_authorized() && !connection.outbound.is_closing());
-        let read = tokio::select! {
+        tokio::select! {
             biased;
             _ = &mut writer => {
                 writer_done = true;
                 break;
             }
-            _ = sleep_until_some(unauthorized_by) => {
-                connection.outbound.close(CloseCode::Unauthorized, "Connection not authorized within timeout");
-                continue;
+            () = &mut timer => {
+                liveness.on_timer(Instant::now(), &connection, session.is_authorized());
+                timer.as_mut().reset(liveness.next_wake());
             }
-            read = tokio::time::timeout(wait, reader.next(&connection)) => read,
-        };
-        match read {
-            Err(_elapsed) if !awaiting_pong => {
-                connection.outbound.push(codec::ping());
-                awaiting_pong = true;
-            }
-            Err(_elapsed) => {
-                connection.outbound.close(CloseCode::PongNotReceived, "Pong reply not received in time");
-                awaiting_pong = false;
-            }
-            Ok(Ok(incoming)) => {
-                awaiting_pong = false;
-                frames_received.increment(1);
-                match incoming {
-                    Incoming::Text(payload) | Incoming::Binary(payload) => {
-                        match std::str::from_utf8(&payload) {
+            read = reader.next(&connection) => match read {
+                Ok(incoming) => {
+                    liveness.heard(Instant::now());
+                    frames_received.increment(1);
+                    match incoming {
+                        Incoming::Text(payload) | Incoming::Binary(payload) => match std::str::from_utf8(&payload) {
                             Ok(text) => session.handle_text(text, Instant::now()),
                             Err(_) => {
-                                let error =
-                                    codec::error(None, "binary frames must hold UTF-8 JSON text", None);
+                                let error = codec::error(None, "binary frames must hold UTF-8 JSON text", None);
                                 connection.outbound.push(error);
                             }
-                        }
+                        },
+                        Incoming::Close => break,
+                        Incoming::Ignored => {}
                     }
-                    Incoming::Close => break,
-                    Incoming::Ignored => {}
                 }
-            }
-            Ok(Err(fault)) => {
-                close_for_read_fault(&connection, fault);
-                break;
-            }
+                Err(fault) => {
+                    close_for_read_fault(&connection, fault);
+                    break;
+                }
+            },
         }
     }
     // Leave the channels before the socket goes, so no one fans out to a dead queue.
@@ -318,25 +308,80 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
     if writer_done {
         // We closed: give the client a moment to answer with its close frame, so the socket ends
         // with FIN rather than a reset that could discard our last frames on its side.
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Ok(incoming) = reader.next(&connection).await {
-                if matches!(incoming, Incoming::Close) {
-                    break;
+        timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
+        loop {
+            tokio::select! {
+                () = &mut timer => break,
+                read = reader.next(&connection) => {
+                    if matches!(read, Ok(Incoming::Close) | Err(_)) {
+                        break;
+                    }
                 }
             }
-        })
-        .await;
+        }
     } else {
         connection.outbound.end();
-        let _ = tokio::time::timeout(CLOSE_LINGER, writer).await;
+        timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
+        tokio::select! {
+            () = &mut timer => {}
+            _ = &mut writer => {}
+        }
     }
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// The connection's clocks: when we last heard from the client, whether we pinged, and the
+/// sign-in deadline of apps that require authorization.
+struct Liveness {
+    idle: Duration,
+    pong_grace: Duration,
+    last_heard: Instant,
+    pinged_at: Option<Instant>,
+    auth_deadline: Option<Instant>,
+}
+
+impl Liveness {
+    fn new(idle: Duration, pong_grace: Duration, auth_deadline: Option<Instant>) -> Self {
+        Liveness { idle, pong_grace, last_heard: Instant::now(), pinged_at: None, auth_deadline }
+    }
+
+    /// Any frame proves the client alive.
+    fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.pinged_at = None;
+    }
+
+    fn next_wake(&self) -> Instant {
+        let liveness = match self.pinged_at {
+            Some(at) => at + self.pong_grace,
+            None => self.last_heard + self.idle,
+        };
+        self.auth_deadline.map_or(liveness, |auth| auth.min(liveness))
+    }
+
+    /// Acts on whatever deadline has passed: the sign-in window (4009), silence (we ping), or no
+    /// answer to our ping (4201).
+    fn on_timer(&mut self, now: Instant, connection: &Connection, authorized: bool) {
+        if self.auth_deadline.is_some_and(|deadline| now >= deadline) {
+            self.auth_deadline = None;
+            if !authorized {
+                connection
+                    .outbound
+                    .close(CloseCode::Unauthorized, "Connection not authorized within timeout");
+            }
+        }
+        match self.pinged_at {
+            Some(at) if now >= at + self.pong_grace => {
+                connection.outbound.close(CloseCode::PongNotReceived, "Pong reply not received in time");
+                // Closing: nothing more to time.
+                self.pinged_at = None;
+                self.last_heard = now + Duration::from_secs(3600);
+            }
+            None if now >= self.last_heard + self.idle => {
+                connection.outbound.push(codec::ping());
+                self.pinged_at = Some(now);
+            }
+            _ => {}
+        }
     }
 }
 

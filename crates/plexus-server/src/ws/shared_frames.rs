@@ -1,19 +1,23 @@
-//! The default transport: `fastwebsockets` reads client frames; event frames are written as the
-//! hub encoded them, shared by every recipient, in one vectored write per batch.
+//! The default transport: plexus's own framing over the raw socket halves.
 //!
-//! A server frame is never masked, so the bytes of an event frame are the same for every
-//! subscriber: nothing here frames, copies or allocates per recipient. Plain TCP is split into
-//! owned halves (no lock between reader and writer); other streams fall back to a locked split.
+//! Reading: bytes are read into a per-thread scratch buffer and only a frame's worth is kept per
+//! connection, so an idle connection holds no read buffer; [`ClientFrameReader`] parses, unmasks
+//! and checks them. Writing: event frames go out exactly as the hub encoded them, shared by every
+//! recipient, in one vectored write per batch; nothing is framed, copied or allocated per
+//! recipient, and the writer's idle state is a few words. Plain TCP is split into owned halves
+//! (no lock between reader and writer); other streams fall back to a locked split.
 
+use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::task::{ready, Poll};
 
-use bytes::Bytes;
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocketError};
+use bytes::{Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
 use plexus_core::Connection;
-use plexus_protocol::wsframe::{self, Opcode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use plexus_protocol::wsframe::{self, ClientFrameReader, ClientMessage, FrameError, Opcode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{FrameWriter, Incoming, MessageReader, ReadFault};
@@ -21,70 +25,99 @@ use super::{FrameWriter, Incoming, MessageReader, ReadFault};
 type BoxedRead = Pin<Box<dyn AsyncRead + Send>>;
 type BoxedWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
+/// Bytes read per syscall, into a buffer shared by every connection on the thread.
+const SCRATCH_BYTES: usize = 16 * 1024;
+/// Frames handed to the kernel per vectored write.
+const MAX_SLICES: usize = 64;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
+}
+
 /// Splits an upgraded connection into this transport's reader and writer.
-pub fn split(upgraded: hyper::upgrade::Upgraded, max_message_bytes: usize) -> (FastReader, VectoredWriter) {
-    let (read, write): (BoxedRead, BoxedWrite) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let (read, write) = parts.io.into_inner().into_split();
-            // Bytes the HTTP layer read past the handshake belong to the first frames. Copy them:
-            // the slice would otherwise keep hyper's whole read buffer alive for the connection.
-            let early = Bytes::copy_from_slice(&parts.read_buf);
-            drop(parts.read_buf);
-            (Box::pin(tokio::io::AsyncReadExt::chain(std::io::Cursor::new(early), read)), Box::pin(write))
-        }
-        Err(upgraded) => {
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::pin(read), Box::pin(write))
-        }
-    };
-    (FastReader::new(read, max_message_bytes), VectoredWriter { write })
+pub fn split(upgraded: hyper::upgrade::Upgraded, max_message_bytes: usize) -> (FrameReader, VectoredWriter) {
+    let (read, write, early): (BoxedRead, BoxedWrite, BytesMut) =
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                // Bytes the HTTP layer read past the handshake belong to the first frames. Copy them:
+                // the slice would otherwise keep hyper's whole read buffer alive for the connection.
+                (Box::pin(read), Box::pin(write), BytesMut::from(&parts.read_buf[..]))
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                (Box::pin(read), Box::pin(write), BytesMut::new())
+            }
+        };
+    let reader = FrameReader { read, pending: early, frames: ClientFrameReader::new(max_message_bytes) };
+    (reader, VectoredWriter { write })
 }
 
-/// Reads client messages: unmasks, reassembles fragments, validates UTF-8.
-pub struct FastReader {
-    inner: FragmentCollectorRead<BoxedRead>,
+/// Reads client messages with [`ClientFrameReader`].
+pub struct FrameReader {
+    read: BoxedRead,
+    /// Bytes of frames not yet complete; empty (no allocation) between messages.
+    pending: BytesMut,
+    frames: ClientFrameReader,
 }
 
-impl FastReader {
-    fn new(read: BoxedRead, max_message_bytes: usize) -> Self {
-        let (mut read, _unused_write) =
-            fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-        read.set_max_message_size(max_message_bytes);
-        FastReader { inner: FragmentCollectorRead::new(read) }
+impl FrameReader {
+    /// Reads what the socket has into `pending`. Cancel-safe: a read that has not completed has
+    /// consumed nothing.
+    async fn fill(&mut self) -> Result<(), ReadFault> {
+        poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut buf = ReadBuf::new(scratch);
+                match ready!(self.read.as_mut().poll_read(cx, &mut buf)) {
+                    Ok(()) if buf.filled().is_empty() => Poll::Ready(Err(ReadFault::Gone)),
+                    Ok(()) => {
+                        self.pending.extend_from_slice(buf.filled());
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(_) => Poll::Ready(Err(ReadFault::Gone)),
+                }
+            })
+        })
+        .await
     }
 }
 
-impl MessageReader for FastReader {
-    type Payload = Payload<'static>;
+impl MessageReader for FrameReader {
+    type Payload = Bytes;
 
-    async fn next(&mut self, connection: &Connection) -> Result<Incoming<Self::Payload>, ReadFault> {
-        // Control replies the WebSocket layer owes the client go through the queue.
-        let mut owed = |frame: Frame<'_>| {
-            match frame.opcode {
-                OpCode::Pong => {
-                    connection.outbound.push(wsframe::frame(Opcode::Pong, &frame.payload));
+    async fn next(&mut self, connection: &Connection) -> Result<Incoming<Bytes>, ReadFault> {
+        loop {
+            match self.frames.next_message(&mut self.pending) {
+                Ok(Some(message)) => {
+                    if self.pending.is_empty() {
+                        // Let go of the consumed buffer now rather than at the next read.
+                        self.pending = BytesMut::new();
+                    }
+                    return Ok(match message {
+                        ClientMessage::Text(text) => Incoming::Text(text),
+                        ClientMessage::Binary(bytes) => Incoming::Binary(bytes),
+                        ClientMessage::Ping(payload) => {
+                            connection.outbound.push(wsframe::frame(Opcode::Pong, &payload));
+                            Incoming::Ignored
+                        }
+                        ClientMessage::Pong => Incoming::Ignored,
+                        ClientMessage::Close { code, .. } => {
+                            // Echo the close (RFC 6455 §5.5.1) after whatever is already queued.
+                            let echo = code.map_or_else(
+                                || wsframe::frame(Opcode::Close, b""),
+                                |c| wsframe::close_frame(c, ""),
+                            );
+                            connection.outbound.push(echo);
+                            connection.outbound.end();
+                            Incoming::Close
+                        }
+                    });
                 }
-                OpCode::Close => {
-                    connection.outbound.push(wsframe::frame(Opcode::Close, &frame.payload));
-                    connection.outbound.end();
-                }
-                _ => {}
+                Ok(None) => self.fill().await?,
+                Err(FrameError::TooLarge(_)) => return Err(ReadFault::TooLarge),
+                Err(FrameError::InvalidUtf8) => return Err(ReadFault::InvalidUtf8),
+                Err(FrameError::Protocol(reason)) => return Err(ReadFault::Protocol(reason.to_owned())),
             }
-            std::future::ready(Ok::<(), std::io::Error>(()))
-        };
-        match self.inner.read_frame(&mut owed).await {
-            Ok(frame) => Ok(match frame.opcode {
-                OpCode::Text => Incoming::Text(frame.payload),
-                OpCode::Binary => Incoming::Binary(frame.payload),
-                OpCode::Close => Incoming::Close,
-                _ => Incoming::Ignored,
-            }),
-            Err(WebSocketError::FrameTooLarge) => Err(ReadFault::TooLarge),
-            Err(WebSocketError::InvalidUTF8) => Err(ReadFault::InvalidUtf8),
-            Err(
-                WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed,
-            ) => Err(ReadFault::Gone),
-            Err(other) => Err(ReadFault::Protocol(other.to_string())),
         }
     }
 }
@@ -107,36 +140,40 @@ impl FrameWriter for VectoredWriter {
     }
 }
 
-/// Writes every frame with as few syscalls as the kernel allows (up to 64 frames per call).
+/// Writes every frame with as few syscalls as the kernel allows. The slice array lives only
+/// inside each poll, so a writer waiting on a full socket keeps just two indices.
 async fn write_frames<W: AsyncWrite + Unpin + ?Sized>(
     write: &mut W,
     frames: &[Bytes],
 ) -> std::io::Result<()> {
-    const MAX_SLICES: usize = 64;
-    let (mut index, mut offset) = (0, 0);
-    while index < frames.len() {
-        let count = (frames.len() - index).min(MAX_SLICES);
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        slices[0] = IoSlice::new(&frames[index][offset..]);
-        for (slot, frame) in slices[1..count].iter_mut().zip(&frames[index + 1..]) {
-            *slot = IoSlice::new(frame);
-        }
-        let mut written = write.write_vectored(&slices[..count]).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let left = frames[index].len() - offset;
-            if written >= left {
-                written -= left;
-                index += 1;
-                offset = 0;
-            } else {
-                offset += written;
-                written = 0;
+    let (mut index, mut offset) = (0usize, 0usize);
+    poll_fn(|cx| {
+        while index < frames.len() {
+            let count = (frames.len() - index).min(MAX_SLICES);
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            slices[0] = IoSlice::new(&frames[index][offset..]);
+            for (slot, frame) in slices[1..count].iter_mut().zip(&frames[index + 1..]) {
+                *slot = IoSlice::new(frame);
+            }
+            let mut written = ready!(Pin::new(&mut *write).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero)));
+            }
+            while written > 0 {
+                let left = frames[index].len() - offset;
+                if written >= left {
+                    written -= left;
+                    index += 1;
+                    offset = 0;
+                } else {
+                    offset += written;
+                    written = 0;
+                }
             }
         }
-    }
+        Poll::Ready(Ok(()))
+    })
+    .await?;
     write.flush().await
 }
 
