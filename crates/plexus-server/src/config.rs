@@ -11,6 +11,8 @@ use plexus_core::app::AppSetError;
 use plexus_core::{App, MemoryAppStore};
 use serde::Deserialize;
 
+pub use crate::webhooks::WebhooksConfig;
+
 /// Credentials of the embedded development app, used when no app is configured.
 pub const DEV_APP: (&str, &str, &str) = ("app-id", "app-key", "app-secret");
 
@@ -22,6 +24,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub apps: Vec<App>,
 }
@@ -137,6 +141,18 @@ impl Config {
             }
         }
         for app in &self.apps {
+            for webhook in &app.webhooks {
+                if !webhook.url.starts_with("http://") {
+                    return Err(ConfigError::Invalid {
+                        field: "apps.webhooks.url",
+                        reason: format!(
+                            "app {:?}: {:?} must be an http:// URL (https endpoints are not supported yet; \
+                             put a TLS-terminating proxy in front)",
+                            app.id, webhook.url
+                        ),
+                    });
+                }
+            }
             if app.max_event_payload_kb == 0 {
                 return Err(ConfigError::Invalid {
                     field: "apps.max_event_payload_kb",
@@ -214,6 +230,14 @@ events = ["channel_occupied", "channel_vacated", "member_added", "member_removed
             "[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps.webhooks]]\nurl=\"u\"\nevents=[\"nope\"]\n",
         );
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn webhook_urls_must_be_http() {
+        let e = error_of(
+            "[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps.webhooks]]\nurl=\"ftp://x\"\nevents=[]\n",
+        );
+        assert!(e.contains("apps.webhooks.url"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod http_api;
 pub mod metrics;
+pub mod webhooks;
 pub mod ws;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use plexus_protocol::CloseCode;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::ServerConfig;
+use crate::webhooks::WebhookService;
 
 /// Everything a request handler needs.
 #[derive(Debug)]
@@ -31,26 +33,47 @@ pub struct ServerState {
     pub config: ServerConfig,
     pub apps: Arc<dyn AppStore>,
     pub hubs: Hubs,
+    /// Webhook delivery, when any app has endpoints.
+    pub webhooks: Option<WebhookService>,
     shutting_down: AtomicBool,
 }
 
-/// Until webhook delivery exists (the webhooks issue), events are logged so operators can see
-/// what would be sent; nothing is queued.
+/// The sink when no app has webhook endpoints: the hub only asks for events an endpoint wants,
+/// so nothing reaches it; anything that does is a bug worth seeing in the log.
 #[derive(Debug)]
-struct LoggedWebhooks;
+struct NoWebhooks;
 
-impl WebhookSink for LoggedWebhooks {
+impl WebhookSink for NoWebhooks {
     fn submit(&self, app_id: &str, event: WebhookEvent) {
-        tracing::debug!(app_id, ?event, "webhook event (delivery not configured)");
+        tracing::debug!(app_id, ?event, "webhook event with no delivery configured");
     }
 }
 
 impl ServerState {
+    /// A server without webhook delivery.
     pub fn new(config: ServerConfig, apps: Arc<dyn AppStore>) -> Arc<Self> {
+        Self::build(config, apps, None)
+    }
+
+    /// A server whose hub reports webhook events to `webhooks`.
+    pub fn with_webhooks(
+        config: ServerConfig,
+        apps: Arc<dyn AppStore>,
+        webhooks: WebhookService,
+    ) -> Arc<Self> {
+        Self::build(config, apps, Some(webhooks))
+    }
+
+    fn build(config: ServerConfig, apps: Arc<dyn AppStore>, webhooks: Option<WebhookService>) -> Arc<Self> {
+        let sink: Arc<dyn WebhookSink> = match &webhooks {
+            Some(service) => service.dispatcher.clone(),
+            None => Arc::new(NoWebhooks),
+        };
         Arc::new(ServerState {
             config,
             apps,
-            hubs: Hubs::new(Arc::new(LoggedWebhooks)),
+            hubs: Hubs::new(sink),
+            webhooks,
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -149,6 +172,10 @@ pub async fn serve(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_grace_secs);
     let left = state.hubs.wait_until_empty(deadline).await;
     upkeep.abort();
+    if let Some(webhooks) = &state.webhooks {
+        // Clients are gone: their last vacate and member events are queued now.
+        webhooks.shutdown(tokio::time::Instant::now() + Duration::from_secs(5)).await;
+    }
     if left > 0 {
         tracing::warn!(left, "grace period over; exiting with clients still connected");
     }

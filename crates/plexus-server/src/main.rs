@@ -131,7 +131,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         // A stable line on stdout, printed last, that scripts and tests wait for.
         println!("plexus listening on {addr}");
-        let state = ServerState::new(config.server.clone(), Arc::new(apps));
+        let apps: Arc<dyn plexus_core::AppStore> = Arc::new(apps);
+        let state = if config.apps.iter().any(|app| !app.webhooks.is_empty()) {
+            let webhooks =
+                plexus_server::webhooks::WebhookService::start(config.webhooks.clone(), apps.clone())
+                    .context("starting webhook delivery")?;
+            ServerState::with_webhooks(config.server.clone(), apps, webhooks)
+        } else {
+            ServerState::new(config.server.clone(), apps)
+        };
         plexus_server::serve(listener, state, shutdown).await?;
         tracing::info!("stopped");
         Ok(())

@@ -10,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use plexus_core::{App, MemoryAppStore};
 use plexus_protocol::signature;
 use plexus_server::config::ServerConfig;
+use plexus_server::webhooks::{WebhookService, WebhooksConfig};
 use plexus_server::ServerState;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,12 +41,32 @@ impl TestServer {
         Self::start_with(ServerConfig::default(), apps).await
     }
 
-    pub async fn start_with(mut config: ServerConfig, apps: Vec<App>) -> TestServer {
+    pub async fn start_with(config: ServerConfig, apps: Vec<App>) -> TestServer {
+        Self::start_full(config, apps, None).await
+    }
+
+    /// A server with webhook delivery configured by `webhooks`.
+    pub async fn start_with_webhooks(apps: Vec<App>, webhooks: WebhooksConfig) -> TestServer {
+        Self::start_full(ServerConfig::default(), apps, Some(webhooks)).await
+    }
+
+    async fn start_full(
+        mut config: ServerConfig,
+        apps: Vec<App>,
+        webhooks: Option<WebhooksConfig>,
+    ) -> TestServer {
         config.host = "127.0.0.1".into();
         config.port = 0;
         let listener = plexus_server::bind(&config).expect("bind loopback");
         let addr = listener.local_addr().unwrap();
-        let state = ServerState::new(config, Arc::new(MemoryAppStore::new(apps).unwrap()));
+        let apps: Arc<dyn plexus_core::AppStore> = Arc::new(MemoryAppStore::new(apps).unwrap());
+        let state = match webhooks {
+            Some(webhooks) => {
+                let service = WebhookService::start(webhooks, apps.clone()).expect("webhook store opens");
+                ServerState::with_webhooks(config, apps, service)
+            }
+            None => ServerState::new(config, apps),
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(plexus_server::serve(listener, state.clone(), async move {
             let _ = rx.await;

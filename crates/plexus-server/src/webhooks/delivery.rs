@@ -1,0 +1,224 @@
+//! Sending webhook jobs: one ordered worker per app endpoint, retries with exponential backoff.
+//!
+//! A job is removed from the durable store when it is delivered (any 2xx) or given up (its retry
+//! window passed, or its app no longer exists). A worker sends one job at a time, so an
+//! endpoint sees its events in the order they happened.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::CONTENT_TYPE;
+use hyper::Request;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use plexus_core::AppStore;
+use plexus_protocol::signature;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::store::{Job, JobStore};
+use super::{now_ms, WebhooksConfig};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Attempt {
+    Delivered,
+    Failed(String),
+    /// The app is gone: nothing to sign with, nowhere to send.
+    Orphaned,
+}
+
+struct Endpoint {
+    tx: mpsc::UnboundedSender<Job>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Every endpoint's worker, created on first use.
+pub struct Deliveries {
+    config: WebhooksConfig,
+    apps: Arc<dyn AppStore>,
+    store: Arc<JobStore>,
+    client: HttpClient,
+    endpoints: Mutex<HashMap<(String, String), Endpoint>>,
+    /// Jobs queued or in flight, across endpoints.
+    outstanding: Arc<AtomicUsize>,
+    idle: Arc<Notify>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Deliveries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliveries").field("outstanding", &self.outstanding.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl Deliveries {
+    pub fn new(config: WebhooksConfig, apps: Arc<dyn AppStore>, store: Arc<JobStore>) -> Self {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Deliveries {
+            config,
+            apps,
+            store,
+            client,
+            endpoints: Mutex::default(),
+            outstanding: Arc::default(),
+            idle: Arc::default(),
+            stopping: Arc::default(),
+        }
+    }
+
+    /// Queues a job behind the earlier jobs of its endpoint.
+    pub fn enqueue(&self, job: Job) {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (job.app_id.clone(), job.url.clone());
+        let endpoint = endpoints.entry(key).or_insert_with(|| self.spawn_worker());
+        if endpoint.queued.load(Ordering::Relaxed) >= self.config.max_pending_per_endpoint {
+            metrics::counter!("plexus_webhook_jobs_dropped_total").increment(1);
+            tracing::error!(url = %job.url, app_id = %job.app_id, "webhook endpoint backlog full: job dropped");
+            self.forget(job.id);
+            return;
+        }
+        endpoint.queued.fetch_add(1, Ordering::Relaxed);
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("plexus_webhook_jobs_pending").increment(1);
+        let _ = endpoint.tx.send(job);
+    }
+
+    fn spawn_worker(&self) -> Endpoint {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            config: self.config.clone(),
+            apps: self.apps.clone(),
+            store: self.store.clone(),
+            client: self.client.clone(),
+            stopping: self.stopping.clone(),
+        };
+        let (outstanding, idle, depth) = (self.outstanding.clone(), self.idle.clone(), queued.clone());
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                worker.deliver(job).await;
+                depth.fetch_sub(1, Ordering::Relaxed);
+                metrics::gauge!("plexus_webhook_jobs_pending").decrement(1);
+                if outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    idle.notify_waiters();
+                }
+            }
+        });
+        Endpoint { tx, queued }
+    }
+
+    fn forget(&self, id: u64) {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.remove(id) {
+                tracing::error!(%error, "cannot remove a webhook job from the store");
+            }
+        });
+    }
+
+    /// Waits until every queued job is done or `deadline` passes; returns how many are left.
+    pub async fn wait_idle(&self, deadline: Instant) -> usize {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let left = self.outstanding.load(Ordering::Acquire);
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.outstanding.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    /// Workers stop retrying; their jobs stay on disk for the next start.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+struct Worker {
+    config: WebhooksConfig,
+    apps: Arc<dyn AppStore>,
+    store: Arc<JobStore>,
+    client: HttpClient,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Worker {
+    async fn deliver(&self, job: Job) {
+        let mut backoff = Duration::from_millis(self.config.initial_backoff_ms.max(1));
+        let max_backoff = Duration::from_secs(self.config.max_backoff_secs.max(1));
+        let mut attempt = 1u32;
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let outcome = self.attempt(&job).await;
+            let give_up = match &outcome {
+                Attempt::Delivered => {
+                    metrics::counter!("plexus_webhook_requests_total", "outcome" => "delivered").increment(1);
+                    true
+                }
+                Attempt::Orphaned => {
+                    tracing::warn!(app_id = %job.app_id, "webhook job dropped: its app no longer exists");
+                    true
+                }
+                Attempt::Failed(reason) => {
+                    metrics::counter!("plexus_webhook_requests_total", "outcome" => "failed").increment(1);
+                    let expired = now_ms() >= job.created_ms + self.config.retry_for_secs * 1000;
+                    if expired {
+                        metrics::counter!("plexus_webhook_jobs_abandoned_total").increment(1);
+                        tracing::error!(url = %job.url, attempt, %reason, "webhook abandoned after the retry window");
+                    } else {
+                        tracing::warn!(url = %job.url, attempt, %reason, retry_in_ms = backoff.as_millis() as u64, "webhook delivery failed");
+                    }
+                    expired
+                }
+            };
+            if give_up {
+                let store = self.store.clone();
+                let id = job.id;
+                match tokio::task::spawn_blocking(move || store.remove(id)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::error!(%error, "cannot remove a delivered webhook job"),
+                    Err(error) => tracing::error!(%error, "webhook store task failed"),
+                }
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max_backoff);
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(&self, job: &Job) -> Attempt {
+        let Some(app) = self.apps.by_id(&job.app_id) else { return Attempt::Orphaned };
+        let signature = signature::webhook_signature(&app.secret, job.body.as_bytes());
+        let request = Request::post(&job.url)
+            .header(CONTENT_TYPE, "application/json")
+            .header("X-Pusher-Key", &app.key)
+            .header("X-Pusher-Signature", signature)
+            .body(Full::new(Bytes::from(job.body.clone())));
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => return Attempt::Failed(format!("invalid webhook URL: {error}")),
+        };
+        let timeout = Duration::from_secs(self.config.request_timeout_secs.max(1));
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => Attempt::Delivered,
+            Ok(Ok(response)) => Attempt::Failed(format!("HTTP {}", response.status())),
+            Ok(Err(error)) => Attempt::Failed(error.to_string()),
+            Err(_) => Attempt::Failed(format!("no response within {}s", timeout.as_secs())),
+        }
+    }
+}
