@@ -23,6 +23,7 @@ use plexus_core::webhook::{WebhookEvent, WebhookSink};
 use plexus_core::{AppStore, Hubs};
 use plexus_protocol::CloseCode;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
 
 use crate::config::ServerConfig;
 use crate::webhooks::WebhookService;
@@ -119,6 +120,31 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
+/// Serves one HTTP/1.1 connection (API requests, or the handshake of a WebSocket). hyper's http1
+/// connection is used directly, not an auto-detecting one, so an upgraded socket is still the
+/// plain `TcpStream` and the WebSocket transport can split it into lock-free owned halves.
+fn serve_http(tcp: tokio::net::TcpStream, app: Router, mut stop: watch::Receiver<bool>) {
+    // Events are small and latency matters more than packet count.
+    let _ = tcp.set_nodelay(true);
+    tokio::spawn(async move {
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.wait_for(|stopping| *stopping) => connection.as_mut().graceful_shutdown(),
+        }
+        let _ = connection.await;
+    });
+}
+
 /// Binds `host:port` with a listen backlog sized for connect storms.
 pub fn bind(config: &ServerConfig) -> std::io::Result<TcpListener> {
     let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().or_else(|_| {
@@ -154,21 +180,32 @@ pub async fn serve(
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        // Events are small and latency matters more than packet count.
-        let _ = tcp.set_nodelay(true);
-    });
-    let shutdown_state = state.clone();
     let app = router(state.clone());
     let upkeep = tokio::spawn(upkeep(state.clone()));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing clients with 4200");
-            shutdown_state.begin_shutdown();
-        })
-        .await?;
+    // Every HTTP connection task holds a receiver: it learns of the shutdown through it, and
+    // `closed()` on the sender tells us when the last one has finished.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => serve_http(tcp, app.clone(), stop_rx.clone()),
+                Err(error) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: closing clients with 4200");
+    state.begin_shutdown();
+    let _ = stop_tx.send(true);
+    drop(stop_rx);
+    let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+    let _ = tokio::time::timeout(grace, stop_tx.closed()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_grace_secs);
     let left = state.hubs.wait_until_empty(deadline).await;
     upkeep.abort();
