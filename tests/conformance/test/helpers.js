@@ -109,7 +109,9 @@ export async function startServer({ config = DEFAULT_CONFIG, startTimeout = 1500
   }
   const dir = mkdtempSync(path.join(tmpdir(), 'plexus-conformance-'));
   const configPath = path.join(dir, 'plexus.toml');
-  writeFileSync(configPath, config);
+  // `@SERVER_DIR@` in the config stands for this server's own temp dir (removed on stop), e.g.
+  // for `[webhooks] data_dir`.
+  writeFileSync(configPath, config.replaceAll('@SERVER_DIR@', dir));
 
   // Settings from the environment would override the file; the file is the contract here.
   const env = { ...process.env };
@@ -244,12 +246,18 @@ export class ClientPool {
   constructor(server) {
     this.server = server;
     this.clients = [];
+    this.sockets = new Set();
   }
 
   /** A pusher-js client (not yet necessarily connected). */
   create(key = APP1.key, extra = {}) {
     const client = new PusherClient(key, clientOptions(this.server, extra));
     this.clients.push(client);
+    // Keep each underlying WebSocket (pusher-js's bundled faye-websocket client) for teardown.
+    client.connection.bind('connected', () => {
+      const socket = client.connection.connection?.transport?.socket;
+      if (socket) this.sockets.add(socket);
+    });
     return client;
   }
 
@@ -269,6 +277,12 @@ export class ClientPool {
       }
     }
     this.clients = [];
+    // When the server closes a connected socket with a "refused" code (4009 after a failed
+    // sign-in or terminate_connections), pusher-js calls close() on the already closed
+    // faye-websocket client, which arms a 30 s close timer that nothing clears and that keeps
+    // the test process alive. Unref those timers (they do nothing on a closed socket).
+    for (const socket of this.sockets) socket._closeTimer?.unref?.();
+    this.sockets.clear();
   }
 }
 
@@ -445,7 +459,9 @@ export function unique(prefix) {
 export function useServer(hooks, options = {}) {
   const ctx = { server: null, pool: null, sdk: null };
   hooks.before(async () => {
-    ctx.server = await startServer(options);
+    // `options` may be a (possibly async) function, evaluated here, when the config depends on
+    // something started by an earlier `before` hook (e.g. a webhook receiver's port).
+    ctx.server = await startServer(typeof options === 'function' ? await options() : options);
     ctx.pool = new ClientPool(ctx.server);
     ctx.sdk = sdkFor(ctx.server);
   });
@@ -568,5 +584,164 @@ export function rawPool(server) {
     closeAll() {
       for (const s of sockets.splice(0)) s.close();
     },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// User authentication (sign-in)
+
+/** pusher-js `userAuthentication` option whose handler signs `userData` with `sdk`. */
+export function sdkUserAuthenticator(sdk, userData) {
+  return {
+    customHandler: ({ socketId }, callback) => {
+      try {
+        callback(null, sdk.authenticateUser(socketId, userData));
+      } catch (e) {
+        callback(e, null);
+      }
+    },
+  };
+}
+
+/**
+ * Records every protocol message a pusher-js client's connection receives (`{event, channel,
+ * data}` as pusher-js decoded it), in arrival order; `waitFor(pred, what)` resolves with the
+ * first (past or future) message passing `pred`.
+ */
+export function recordMessages(client) {
+  const messages = [];
+  const waiters = new Set();
+  client.connection.bind('message', (m) => {
+    messages.push(m);
+    for (const w of waiters) {
+      if (w.pred(m)) {
+        waiters.delete(w);
+        w.resolve(m);
+      }
+    }
+  });
+  return {
+    messages,
+    waitFor(pred, what, timeout = TIMEOUT) {
+      const seen = messages.find(pred);
+      if (seen) return Promise.resolve(seen);
+      const w = { pred };
+      const p = new Promise((resolve) => {
+        w.resolve = resolve;
+        waiters.add(w);
+      });
+      return withTimeout(p, timeout, `${what} (messages so far: ${inspect(messages.map((m) => m.event))})`).finally(
+        () => waiters.delete(w),
+      );
+    },
+  };
+}
+
+/**
+ * A pusher-js client that called `signin()` with `userData` signed by `sdk`, has received
+ * `pusher:signin_success` and has its `#server-to-user-{id}` channel subscribed (which pusher-js
+ * does by itself after sign-in). `beforeSignin(client)` runs before `signin()`, so bindings
+ * (e.g. on `client.user.watchlist`) miss nothing. `client.messages` is a `recordMessages`.
+ */
+export async function signedInClient(pool, sdk, userData, { key = APP1.key, extra = {}, beforeSignin } = {}) {
+  const client = pool.create(key, { ...extra, userAuthentication: sdkUserAuthenticator(sdk, userData) });
+  client.messages = recordMessages(client);
+  if (beforeSignin) beforeSignin(client);
+  client.signin();
+  await waitForState(client, 'connected');
+  await client.messages.waitFor((m) => m.event === 'pusher:signin_success', `pusher:signin_success for ${userData.id}`);
+  await waitUntil(() => client.user.user_data !== null && client.user.serverToUserChannel?.subscribed,
+    `pusher-js to hold user_data and have #server-to-user-${userData.id} subscribed`);
+  return client;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook receiver
+
+/**
+ * A real HTTP webhook endpoint on 127.0.0.1 (any free port). Every request is checked with the
+ * SDK (`sdk.webhook({headers, rawBody}).isValid()`) and recorded as
+ * `{ status, headers, body, valid, events, time }`. The first `failFirst` requests are answered
+ * 500, the rest 204. `events` lists every event of every request answered 2xx, in arrival order.
+ */
+export async function startWebhookReceiver(sdk, { failFirst = 0, path: urlPath = '/webhook' } = {}) {
+  const { createServer } = await import('node:http');
+  const requests = [];
+  const events = [];
+  const waiters = new Set();
+  const server = createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('utf8');
+      const wh = sdk.webhook({ headers: req.headers, rawBody: body });
+      let valid = false;
+      let whEvents;
+      try {
+        valid = wh.isValid();
+        whEvents = wh.getEvents();
+      } catch {
+        // recorded as invalid below
+      }
+      const status = requests.length < failFirst ? 500 : 204;
+      const entry = {
+        method: req.method,
+        url: req.url,
+        status,
+        headers: req.headers,
+        body,
+        valid,
+        events: Array.isArray(whEvents) ? whEvents : [],
+        time: wh.data?.time_ms,
+        receivedAt: Date.now(),
+      };
+      requests.push(entry);
+      if (status < 300) {
+        for (const ev of entry.events) {
+          events.push(ev);
+          for (const w of waiters) {
+            if (w.pred(ev)) {
+              waiters.delete(w);
+              w.resolve(ev);
+            }
+          }
+        }
+      }
+      res.writeHead(status, { 'Content-Type': 'text/plain' });
+      res.end(status < 300 ? '' : 'try again');
+    });
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}${urlPath}`,
+    requests,
+    events,
+    /** Resolves with the first (past or future) delivered event passing `pred`. */
+    waitFor(pred, what, timeout = TIMEOUT) {
+      const seen = events.find(pred);
+      if (seen) return Promise.resolve(seen);
+      const w = { pred };
+      const p = new Promise((resolve) => {
+        w.resolve = resolve;
+        waiters.add(w);
+      });
+      return withTimeout(p, timeout, `webhook ${what} (delivered so far: ${inspect(events)})`).finally(() =>
+        waiters.delete(w),
+      );
+    },
+    /** Delivered events before the first one passing `pred`. */
+    before(pred) {
+      const i = events.findIndex(pred);
+      return i < 0 ? events.slice() : events.slice(0, i);
+    },
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections?.();
+        server.close(() => resolve());
+      }),
   };
 }
