@@ -4,13 +4,13 @@
 //! validates everything before publishing anything, calls the hub, and answers `200` with JSON.
 //! Every failure is an [`ApiError`], mapped to a status and a `{"error": "..."}` body in one place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use plexus_core::hub::ChannelSummary;
@@ -56,44 +56,70 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// A request that passed authentication: its app and decoded query parameters.
-struct Authenticated {
+/// A signed API request that passed authentication: its app, decoded query and raw body.
+/// Extracting it checks, in order: the app (by the `/apps/{app_id}` path segment, or by
+/// `auth_key` on the unprefixed routes) → 404, then key, timestamp, body MD5 and signature →
+/// 401, then enabled → 403.
+#[derive(Debug)]
+pub struct Signed {
     app: Arc<App>,
     params: Vec<(String, String)>,
+    body: Bytes,
 }
 
-impl Authenticated {
+impl Signed {
     fn param(&self, name: &str) -> Option<&str> {
         self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
-/// App by path id (404), then key, timestamp, body MD5 and signature (401), then enabled (403).
-fn authenticate(
-    state: &ServerState,
-    app_id: &str,
-    method: &Method,
-    uri: &Uri,
-    body: &[u8],
-) -> Result<Authenticated, ApiError> {
-    let app =
-        state.apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("unknown app id {app_id:?}")))?;
-    let params: Vec<(String, String)> =
-        uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
-    let request = ApiRequest { method: method.as_str(), path: uri.path(), params: &params, body };
-    request.verify(&app.key, &app.secret, now_secs()).map_err(|error| {
-        let message = match error {
-            ApiAuthError::InvalidSignature { string_to_sign } if state.config.debug_signature_errors => {
-                format!("Invalid signature: expected HMAC SHA256 hex digest of {string_to_sign:?}")
-            }
-            other => other.to_string(),
+impl FromRequest<Arc<ServerState>> for Signed {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &Arc<ServerState>) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        let limit = state.config.max_request_body_kb * 1024;
+        let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+            ApiError::PayloadTooLarge(format!("request body larger than {limit} bytes")).into_response()
+        })?;
+        let params: Vec<(String, String)> = parts
+            .uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let app = match parts.uri.path().strip_prefix("/apps/").and_then(|rest| rest.split('/').next()) {
+            Some(app_id) => state
+                .apps
+                .by_id(app_id)
+                .ok_or_else(|| ApiError::NotFound(format!("unknown app id {app_id:?}"))),
+            // pusher-http-python's unprefixed paths: the app is the one whose key signed.
+            None => params
+                .iter()
+                .find(|(k, _)| k == "auth_key")
+                .and_then(|(_, key)| state.apps.by_key(key))
+                .ok_or_else(|| ApiError::Unauthorized("auth_key does not match an app".into())),
+        }
+        .map_err(IntoResponse::into_response)?;
+        let request = ApiRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            params: &params,
+            body: &body,
         };
-        ApiError::Unauthorized(message)
-    })?;
-    if !app.enabled {
-        return Err(ApiError::Forbidden("app is disabled".into()));
+        request.verify(&app.key, &app.secret, now_secs()).map_err(|error| {
+            let message = match error {
+                ApiAuthError::InvalidSignature { string_to_sign } if state.config.debug_signature_errors => {
+                    format!("Invalid signature: expected HMAC SHA256 hex digest of {string_to_sign:?}")
+                }
+                other => other.to_string(),
+            };
+            ApiError::Unauthorized(message).into_response()
+        })?;
+        if !app.enabled {
+            return Err(ApiError::Forbidden("app is disabled".into()).into_response());
+        }
+        Ok(Signed { app, params, body })
     }
-    Ok(Authenticated { app, params })
 }
 
 /// Which counts a caller asked for with `info=`.
@@ -235,15 +261,8 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 }
 
 /// `POST /apps/{app_id}/events`.
-pub async fn trigger(
-    State(state): State<Arc<ServerState>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let auth = authenticate(&state, &app_id, &method, &uri, &body)?;
-    let event = validate_event(&auth.app, parse_body(&body)?)?;
+pub async fn trigger(State(state): State<Arc<ServerState>>, auth: Signed) -> Result<Json<Value>, ApiError> {
+    let event = validate_event(&auth.app, parse_body(&auth.body)?)?;
     Ok(Json(match publish(&state, &auth.app, &event) {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
@@ -258,13 +277,9 @@ struct BatchRequest {
 /// `POST /apps/{app_id}/batch_events`: everything is validated before anything is published.
 pub async fn trigger_batch(
     State(state): State<Arc<ServerState>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
+    auth: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let auth = authenticate(&state, &app_id, &method, &uri, &body)?;
-    let request: BatchRequest = parse_body(&body)?;
+    let request: BatchRequest = parse_body(&auth.body)?;
     if request.batch.len() > MAX_BATCH_EVENTS {
         return Err(ApiError::BadRequest(format!("a batch may hold at most {MAX_BATCH_EVENTS} events")));
     }
@@ -295,13 +310,7 @@ pub async fn trigger_batch(
 }
 
 /// `GET /apps/{app_id}/channels`: occupied channels, optionally by prefix, with counts.
-pub async fn channels(
-    State(state): State<Arc<ServerState>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-) -> Result<Json<Value>, ApiError> {
-    let auth = authenticate(&state, &app_id, &method, &uri, b"")?;
+pub async fn channels(State(state): State<Arc<ServerState>>, auth: Signed) -> Result<Json<Value>, ApiError> {
     let prefix = auth.param("filter_by_prefix").unwrap_or("");
     let info = parse_info(auth.param("info"))?;
     if info.cache {
@@ -320,11 +329,9 @@ pub async fn channels(
 /// `GET /apps/{app_id}/channels/{channel}`: `occupied` always, counts on request.
 pub async fn channel(
     State(state): State<Arc<ServerState>>,
-    Path((app_id, channel)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
+    Path((_, channel)): Path<(String, String)>,
+    auth: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let auth = authenticate(&state, &app_id, &method, &uri, b"")?;
     let name = parse_channel(&auth.app, &channel)?;
     let info = parse_info(auth.param("info"))?;
     if info.user_count && name.kind() != ChannelKind::Presence {
@@ -348,11 +355,9 @@ pub async fn channel(
 /// `GET /apps/{app_id}/channels/{channel}/users`: distinct users of a presence channel.
 pub async fn channel_users(
     State(state): State<Arc<ServerState>>,
-    Path((app_id, channel)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
+    Path((_, channel)): Path<(String, String)>,
+    auth: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let auth = authenticate(&state, &app_id, &method, &uri, b"")?;
     let name = parse_channel(&auth.app, &channel)?;
     if name.kind() != ChannelKind::Presence {
         return Err(ApiError::BadRequest("users are only available for presence channels".into()));
@@ -367,41 +372,18 @@ pub async fn channel_users(
     Ok(Json(json!({ "users": users })))
 }
 
-/// `POST /apps/{app_id}/users/{user_id}/terminate_connections`: closes every connection signed
-/// in as the user with 4009 (pusher-js does not reconnect on its own).
+/// `POST /apps/{app_id}/users/{user_id}/terminate_connections` (and the unprefixed
+/// `/users/{user_id}/terminate_connections` pusher-http-python sends): closes every connection
+/// signed in as the user with 4009 (pusher-js does not reconnect on its own).
 pub async fn terminate_user_connections(
     State(state): State<Arc<ServerState>>,
-    Path((app_id, user_id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
+    Path(params): Path<HashMap<String, String>>,
+    auth: Signed,
 ) -> Result<Json<Value>, ApiError> {
-    let auth = authenticate(&state, &app_id, &method, &uri, &body)?;
-    let closed = state.hubs.hub(&auth.app.id).terminate_user(&user_id);
+    let user_id = params.get("user_id").map(String::as_str).unwrap_or_default();
+    let closed = state.hubs.hub(&auth.app.id).terminate_user(user_id);
     tracing::info!(app_id = %auth.app.id, user_id, closed, "terminated user connections");
     Ok(Json(json!({})))
-}
-
-/// `POST /users/{user_id}/terminate_connections`: the same without the `/apps/{id}` prefix, as
-/// pusher-http-python sends it; the app is the one whose key signed the request.
-pub async fn terminate_user_connections_unprefixed(
-    State(state): State<Arc<ServerState>>,
-    Path(user_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let key = uri
-        .query()
-        .and_then(|q| {
-            form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "auth_key").map(|(_, v)| v.into_owned())
-        })
-        .ok_or_else(|| ApiError::Unauthorized("missing query parameter auth_key".into()))?;
-    let app = state
-        .apps
-        .by_key(&key)
-        .ok_or_else(|| ApiError::Unauthorized("auth_key does not match an app".into()))?;
-    terminate_user_connections(State(state), Path((app.id.clone(), user_id)), method, uri, body).await
 }
 
 /// `GET /up`, `/health`, `/`: the process is alive.

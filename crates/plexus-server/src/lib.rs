@@ -106,10 +106,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
             "/apps/{app_id}/users/{user_id}/terminate_connections",
             post(http_api::terminate_user_connections),
         )
-        .route(
-            "/users/{user_id}/terminate_connections",
-            post(http_api::terminate_user_connections_unprefixed),
-        )
+        .route("/users/{user_id}/terminate_connections", post(http_api::terminate_user_connections))
         .route("/", get(http_api::up))
         .route("/up", get(http_api::up))
         .route("/health", get(http_api::up))
