@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use plexus_protocol::channel::SERVER_TO_USER_PREFIX;
 use plexus_protocol::codec::{self, ClientFrame, Data, DecodeError, RawJson, ServerEvent, Subscribe};
 use plexus_protocol::limits::{MAX_EVENT_NAME_LEN, MAX_USER_ID_LEN};
 use plexus_protocol::{signature, ChannelError, ChannelKind, ChannelName, CloseCode, SocketId};
@@ -294,11 +295,17 @@ impl Session {
         }
         let data: UserData =
             serde_json::from_str(user_data).map_err(|e| SigninError::InvalidUserData(e.to_string()))?;
+        // The id names the user's `#server-to-user-{id}` channel, so it takes channel characters.
         let user_id = match data.id {
-            serde_json::Value::String(id) if !id.is_empty() && id.chars().count() <= MAX_USER_ID_LEN => id,
+            serde_json::Value::String(id)
+                if id.chars().count() <= MAX_USER_ID_LEN
+                    && ChannelName::parse(&format!("{SERVER_TO_USER_PREFIX}{id}")).is_ok() =>
+            {
+                id
+            }
             _ => {
                 return Err(SigninError::InvalidUserData(format!(
-                    "id must be a non-empty string of at most {MAX_USER_ID_LEN} characters"
+                    "id must be a non-empty string of at most {MAX_USER_ID_LEN} characters from A-Z a-z 0-9 _ - = @ , . ;"
                 )))
             }
         };

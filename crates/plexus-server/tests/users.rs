@@ -44,11 +44,13 @@ async fn bad_signin_gets_4009_and_a_close() {
         assert_eq!(events[0]["data"]["code"], 4009);
         assert_eq!(ended, Ended::Closed(4009));
     }
-    // Properly signed but without an id.
-    let mut client = server.connect("key-1").await;
-    sign_in(&mut client, &a, r#"{"user_info":{}}"#).await;
-    let (_, ended) = client.until_closed().await;
-    assert_eq!(ended, Ended::Closed(4009));
+    // Properly signed but without a usable id.
+    for user_data in [r#"{"user_info":{}}"#, r#"{"id":""}"#, r#"{"id":7}"#, r#"{"id":"has space"}"#] {
+        let mut client = server.connect("key-1").await;
+        sign_in(&mut client, &a, user_data).await;
+        let (_, ended) = client.until_closed().await;
+        assert_eq!(ended, Ended::Closed(4009), "{user_data}");
+    }
 }
 
 #[tokio::test]
