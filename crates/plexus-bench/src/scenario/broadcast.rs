@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::{Ctx, Deliveries, Subscribers};
-use crate::publisher::{publish, PublishPlan};
+use super::{subscribe_then_publish, Ctx, Deliveries, PublishPhase, Subscribers};
+use crate::publisher::PublishPlan;
 use crate::pusher::API_EVENT;
-use crate::stats::{round3, CpuMeter, Errors};
+use crate::stats::{round3, Errors};
 
 /// Scenario settings.
 #[derive(Debug, Clone)]
@@ -28,32 +28,18 @@ pub async fn run(ctx: Arc<Ctx>, p: Params) -> Value {
     let rss_before = ctx.server_rss();
     let subs =
         Subscribers::spawn(&ctx, p.subscribers, |_| CHANNEL.to_string(), false, API_EVENT, p.events as usize);
-    let setup_start = Instant::now();
-    let ready = subs.wait_ready(ctx.deadline).await;
-    let setup_secs = setup_start.elapsed().as_secs_f64();
-    let rss_subscribed = ctx.server_rss();
-
-    let cpu = CpuMeter::start();
-    let server_cpu = ctx.server_cpu();
-    let report = if ready > 0 {
-        publish(
-            &ctx.target,
-            &PublishPlan {
-                events: p.events,
-                channels: vec![CHANNEL.to_string()],
-                rate: None,
-                connections: p.http_connections,
-                window: p.window,
-                affinity: false,
-                padding: ctx.padding.clone(),
-                deadline: ctx.deadline,
-            },
-        )
-        .await
-    } else {
-        errors.add("no_subscriber_ready");
-        Default::default()
+    let plan = PublishPlan {
+        events: p.events,
+        channels: vec![CHANNEL.to_string()],
+        rate: None,
+        connections: p.http_connections,
+        window: p.window,
+        affinity: false,
+        padding: ctx.padding.clone(),
+        deadline: ctx.deadline,
     };
+    let PublishPhase { ready, setup_secs, rss_subscribed, cpu, server_cpu, report } =
+        subscribe_then_publish(&ctx, &subs, plan, &mut errors).await;
     let accepted = report.sent_per_channel.first().map_or(0, |_| report.accepted_on(0));
     let expected = ready as u64 * accepted;
     let drain_until = ctx.cap(report.last_send.unwrap_or_else(Instant::now) + ctx.drain);

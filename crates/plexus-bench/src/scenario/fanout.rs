@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::{Ctx, Deliveries, Subscribers};
-use crate::publisher::{publish, PublishPlan};
+use super::{subscribe_then_publish, Ctx, Deliveries, PublishPhase, Subscribers};
+use crate::publisher::PublishPlan;
 use crate::pusher::API_EVENT;
-use crate::stats::{round3, CpuMeter, Errors};
+use crate::stats::{round3, Errors};
 
 /// Scenario settings.
 #[derive(Debug, Clone)]
@@ -41,32 +41,18 @@ pub async fn run(ctx: Arc<Ctx>, p: Params) -> Value {
         API_EVENT,
         per_channel,
     );
-    let setup_start = Instant::now();
-    let ready = subs.wait_ready(ctx.deadline).await;
-    let setup_secs = setup_start.elapsed().as_secs_f64();
-    let rss_subscribed = ctx.server_rss();
-
-    let cpu = CpuMeter::start();
-    let server_cpu = ctx.server_cpu();
-    let report = if ready > 0 {
-        publish(
-            &ctx.target,
-            &PublishPlan {
-                events,
-                channels: (0..channels).map(channel_name).collect(),
-                rate: Some(p.rate),
-                connections: p.http_connections,
-                window: p.window,
-                affinity: true,
-                padding: ctx.padding.clone(),
-                deadline: ctx.deadline,
-            },
-        )
-        .await
-    } else {
-        errors.add("no_subscriber_ready");
-        Default::default()
+    let plan = PublishPlan {
+        events,
+        channels: (0..channels).map(channel_name).collect(),
+        rate: Some(p.rate),
+        connections: p.http_connections,
+        window: p.window,
+        affinity: true,
+        padding: ctx.padding.clone(),
+        deadline: ctx.deadline,
     };
+    let PublishPhase { ready, setup_secs, rss_subscribed, cpu, server_cpu, report } =
+        subscribe_then_publish(&ctx, &subs, plan, &mut errors).await;
     let accepted: Vec<u64> = (0..report.sent_per_channel.len()).map(|c| report.accepted_on(c)).collect();
     let accepted_on = |i: usize| accepted.get(i % channels).copied().unwrap_or(0);
     // Only subscribed connections count; which ones they are is known after the stop, so wait

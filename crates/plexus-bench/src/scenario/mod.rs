@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::publisher::{publish, PublishPlan, PublishReport};
 use crate::pusher::{ws_reason, Receiver, ReceiverStats, Session, CLOSE_WAIT};
 use crate::stats::{rss_kib, CpuMeter, Errors, Latencies};
 use crate::target::Target;
@@ -267,4 +268,37 @@ impl Deliveries {
         }
         d
     }
+}
+
+/// What broadcast and fanout measure before they count deliveries: subscribers set up, then the
+/// publish plan carried out while both sides' CPU is metered.
+pub struct PublishPhase {
+    pub ready: usize,
+    pub setup_secs: f64,
+    pub rss_subscribed: Option<u64>,
+    pub cpu: CpuMeter,
+    pub server_cpu: Option<CpuMeter>,
+    pub report: PublishReport,
+}
+
+/// Waits for `subs` to be subscribed, then publishes `plan` (nothing if no subscriber is ready).
+pub async fn subscribe_then_publish(
+    ctx: &Ctx,
+    subs: &Subscribers,
+    plan: PublishPlan,
+    errors: &mut Errors,
+) -> PublishPhase {
+    let setup_start = Instant::now();
+    let ready = subs.wait_ready(ctx.deadline).await;
+    let setup_secs = setup_start.elapsed().as_secs_f64();
+    let rss_subscribed = ctx.server_rss();
+    let cpu = CpuMeter::start();
+    let server_cpu = ctx.server_cpu();
+    let report = if ready > 0 {
+        publish(&ctx.target, &plan).await
+    } else {
+        errors.add("no_subscriber_ready");
+        PublishReport::default()
+    };
+    PublishPhase { ready, setup_secs, rss_subscribed, cpu, server_cpu, report }
 }
