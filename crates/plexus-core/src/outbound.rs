@@ -99,6 +99,8 @@ impl Outbound {
     /// Sends `pusher:error {code, message}` after what is already queued, then closes with `code`.
     /// Later pushes are dropped. A second close keeps the first reason.
     pub fn close(&self, code: CloseCode, message: &str) {
+        // 43xx codes are for pusher:error only; a close with one makes pusher-js give up for good.
+        debug_assert!(code.closes_socket(), "{code:?} must not close a socket");
         self.close_with_code(code.code(), message);
     }
 
@@ -142,10 +144,6 @@ impl Outbound {
     /// Whether nothing is waiting to be written.
     pub fn is_empty(&self) -> bool {
         self.lock().frames.is_empty()
-    }
-
-    pub fn is_closing(&self) -> bool {
-        self.lock().closing.is_some()
     }
 
     /// Waits until there is something to write, then moves every queued frame into `out`.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use plexus_protocol::channel::SERVER_TO_USER_PREFIX;
 use plexus_protocol::codec::{self, ClientFrame, Data, DecodeError, RawJson, ServerEvent, Subscribe};
 use plexus_protocol::limits::{MAX_EVENT_NAME_LEN, MAX_USER_ID_LEN};
-use plexus_protocol::{signature, ChannelError, ChannelKind, ChannelName, CloseCode, SocketId};
+use plexus_protocol::{signature, ChannelError, ChannelKind, ChannelName, CloseCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::{Duration, Instant};
@@ -163,10 +163,6 @@ impl Session {
     /// `enable_user_authentication` close connections that are not within the timeout.
     pub fn is_authorized(&self) -> bool {
         self.authorized
-    }
-
-    pub fn socket_id(&self) -> SocketId {
-        self.connection.socket_id
     }
 
     pub fn connection(&self) -> &Arc<Connection> {

@@ -372,9 +372,8 @@ impl Liveness {
         match self.pinged_at {
             Some(at) if now >= at + self.pong_grace => {
                 connection.outbound.close(CloseCode::PongNotReceived, "Pong reply not received in time");
-                // Closing: nothing more to time.
-                self.pinged_at = None;
-                self.last_heard = now + Duration::from_secs(3600);
+                // The writer ends the connection long before the next idle deadline.
+                self.heard(now);
             }
             None if now >= self.last_heard + self.idle => {
                 connection.outbound.push(codec::ping());
