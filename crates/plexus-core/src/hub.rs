@@ -7,7 +7,11 @@
 //! Subscribe and unsubscribe take the shard's write lock, which also orders presence events: a
 //! joiner's `subscription_succeeded` is queued before any later member event of that channel.
 //!
-//! Every publish goes through [`AppHub::publish`]; that is where a cluster adapter hooks in.
+//! Every publish goes through [`AppHub::publish`]. In a cluster the hub also announces what it
+//! does through a [`ClusterLink`] and keeps, beside each channel's local subscribers, every other
+//! node's share of it ([`RemoteShare`]); occupancy, counts, presence and the webhooks they cause
+//! are computed over the whole cluster. Without a link (one process) the remote shares stay empty
+//! and cost nothing.
 //!
 //! Beside its channels each shard keeps the last event of its cache channels, which outlives
 //! occupancy (an event published to an empty cache channel waits for the first subscriber). The
@@ -27,8 +31,9 @@ use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
 use crate::app::{App, WebhookKind};
+use crate::cluster::{ClusterLink, NodeId, Update};
 use crate::outbound::{Outbound, Push};
-use crate::presence::Presence;
+use crate::presence::{Joined, Left, Presence};
 use crate::users::UserRegistry;
 use crate::webhook::{wanted, WebhookEvent, WebhookSink};
 
@@ -50,11 +55,52 @@ pub struct Connection {
 
 #[derive(Debug, Default)]
 struct Channel {
+    /// This node's sockets.
     subscribers: HashMap<SocketId, Arc<Connection>>,
+    /// Cluster-wide members, for presence channels.
     presence: Option<Presence>,
+    /// Other nodes' shares (empty on a single node).
+    remote: HashMap<NodeId, RemoteShare>,
     /// When a subscription count was last broadcast, and whether a newer one is owed.
     count_sent_at: Option<Instant>,
     count_pending: bool,
+}
+
+/// One other node's part of a channel, as that node last reported it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct RemoteShare {
+    subscriptions: usize,
+    users: std::collections::HashSet<Box<str>>,
+}
+
+impl Channel {
+    /// Subscriptions across the cluster.
+    fn total(&self) -> usize {
+        self.subscribers.len() + self.remote.values().map(|r| r.subscriptions).sum::<usize>()
+    }
+
+    /// Nothing left here or anywhere else: the entry can go.
+    fn is_unused(&self) -> bool {
+        self.subscribers.is_empty() && self.remote.is_empty()
+    }
+}
+
+/// A channel's part held by this node, as told to other nodes when they sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalShare {
+    pub channel: ChannelName,
+    pub subscriptions: usize,
+    /// Presence members with sockets here: user id and `user_info` JSON.
+    pub members: Vec<(String, Option<String>)>,
+}
+
+/// A cache channel's live event, as told to other nodes when they sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedEvent {
+    pub channel: ChannelName,
+    pub data: String,
+    pub frame: Bytes,
+    pub ttl: Duration,
 }
 
 /// What a shard knows about a cache channel.
@@ -154,6 +200,7 @@ pub struct AppHub {
     /// Woken whenever a connection leaves, for whoever waits for the server to empty.
     departures: Arc<Notify>,
     webhooks: Arc<dyn WebhookSink>,
+    cluster: Option<Arc<dyn ClusterLink>>,
     metrics: HubMetrics,
 }
 
@@ -214,7 +261,14 @@ impl AppHub {
             users: Mutex::default(),
             departures: Arc::default(),
             webhooks,
+            cluster: None,
             metrics: HubMetrics::new(app_id),
+        }
+    }
+
+    fn announce(&self, update: Update<'_>) {
+        if let Some(cluster) = &self.cluster {
+            cluster.announce(&self.app_id, update);
         }
     }
 
@@ -295,26 +349,29 @@ impl AppHub {
         let mut guard = write(self.shard(channel.as_str()));
         let shard = &mut *guard;
         let entry = shard.channels.entry(channel.clone()).or_default();
-        let first_subscriber = entry.subscribers.is_empty();
+        let total_before = entry.total();
+        let first_local = entry.subscribers.is_empty();
         let already = entry.subscribers.contains_key(&connection.socket_id);
 
-        let mut new_member = false;
+        let mut joined = Joined { new_member: false, first_local: false };
         if let Some(member) = member {
             let presence = entry.presence.get_or_insert_with(Presence::default);
             if !already
                 && !presence.contains(member.user_id)
                 && presence.count() >= app.max_presence_members as usize
             {
-                if first_subscriber {
+                if entry.is_unused() {
                     shard.channels.remove(channel);
                 }
                 return Err(JoinError::PresenceFull(app.max_presence_members));
             }
-            new_member = !already && presence.join(member.user_id, member.info);
+            if !already {
+                joined = presence.join(member.user_id, member.info);
+            }
             entry.subscribers.insert(connection.socket_id, connection.clone());
             let snapshot = presence.snapshot_json();
             connection.outbound.push(codec::presence_subscription_succeeded(channel.as_str(), &snapshot));
-            if new_member {
+            if joined.new_member {
                 let added = codec::member_added(channel.as_str(), member.user_id, member.info);
                 for (id, other) in &entry.subscribers {
                     if *id != connection.socket_id {
@@ -329,14 +386,29 @@ impl AppHub {
 
         if !already {
             self.metrics.subscriptions.increment(1);
+            // The share before the member, so every node sees occupancy before membership.
+            self.announce(Update::Share {
+                channel: channel.as_str(),
+                subscriptions: entry.subscribers.len(),
+            });
         }
-        if first_subscriber {
+        if let (true, Some(member)) = (joined.first_local, member) {
+            self.announce(Update::Member {
+                channel: channel.as_str(),
+                user_id: member.user_id,
+                info: member.info,
+                present: true,
+            });
+        }
+        if first_local {
             self.metrics.channels.increment(1);
+        }
+        if total_before == 0 {
             self.webhook(app, WebhookKind::ChannelOccupied, || WebhookEvent::ChannelOccupied {
                 channel: channel.to_string(),
             });
         }
-        if let (true, Some(member)) = (new_member, member) {
+        if let (true, Some(member)) = (joined.new_member, member) {
             self.webhook(app, WebhookKind::MemberAdded, || WebhookEvent::MemberAdded {
                 channel: channel.to_string(),
                 user_id: member.user_id.to_owned(),
@@ -395,7 +467,7 @@ impl AppHub {
         if !app.enable_subscription_count || channel.kind() == ChannelKind::Presence {
             return;
         }
-        let throttled = entry.subscribers.len() > COUNT_THROTTLE_ABOVE
+        let throttled = entry.total() > COUNT_THROTTLE_ABOVE
             && entry.count_sent_at.is_some_and(|at| now.duration_since(at) < COUNT_INTERVAL);
         if throttled {
             entry.count_pending = true;
@@ -405,10 +477,10 @@ impl AppHub {
     }
 
     fn send_subscription_count(&self, app: &App, channel: &ChannelName, entry: &mut Channel, now: Instant) {
-        let count = entry.subscribers.len();
+        let count = entry.total();
         entry.count_sent_at = Some(now);
         entry.count_pending = false;
-        if count > 0 {
+        if count > 0 && !entry.subscribers.is_empty() {
             let frame = codec::subscription_count(channel.as_str(), count);
             for subscriber in entry.subscribers.values() {
                 subscriber.outbound.push(frame.clone());
@@ -421,7 +493,7 @@ impl AppHub {
     }
 
     /// Removes `socket_id` from `channel`; for presence (`user_id` given), tells the others when
-    /// this was the user's last socket. Returns false if the socket was not subscribed.
+    /// this was the user's last socket in the cluster. Returns false if the socket was not subscribed.
     pub fn unsubscribe(
         &self,
         app: &App,
@@ -438,8 +510,10 @@ impl AppHub {
         }
         shrink_if_sparse(&mut entry.subscribers);
         self.metrics.subscriptions.decrement(1);
+        let mut left = Left { removed: false, last_local: false };
         if let (Some(user_id), Some(presence)) = (user_id, entry.presence.as_mut()) {
-            if presence.leave(user_id) {
+            left = presence.leave(user_id);
+            if left.removed {
                 let removed = codec::member_removed(channel.as_str(), user_id);
                 for other in entry.subscribers.values() {
                     other.outbound.push(removed.clone());
@@ -450,11 +524,20 @@ impl AppHub {
                 });
             }
         }
+        if let (true, Some(user_id)) = (left.last_local, user_id) {
+            self.announce(Update::Member { channel: channel.as_str(), user_id, info: None, present: false });
+        }
+        self.announce(Update::Share { channel: channel.as_str(), subscriptions: entry.subscribers.len() });
         self.subscription_count_changed(app, channel, entry, Instant::now());
         if entry.subscribers.is_empty() {
+            self.metrics.channels.decrement(1);
+        }
+        let vacated = entry.total() == 0;
+        if entry.is_unused() {
             shard.channels.remove(channel.as_str());
             shrink_if_sparse(&mut shard.channels);
-            self.metrics.channels.decrement(1);
+        }
+        if vacated {
             self.webhook(app, WebhookKind::ChannelVacated, || WebhookEvent::ChannelVacated {
                 channel: channel.to_string(),
             });
@@ -466,6 +549,12 @@ impl AppHub {
     /// many queues received it. The frame's bytes are shared, never copied.
     pub fn publish(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         self.metrics.events_published.increment(1);
+        self.announce(Update::Publish { channel, frame, except });
+        self.deliver(channel, frame, except)
+    }
+
+    /// Fans a frame out to this node's subscribers only (an event another node published).
+    pub fn deliver(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         let shard = read(self.shard(channel));
         let Some(entry) = shard.channels.get(channel) else {
             return 0;
@@ -485,6 +574,12 @@ impl AppHub {
 
     /// Keeps `frame` (an event with `data`) as the cache channel's last event for `ttl`.
     pub fn remember(&self, channel: &ChannelName, data: &str, frame: &Bytes, ttl: Duration) {
+        self.announce(Update::Remember { channel: channel.as_str(), data, frame, ttl });
+        self.remember_here(channel, data, frame, ttl);
+    }
+
+    /// Keeps a cache channel's last event on this node only (another node published it).
+    pub fn remember_here(&self, channel: &ChannelName, data: &str, frame: &Bytes, ttl: Duration) {
         let slot =
             CacheSlot::Event { data: data.into(), frame: frame.clone(), expires: Instant::now() + ttl };
         write(self.shard(channel.as_str())).cache.insert(channel.clone(), slot);
@@ -528,10 +623,232 @@ impl AppHub {
         }
     }
 
+    /// Sets another node's subscription count in `channel`, with the occupancy webhooks and
+    /// subscription counts that causes.
+    pub fn set_remote_share(&self, app: &App, node: NodeId, channel: &ChannelName, subscriptions: usize) {
+        let mut guard = write(self.shard(channel.as_str()));
+        let shard = &mut *guard;
+        let entry = shard.channels.entry(channel.clone()).or_default();
+        self.apply_remote_share(app, node, channel, entry, subscriptions);
+        if entry.is_unused() {
+            shard.channels.remove(channel.as_str());
+        }
+    }
+
+    /// Records that another node holds (`present`) or no longer holds `user_id` in presence
+    /// `channel`; member events go out when that changes the cluster's membership.
+    pub fn set_remote_member(
+        &self,
+        app: &App,
+        node: NodeId,
+        channel: &ChannelName,
+        member: Member<'_>,
+        present: bool,
+    ) {
+        let mut guard = write(self.shard(channel.as_str()));
+        let shard = &mut *guard;
+        if !present && !shard.channels.contains_key(channel.as_str()) {
+            return;
+        }
+        let entry = shard.channels.entry(channel.clone()).or_default();
+        if present {
+            self.remote_member_joined(app, node, channel, entry, member);
+        } else {
+            self.remote_member_left(app, node, channel, entry, member.user_id);
+        }
+        if entry.is_unused() {
+            shard.channels.remove(channel.as_str());
+        }
+    }
+
+    /// Drops everything `node` held (it left or stopped answering), as if its sockets had left.
+    pub fn forget_node(&self, app: &App, node: NodeId) {
+        self.replace_node(app, node, Vec::new());
+    }
+
+    /// Replaces `node`'s whole part of this app with `shares` (a snapshot it sent), emitting the
+    /// events of every difference: departures first, then counts, then arrivals.
+    pub fn replace_node(&self, app: &App, node: NodeId, shares: Vec<LocalShare>) {
+        let mut wanted: HashMap<ChannelName, LocalShare> =
+            shares.into_iter().map(|share| (share.channel.clone(), share)).collect();
+        for shard in self.shards.iter() {
+            let mut guard = write(shard);
+            let shard = &mut *guard;
+            let held: Vec<ChannelName> = shard
+                .channels
+                .iter()
+                .filter(|(_, c)| c.remote.contains_key(&node))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in held {
+                let share = wanted.remove(&name);
+                self.apply_remote_channel(app, node, &mut shard.channels, &name, share);
+            }
+        }
+        for (name, share) in wanted {
+            let mut guard = write(self.shard(name.as_str()));
+            self.apply_remote_channel(app, node, &mut guard.channels, &name, Some(share));
+        }
+    }
+
+    fn apply_remote_channel(
+        &self,
+        app: &App,
+        node: NodeId,
+        channels: &mut HashMap<ChannelName, Channel>,
+        name: &ChannelName,
+        share: Option<LocalShare>,
+    ) {
+        let entry = channels.entry(name.clone()).or_default();
+        let old_users: Vec<Box<str>> =
+            entry.remote.get(&node).map(|r| r.users.iter().cloned().collect()).unwrap_or_default();
+        let (subscriptions, members) = share.map(|s| (s.subscriptions, s.members)).unwrap_or_default();
+        for user in old_users {
+            if !members.iter().any(|(id, _)| **id == *user) {
+                self.remote_member_left(app, node, name, entry, &user);
+            }
+        }
+        self.apply_remote_share(app, node, name, entry, subscriptions);
+        for (user_id, info) in &members {
+            self.remote_member_joined(app, node, name, entry, Member { user_id, info: info.as_deref() });
+        }
+        if entry.is_unused() {
+            channels.remove(name.as_str());
+        }
+    }
+
+    fn apply_remote_share(
+        &self,
+        app: &App,
+        node: NodeId,
+        channel: &ChannelName,
+        entry: &mut Channel,
+        subscriptions: usize,
+    ) {
+        let current = entry.remote.get(&node).map_or(0, |r| r.subscriptions);
+        if current == subscriptions {
+            return;
+        }
+        let before = entry.total();
+        let share = entry.remote.entry(node).or_default();
+        share.subscriptions = subscriptions;
+        if share.subscriptions == 0 && share.users.is_empty() {
+            entry.remote.remove(&node);
+        }
+        let after = entry.total();
+        if before == 0 {
+            self.webhook(app, WebhookKind::ChannelOccupied, || WebhookEvent::ChannelOccupied {
+                channel: channel.to_string(),
+            });
+        }
+        self.subscription_count_changed(app, channel, entry, Instant::now());
+        if after == 0 {
+            self.webhook(app, WebhookKind::ChannelVacated, || WebhookEvent::ChannelVacated {
+                channel: channel.to_string(),
+            });
+        }
+    }
+
+    fn remote_member_joined(
+        &self,
+        app: &App,
+        node: NodeId,
+        channel: &ChannelName,
+        entry: &mut Channel,
+        member: Member<'_>,
+    ) {
+        if !entry.remote.entry(node).or_default().users.insert(member.user_id.into()) {
+            return;
+        }
+        let presence = entry.presence.get_or_insert_with(Presence::default);
+        if presence.remote_join(member.user_id, member.info) {
+            let added = codec::member_added(channel.as_str(), member.user_id, member.info);
+            for subscriber in entry.subscribers.values() {
+                subscriber.outbound.push(added.clone());
+            }
+            self.webhook(app, WebhookKind::MemberAdded, || WebhookEvent::MemberAdded {
+                channel: channel.to_string(),
+                user_id: member.user_id.to_owned(),
+            });
+        }
+    }
+
+    fn remote_member_left(
+        &self,
+        app: &App,
+        node: NodeId,
+        channel: &ChannelName,
+        entry: &mut Channel,
+        user_id: &str,
+    ) {
+        let Some(share) = entry.remote.get_mut(&node) else {
+            return;
+        };
+        if !share.users.remove(user_id) {
+            return;
+        }
+        if share.subscriptions == 0 && share.users.is_empty() {
+            entry.remote.remove(&node);
+        }
+        let removed = entry.presence.as_mut().is_some_and(|p| p.remote_leave(user_id));
+        if removed {
+            let frame = codec::member_removed(channel.as_str(), user_id);
+            for subscriber in entry.subscribers.values() {
+                subscriber.outbound.push(frame.clone());
+            }
+            self.webhook(app, WebhookKind::MemberRemoved, || WebhookEvent::MemberRemoved {
+                channel: channel.to_string(),
+                user_id: user_id.to_owned(),
+            });
+        }
+    }
+
+    /// This node's part of every channel it has sockets in, for a peer that syncs.
+    pub fn local_shares(&self) -> Vec<LocalShare> {
+        let mut shares = Vec::new();
+        for shard in self.shards.iter() {
+            for (name, channel) in read(shard).channels.iter().filter(|(_, c)| !c.subscribers.is_empty()) {
+                let members = channel
+                    .presence
+                    .iter()
+                    .flat_map(|p| p.local_members())
+                    .map(|(id, info)| (id.to_owned(), info.map(str::to_owned)))
+                    .collect();
+                shares.push(LocalShare {
+                    channel: name.clone(),
+                    subscriptions: channel.subscribers.len(),
+                    members,
+                });
+            }
+        }
+        shares
+    }
+
+    /// Every cache channel's live event, for a peer that syncs.
+    pub fn cached_events(&self) -> Vec<CachedEvent> {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        for shard in self.shards.iter() {
+            for (name, slot) in read(shard).cache.iter() {
+                if let CacheSlot::Event { data, frame, expires } = slot {
+                    if *expires > now {
+                        events.push(CachedEvent {
+                            channel: name.clone(),
+                            data: data.to_string(),
+                            frame: frame.clone(),
+                            ttl: expires.duration_since(now),
+                        });
+                    }
+                }
+            }
+        }
+        events
+    }
+
     fn summary(name: &ChannelName, channel: &Channel) -> ChannelSummary {
         ChannelSummary {
             name: name.clone(),
-            subscription_count: channel.subscribers.len(),
+            subscription_count: channel.total(),
             user_count: channel.presence.as_ref().map(Presence::count),
         }
     }
@@ -539,7 +856,11 @@ impl AppHub {
     /// Numbers for one channel; `None` when no one is subscribed.
     pub fn channel(&self, channel: &str) -> Option<ChannelSummary> {
         let shard = read(self.shard(channel));
-        shard.channels.get_key_value(channel).map(|(name, c)| Self::summary(name, c))
+        shard
+            .channels
+            .get_key_value(channel)
+            .filter(|(_, c)| c.total() > 0)
+            .map(|(name, c)| Self::summary(name, c))
     }
 
     /// Every occupied channel whose name starts with `prefix`, sorted by name.
@@ -551,7 +872,7 @@ impl AppHub {
                 read(shard)
                     .channels
                     .iter()
-                    .filter(|(name, _)| name.as_str().starts_with(prefix))
+                    .filter(|(name, c)| name.as_str().starts_with(prefix) && c.total() > 0)
                     .map(|(name, c)| Self::summary(name, c))
                     .collect::<Vec<_>>()
             })
@@ -604,6 +925,12 @@ impl AppHub {
     /// Delivers a frame to every connection signed in as `user_id`; returns how many.
     pub fn send_to_user(&self, user_id: &str, frame: &Bytes) -> usize {
         self.metrics.events_published.increment(1);
+        self.announce(Update::ToUser { user_id, frame });
+        self.deliver_to_user(user_id, frame)
+    }
+
+    /// Delivers a frame to this node's connections of `user_id` only.
+    pub fn deliver_to_user(&self, user_id: &str, frame: &Bytes) -> usize {
         let users = lock(&self.users);
         let connections = users.connections_of(user_id);
         for connection in connections {
@@ -615,6 +942,12 @@ impl AppHub {
 
     /// Closes every connection signed in as `user_id` with 4009; returns how many.
     pub fn terminate_user(&self, user_id: &str) -> usize {
+        self.announce(Update::Terminate { user_id });
+        self.terminate_user_here(user_id)
+    }
+
+    /// Closes this node's connections of `user_id` only.
+    pub fn terminate_user_here(&self, user_id: &str) -> usize {
         let users = lock(&self.users);
         let connections = users.connections_of(user_id);
         for connection in connections {
@@ -629,12 +962,18 @@ impl AppHub {
 pub struct Hubs {
     apps: RwLock<HashMap<String, Arc<AppHub>>>,
     webhooks: Arc<dyn WebhookSink>,
+    cluster: Option<Arc<dyn ClusterLink>>,
     departures: Arc<Notify>,
 }
 
 impl Hubs {
     pub fn new(webhooks: Arc<dyn WebhookSink>) -> Self {
-        Hubs { apps: RwLock::default(), webhooks, departures: Arc::default() }
+        Hubs { apps: RwLock::default(), webhooks, cluster: None, departures: Arc::default() }
+    }
+
+    /// Hubs that announce what they do to the rest of a cluster through `cluster`.
+    pub fn clustered(webhooks: Arc<dyn WebhookSink>, cluster: Arc<dyn ClusterLink>) -> Self {
+        Hubs { apps: RwLock::default(), webhooks, cluster: Some(cluster), departures: Arc::default() }
     }
 
     /// The hub of `app_id`, created if this is its first use.
@@ -647,6 +986,7 @@ impl Hubs {
             .or_insert_with(|| {
                 let mut hub = AppHub::new(app_id, self.webhooks.clone());
                 hub.departures = self.departures.clone();
+                hub.cluster = self.cluster.clone();
                 Arc::new(hub)
             })
             .clone()

@@ -13,6 +13,7 @@
 //! yields. Start reading at [`hub::AppHub::publish`] for the hot path.
 
 pub mod app;
+pub mod cluster;
 pub mod hub;
 pub mod outbound;
 pub mod presence;

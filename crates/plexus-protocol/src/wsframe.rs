@@ -77,6 +77,18 @@ pub fn write_header(out: &mut [u8; MAX_HEADER_LEN], opcode: Opcode, len: usize) 
     }
 }
 
+/// The payload of a complete, unmasked server frame built here (a slice: nothing is copied).
+/// Used where a frame leaves the process by another route, such as a cluster bus.
+pub fn server_frame_payload(frame: &Bytes) -> Bytes {
+    let header_len = match frame.get(1).map(|b| b & 0x7f) {
+        None => return Bytes::new(),
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+    };
+    frame.slice(header_len.min(frame.len())..)
+}
+
 /// A complete frame around `payload` (copies it once).
 pub fn frame(opcode: Opcode, payload: &[u8]) -> Bytes {
     let mut buf = FrameBuf::with_capacity(payload.len());
@@ -432,6 +444,15 @@ mod reader_tests {
             let mut reader = ClientFrameReader::new(256);
             let mut buf = BytesMut::from(&bytes[..]);
             while let Ok(Some(_)) = reader.next_message(&mut buf) {}
+        }
+    }
+
+    #[test]
+    fn server_frame_payload_strips_every_header_size() {
+        for len in [0usize, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let framed = frame(Opcode::Text, &payload);
+            assert_eq!(server_frame_payload(&framed), payload, "payload of {len} bytes");
         }
     }
 }

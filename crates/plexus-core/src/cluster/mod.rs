@@ -1,0 +1,52 @@
+//! Many nodes serving one set of apps: the cluster protocol above a message bus.
+//!
+//! Each node is the authority for its own connections. It tells the others, over a
+//! [`Transport`], what its hubs do ([`Update`]: events to fan out, and the absolute size of its
+//! share of each channel and presence membership), and keeps a view of every other node's share
+//! inside its own hubs. Cluster-wide answers (occupancy, counts, presence lists) therefore come
+//! from local memory, in bounded time, and membership events fire once per user per cluster.
+//!
+//! - [`transport`]: the seam a bus implements (`plexus-nats`, `plexus-redis`), and
+//!   [`backlog`], the bounded outgoing queue both use.
+//! - [`wire`]: how updates and control messages are encoded on the bus.
+//! - [`node`]: sequencing, heartbeats and leases, state sync after a gap, and the leader that
+//!   alone sends state webhooks so each fires once per cluster.
+
+pub mod backlog;
+pub mod node;
+pub mod transport;
+pub mod wire;
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use plexus_protocol::SocketId;
+
+pub use node::{ClusterNode, ClusterOptions};
+pub use transport::{redact_url, Inbound, InboundSender, NodeId, Route, Transport, TransportError};
+
+/// What happened on this node that other nodes must hear about. Shares are absolute (this
+/// node's whole count), so hearing one twice or after a newer one is harmless.
+#[derive(Debug, Clone, Copy)]
+pub enum Update<'a> {
+    /// An event to deliver to the channel's subscribers on every other node. `frame` is the
+    /// complete WebSocket frame as delivered here.
+    Publish { channel: &'a str, frame: &'a Bytes, except: Option<SocketId> },
+    /// A cache channel's last event, kept for `ttl`.
+    Remember { channel: &'a str, data: &'a str, frame: &'a Bytes, ttl: Duration },
+    /// An event for every connection signed in as `user_id`.
+    ToUser { user_id: &'a str, frame: &'a Bytes },
+    /// Close every connection signed in as `user_id`.
+    Terminate { user_id: &'a str },
+    /// This node now has `subscriptions` sockets in `channel`.
+    Share { channel: &'a str, subscriptions: usize },
+    /// This node now holds (`present`) or no longer holds `user_id` in presence `channel`.
+    Member { channel: &'a str, user_id: &'a str, info: Option<&'a str>, present: bool },
+}
+
+/// Where a hub announces its [`Update`]s. Announcements of state are made while the change is
+/// still locked, so a node's updates leave in the order its state changed.
+pub trait ClusterLink: Send + Sync + fmt::Debug {
+    fn announce(&self, app_id: &str, update: Update<'_>);
+}
