@@ -1,0 +1,369 @@
+//! [`PgAppStore`]: the snapshot lookups read, and the refresh that replaces it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use plexus_core::app::{App, AppStore};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::conn::Target;
+use crate::error::PgStoreError;
+use crate::row::{RawApp, COLUMNS};
+use crate::schema::Table;
+
+/// A hung server (half-open TCP, a lock on the table) must not stall the refresh loop forever.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one refresh found different, by app id. One entry per app: an app that was disabled and
+/// edited in the same interval is reported `Disabled` only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AppChange {
+    /// A row appeared (or a skipped row became valid).
+    Added(String),
+    /// A row disappeared (or became invalid and is now skipped).
+    Removed(String),
+    /// `enabled` went from true to false: the app's connections should be closed.
+    Disabled(String),
+    /// `enabled` went from false to true.
+    Enabled(String),
+    /// Anything else about the app changed: key or secret rotated, flags, limits, webhooks.
+    Updated(String),
+}
+
+impl AppChange {
+    pub fn id(&self) -> &str {
+        match self {
+            AppChange::Added(id)
+            | AppChange::Removed(id)
+            | AppChange::Disabled(id)
+            | AppChange::Enabled(id)
+            | AppChange::Updated(id) => id,
+        }
+    }
+}
+
+/// One consistent view of the table, never modified after it is built.
+#[derive(Default)]
+struct Snapshot {
+    by_id: HashMap<String, Arc<App>>,
+    by_key: HashMap<String, Arc<App>>,
+    sorted: Vec<Arc<App>>,
+}
+
+/// Apps read from a PostgreSQL table, served from memory.
+///
+/// Lookups clone an `Arc` under a read lock that is only ever held for a pointer copy or swap;
+/// they never wait on the database. [`PgAppStore::refresh`] (or the loop started by
+/// [`PgAppStore::spawn_refresh`]) reads the whole table and swaps in a new snapshot.
+pub struct PgAppStore {
+    target: Target,
+    table: Table,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Held across a refresh, so concurrent refreshes run one after the other and each change is
+    /// reported to exactly one caller.
+    refresher: Mutex<Refresher>,
+}
+
+#[derive(Default)]
+struct Refresher {
+    /// `None` after any failure: the next refresh reconnects.
+    client: Option<Client>,
+    /// Rows skipped by the last refresh, id to reason, so a bad row is logged when it turns bad
+    /// or its reason changes, not on every tick.
+    skipped: BTreeMap<String, String>,
+}
+
+impl PgAppStore {
+    /// Connects to `url` and loads the apps in `table`. Fails if the database cannot be reached
+    /// or the table is missing (the message then says to run `plexus migrate`).
+    pub async fn connect(url: &str, table: &str) -> Result<Arc<PgAppStore>, PgStoreError> {
+        let table = Table::parse(table)?;
+        let target = Target::parse(url)?;
+        let store = Arc::new(PgAppStore {
+            target,
+            table,
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            refresher: Mutex::new(Refresher::default()),
+        });
+        store.refresh().await?;
+        tracing::info!(
+            table = store.table.name(),
+            target = store.target.shown(),
+            apps = store.current().sorted.len(),
+            "app store loaded"
+        );
+        Ok(store)
+    }
+
+    /// Reads the whole table, swaps in the new snapshot and returns what changed since the last
+    /// one. Invalid rows are skipped (logged with the reason) and the others served. On error the
+    /// current snapshot stays as it is and the connection is re-opened on the next call.
+    pub async fn refresh(&self) -> Result<Vec<AppChange>, PgStoreError> {
+        let mut refresher = self.refresher.lock().await;
+        let rows = match self.fetch(&mut refresher).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                refresher.client = None;
+                return Err(err);
+            }
+        };
+        let (next, skipped) = build(rows);
+        self.report_skipped(&mut refresher.skipped, skipped);
+        let next = Arc::new(next);
+        let previous =
+            std::mem::replace(&mut *self.snapshot.write().unwrap_or_else(|e| e.into_inner()), next.clone());
+        let changes = diff(&previous, &next);
+        for change in &changes {
+            tracing::debug!(table = self.table.name(), "app store change: {change:?}");
+        }
+        Ok(changes)
+    }
+
+    /// Calls [`PgAppStore::refresh`] every `every` (the first time one interval from now) and
+    /// hands non-empty change lists to `on_change`. While the database is unreachable the last
+    /// good snapshot keeps being served; the outage is logged once as a warning, and its end as
+    /// an info line. The loop stops when the store is dropped or the handle aborted. Must be
+    /// called inside a Tokio runtime, like everything else here.
+    ///
+    /// Refreshes run one at a time: a change is reported to whoever refreshed first, so calling
+    /// [`PgAppStore::refresh`] by hand alongside this loop takes those changes away from it.
+    pub fn spawn_refresh(
+        self: &Arc<Self>,
+        every: Duration,
+        on_change: impl Fn(Vec<AppChange>) + Send + Sync + 'static,
+    ) -> JoinHandle<()> {
+        let store: Weak<PgAppStore> = Arc::downgrade(self);
+        // tokio's interval refuses a zero period.
+        let every = every.max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                ticks.tick().await;
+                let Some(store) = store.upgrade() else { break };
+                match store.refresh().await {
+                    Ok(changes) => {
+                        if failing {
+                            failing = false;
+                            tracing::info!(table = store.table.name(), "app store refresh works again");
+                        }
+                        if !changes.is_empty() {
+                            on_change(changes);
+                        }
+                    }
+                    Err(err) if !failing => {
+                        failing = true;
+                        tracing::warn!(
+                            table = store.table.name(),
+                            "app store refresh failed, serving the last loaded apps until it works again: {err}"
+                        );
+                    }
+                    Err(err) => {
+                        tracing::debug!(table = store.table.name(), "app store refresh still failing: {err}")
+                    }
+                }
+            }
+        })
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn fetch(&self, refresher: &mut Refresher) -> Result<Vec<tokio_postgres::Row>, PgStoreError> {
+        let client = match refresher.client.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => self.target.open().await?,
+        };
+        let sql = format!("select {COLUMNS} from {} order by id", self.table.quoted());
+        let rows = match tokio::time::timeout(QUERY_TIMEOUT, client.query(&sql, &[])).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(cause)) => return Err(self.query_error(cause)),
+            Err(_) => {
+                return Err(PgStoreError::Timeout {
+                    what: format!("reading app store table {:?}", self.table.name()),
+                    after: QUERY_TIMEOUT,
+                })
+            }
+        };
+        refresher.client = Some(client);
+        Ok(rows)
+    }
+
+    fn query_error(&self, cause: tokio_postgres::Error) -> PgStoreError {
+        let table = self.table.name().to_string();
+        match cause.code() {
+            Some(code) if *code == SqlState::UNDEFINED_TABLE => PgStoreError::MissingTable { table },
+            Some(code) if *code == SqlState::UNDEFINED_COLUMN => {
+                PgStoreError::OutdatedSchema { table, cause }
+            }
+            _ => PgStoreError::Query { what: "reading the app store table", cause },
+        }
+    }
+
+    fn report_skipped(&self, known: &mut BTreeMap<String, String>, now: BTreeMap<String, String>) {
+        for (id, reason) in &now {
+            if known.get(id) != Some(reason) {
+                tracing::warn!(table = self.table.name(), app = %id, "skipping app row: {reason}");
+            }
+        }
+        for id in known.keys().filter(|id| !now.contains_key(*id)) {
+            tracing::info!(table = self.table.name(), app = %id, "app row no longer skipped");
+        }
+        *known = now;
+    }
+}
+
+/// The snapshot for these rows (ordered by id, so the first of two rows sharing a key wins),
+/// and the rows left out with why.
+fn build(rows: Vec<tokio_postgres::Row>) -> (Snapshot, BTreeMap<String, String>) {
+    let apps = rows.iter().map(|row| {
+        let id = row.try_get::<_, String>(0).unwrap_or_else(|_| "<unreadable id>".to_string());
+        (id, RawApp::from_row(row).and_then(RawApp::into_app))
+    });
+    build_from(apps)
+}
+
+fn build_from(
+    rows: impl IntoIterator<Item = (String, Result<App, String>)>,
+) -> (Snapshot, BTreeMap<String, String>) {
+    let mut snapshot = Snapshot::default();
+    let mut skipped = BTreeMap::new();
+    for (id, app) in rows {
+        let app = match app {
+            Ok(app) => app,
+            Err(reason) => {
+                skipped.insert(id, reason);
+                continue;
+            }
+        };
+        if snapshot.by_id.contains_key(&app.id) {
+            skipped.insert(id, "duplicate id".into());
+            continue;
+        }
+        if let Some(other) = snapshot.by_key.get(&app.key) {
+            skipped.insert(id, format!("key {:?} is already used by app {:?}", app.key, other.id));
+            continue;
+        }
+        let app = Arc::new(app);
+        snapshot.by_id.insert(app.id.clone(), app.clone());
+        snapshot.by_key.insert(app.key.clone(), app.clone());
+        snapshot.sorted.push(app);
+    }
+    snapshot.sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    (snapshot, skipped)
+}
+
+/// Changes from `old` to `new`, ordered by app id.
+fn diff(old: &Snapshot, new: &Snapshot) -> Vec<AppChange> {
+    let mut changes = Vec::new();
+    for (id, app) in &new.by_id {
+        match old.by_id.get(id) {
+            None => changes.push(AppChange::Added(id.clone())),
+            Some(before) if before == app => {}
+            Some(before) if before.enabled && !app.enabled => changes.push(AppChange::Disabled(id.clone())),
+            Some(before) if !before.enabled && app.enabled => changes.push(AppChange::Enabled(id.clone())),
+            Some(_) => changes.push(AppChange::Updated(id.clone())),
+        }
+    }
+    changes.extend(
+        old.by_id.keys().filter(|id| !new.by_id.contains_key(*id)).map(|id| AppChange::Removed(id.clone())),
+    );
+    changes.sort_by(|a, b| a.id().cmp(b.id()));
+    changes
+}
+
+impl AppStore for PgAppStore {
+    fn by_key(&self, key: &str) -> Option<Arc<App>> {
+        self.current().by_key.get(key).cloned()
+    }
+
+    fn by_id(&self, id: &str) -> Option<Arc<App>> {
+        self.current().by_id.get(id).cloned()
+    }
+
+    fn list(&self) -> Vec<Arc<App>> {
+        self.current().sorted.clone()
+    }
+}
+
+/// Apps are counted, never printed: their `Debug` hides secrets, but a list of every app in a log
+/// line is noise.
+impl fmt::Debug for PgAppStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgAppStore")
+            .field("target", &self.target)
+            .field("table", &self.table.name())
+            .field("apps", &self.current().sorted.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(apps: Vec<App>) -> Snapshot {
+        build_from(apps.into_iter().map(|app| (app.id.clone(), Ok(app)))).0
+    }
+
+    #[test]
+    fn diff_names_each_kind_of_change_once_per_app() {
+        let mut disabled_and_rotated = App::new("d", "kd", "sd");
+        let mut enabled = App::new("e", "ke", "se");
+        enabled.enabled = false;
+        let old = snapshot(vec![
+            App::new("same", "k1", "s1"),
+            App::new("gone", "k2", "s2"),
+            disabled_and_rotated.clone(),
+            enabled.clone(),
+            App::new("rotated", "kr", "old-secret"),
+            App::new("limits", "kl", "sl"),
+        ]);
+        disabled_and_rotated.enabled = false;
+        disabled_and_rotated.secret = "new".into();
+        enabled.enabled = true;
+        let mut limits = App::new("limits", "kl", "sl");
+        limits.max_connections = 10;
+        let new = snapshot(vec![
+            App::new("same", "k1", "s1"),
+            App::new("added", "k3", "s3"),
+            disabled_and_rotated,
+            enabled,
+            App::new("rotated", "kr", "new-secret"),
+            limits,
+        ]);
+        assert_eq!(
+            diff(&old, &new),
+            vec![
+                AppChange::Added("added".into()),
+                AppChange::Disabled("d".into()),
+                AppChange::Enabled("e".into()),
+                AppChange::Removed("gone".into()),
+                AppChange::Updated("limits".into()),
+                AppChange::Updated("rotated".into()),
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn a_bad_row_or_a_duplicate_key_is_skipped_and_the_rest_served() {
+        let (snap, skipped) = build_from(vec![
+            ("a".to_string(), Ok(App::new("a", "shared", "s"))),
+            ("b".to_string(), Err("secret must not be empty".to_string())),
+            ("c".to_string(), Ok(App::new("c", "shared", "s"))),
+            ("d".to_string(), Ok(App::new("d", "kd", "s"))),
+        ]);
+        assert_eq!(snap.sorted.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["a", "d"]);
+        assert_eq!(snap.by_key["shared"].id, "a");
+        assert_eq!(skipped["b"], "secret must not be empty");
+        assert_eq!(skipped["c"], "key \"shared\" is already used by app \"a\"");
+    }
+}

@@ -1,0 +1,519 @@
+//! Against the PostgreSQL at 127.0.0.1:5432 (trust auth, database `test`, user `postgres`). Each
+//! test works on its own randomly named table and drops it, and its migration records, when done,
+//! even if it fails.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plexus_core::app::{App, AppStore, WebhookKind, WebhookTarget};
+use plexus_pg::{migrate, AppChange, PgAppStore, PgStoreError};
+use tokio::sync::{mpsc, Notify};
+use tokio_postgres::{Client, NoTls};
+
+const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Upper bound for anything that should happen "soon"; never a sleep.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A table name no other test (or earlier run) uses, and an admin connection to edit it.
+struct Scratch {
+    table: String,
+    admin: Client,
+}
+
+impl Scratch {
+    async fn new() -> Scratch {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u32(std::process::id());
+        let table = format!("plexus_test_{:016x}", hasher.finish());
+        Scratch { table, admin: admin().await }
+    }
+
+    async fn migrated() -> Scratch {
+        let scratch = Scratch::new().await;
+        migrate(URL, &scratch.table).await.expect("migrate");
+        scratch
+    }
+
+    /// Runs `sql` with `{t}` standing for the table.
+    async fn sql(&self, sql: &str) -> u64 {
+        let sql = sql.replace("{t}", &self.table);
+        self.admin.execute(sql.as_str(), &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    }
+
+    async fn migration_records(&self) -> Vec<(i32, std::time::SystemTime)> {
+        self.admin
+            .query(
+                "select version, applied_at from plexus_schema_migrations where app_table = $1 order by version",
+                &[&self.table],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    }
+
+    async fn connect(&self) -> Arc<PgAppStore> {
+        PgAppStore::connect(URL, &self.table).await.expect("connect")
+    }
+}
+
+/// Async work cannot run in `Drop` on the test's runtime, so cleanup gets a thread and a runtime
+/// of its own.
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let table = self.table.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let client = admin().await;
+                for sql in [
+                    format!("drop table if exists {table}"),
+                    format!("drop table if exists {table}_away"),
+                    format!("delete from plexus_schema_migrations where app_table = '{table}'"),
+                ] {
+                    // The migrations table may not exist in a test that never migrated.
+                    let _ = client.batch_execute(&sql).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn admin() -> Client {
+    let (client, connection) = tokio_postgres::connect(URL, NoTls).await.expect(
+        "PostgreSQL at 127.0.0.1:5432 (start it with \
+         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)",
+    );
+    tokio::spawn(connection);
+    client
+}
+
+fn added(id: &str) -> AppChange {
+    AppChange::Added(id.into())
+}
+
+#[tokio::test]
+async fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
+    let scratch = Scratch::migrated().await;
+    let columns: Vec<(String, String, Option<String>)> = scratch
+        .admin
+        .query(
+            "select column_name::text, data_type::text, column_default::text from information_schema.columns \
+             where table_name = $1 order by ordinal_position",
+            &[&scratch.table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let names: Vec<&str> = columns.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "id",
+            "key",
+            "secret",
+            "enabled",
+            "enable_client_messages",
+            "enable_user_authentication",
+            "enable_subscription_count",
+            "max_connections",
+            "max_event_payload_kb",
+            "max_presence_members",
+            "max_presence_member_size_kb",
+            "max_client_events_per_second",
+            "max_channel_name_length",
+            "user_authentication_timeout_secs",
+            "cache_ttl_secs",
+            "webhooks",
+            "created_at",
+            "updated_at",
+        ]
+    );
+    let webhooks = columns.iter().find(|(name, _, _)| name == "webhooks").unwrap();
+    assert_eq!(webhooks.1, "jsonb");
+    assert_eq!(webhooks.2.as_deref(), Some("'[]'::jsonb"));
+    let records = scratch.migration_records().await;
+    assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), [1]);
+
+    // The key is unique and the trigger keeps updated_at current.
+    scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
+    let duplicate = scratch
+        .admin
+        .execute(&format!("insert into {} (id, key, secret) values ('2', 'k', 's')", scratch.table), &[])
+        .await
+        .unwrap_err();
+    assert!(duplicate.to_string().contains("db error"), "{duplicate:?}");
+    scratch
+        .sql("update {t} set created_at = now() - interval '1 day', updated_at = now() - interval '1 day'")
+        .await;
+    scratch.sql("update {t} set secret = 's2'").await;
+    let fresh: bool = scratch
+        .admin
+        .query_one(&format!("select updated_at > created_at + interval '1 hour' from {}", scratch.table), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(fresh, "updated_at should be set by the trigger");
+
+    migrate(URL, &scratch.table).await.expect("second migrate");
+    assert_eq!(scratch.migration_records().await, records, "a second run records nothing new");
+    let rows: i64 = scratch
+        .admin
+        .query_one(&format!("select count(*) from {}", scratch.table), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "a second run leaves the data alone");
+}
+
+#[tokio::test]
+async fn concurrent_migrations_all_succeed_and_apply_once() {
+    let scratch = Scratch::new().await;
+    let (a, b, c) = tokio::join!(
+        migrate(URL, &scratch.table),
+        migrate(URL, &scratch.table),
+        migrate(URL, &scratch.table)
+    );
+    a.expect("first");
+    b.expect("second");
+    c.expect("third");
+    assert_eq!(scratch.migration_records().await.len(), 1);
+    scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
+}
+
+#[tokio::test]
+async fn migrate_recreates_a_table_that_was_dropped_by_hand() {
+    let scratch = Scratch::migrated().await;
+    scratch.sql("drop table {t}").await;
+    migrate(URL, &scratch.table).await.expect("migrate after drop");
+    scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
+    assert_eq!(scratch.migration_records().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_row_with_only_credentials_is_the_default_app() {
+    let scratch = Scratch::migrated().await;
+    scratch.sql("insert into {t} (id, key, secret) values ('1', 'key-1', 'secret-1')").await;
+    let store = scratch.connect().await;
+    assert_eq!(*store.by_id("1").expect("by id"), App::new("1", "key-1", "secret-1"));
+    assert_eq!(*store.by_key("key-1").expect("by key"), App::new("1", "key-1", "secret-1"));
+    assert_eq!(store.list().len(), 1);
+    assert!(store.by_key("1").is_none() && store.by_id("key-1").is_none());
+}
+
+#[tokio::test]
+async fn every_column_is_read_into_its_field() {
+    let scratch = Scratch::migrated().await;
+    scratch
+        .sql(
+            r#"insert into {t} (id, key, secret, enabled, enable_client_messages, enable_user_authentication,
+                 enable_subscription_count, max_connections, max_event_payload_kb, max_presence_members,
+                 max_presence_member_size_kb, max_client_events_per_second, max_channel_name_length,
+                 user_authentication_timeout_secs, cache_ttl_secs, webhooks)
+               values ('9', 'k9', 's9', false, true, true, true, 5000000000, 64, 7, 3, 0, 50, 9, 60,
+                 '[{"url": "http://hooks.local/a", "events": ["channel_occupied", "subscription_count"]}]')"#,
+        )
+        .await;
+    let store = scratch.connect().await;
+    let mut want = App::new("9", "k9", "s9");
+    want.enabled = false;
+    want.enable_client_messages = true;
+    want.enable_user_authentication = true;
+    want.enable_subscription_count = true;
+    want.max_connections = 5_000_000_000;
+    want.max_event_payload_kb = 64;
+    want.max_presence_members = 7;
+    want.max_presence_member_size_kb = 3;
+    want.max_client_events_per_second = 0;
+    want.max_channel_name_length = 50;
+    want.user_authentication_timeout_secs = 9;
+    want.cache_ttl_secs = 60;
+    want.webhooks = vec![WebhookTarget {
+        url: "http://hooks.local/a".into(),
+        events: vec![WebhookKind::ChannelOccupied, WebhookKind::SubscriptionCount],
+    }];
+    assert_eq!(*store.by_key("k9").unwrap(), want);
+}
+
+#[tokio::test]
+async fn refresh_reports_each_kind_of_change() {
+    let scratch = Scratch::migrated().await;
+    let store = scratch.connect().await;
+    assert!(store.list().is_empty());
+    assert_eq!(store.refresh().await.unwrap(), []);
+
+    scratch.sql("insert into {t} (id, key, secret) values ('1', 'key-1', 'secret-1')").await;
+    assert_eq!(store.refresh().await.unwrap(), [added("1")]);
+    assert_eq!(store.by_key("key-1").unwrap().secret, "secret-1");
+    assert_eq!(store.refresh().await.unwrap(), [], "nothing changed since");
+
+    scratch.sql("update {t} set enabled = false where id = '1'").await;
+    assert_eq!(store.refresh().await.unwrap(), [AppChange::Disabled("1".into())]);
+    assert!(!store.by_key("key-1").unwrap().enabled);
+
+    scratch.sql("update {t} set enabled = true where id = '1'").await;
+    assert_eq!(store.refresh().await.unwrap(), [AppChange::Enabled("1".into())]);
+    assert!(store.by_key("key-1").unwrap().enabled);
+
+    scratch.sql("update {t} set secret = 'secret-2' where id = '1'").await;
+    assert_eq!(store.refresh().await.unwrap(), [AppChange::Updated("1".into())]);
+    assert_eq!(store.by_key("key-1").unwrap().secret, "secret-2");
+
+    scratch.sql("update {t} set key = 'key-2' where id = '1'").await;
+    assert_eq!(store.refresh().await.unwrap(), [AppChange::Updated("1".into())]);
+    assert!(store.by_key("key-1").is_none());
+    assert_eq!(store.by_key("key-2").unwrap().id, "1");
+
+    scratch.sql("update {t} set max_connections = 3 where id = '1'").await;
+    assert_eq!(store.refresh().await.unwrap(), [AppChange::Updated("1".into())]);
+    assert_eq!(store.by_id("1").unwrap().max_connections, 3);
+
+    scratch.sql("insert into {t} (id, key, secret) values ('2', 'key-3', 's')").await;
+    scratch.sql("delete from {t} where id = '1'").await;
+    assert_eq!(store.refresh().await.unwrap(), [AppChange::Removed("1".into()), added("2")]);
+    assert!(store.by_id("1").is_none() && store.by_key("key-2").is_none());
+    assert_eq!(store.list().iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["2"]);
+}
+
+#[tokio::test]
+async fn bad_rows_are_skipped_and_the_others_load() {
+    let scratch = Scratch::migrated().await;
+    scratch
+        .sql(
+            r#"insert into {t} (id, key, secret, webhooks) values
+                 ('good', 'k-good', 's', '[{"url": "http://h/", "events": ["member_added"]}]'),
+                 ('empty-secret', 'k-empty', '', '[]'),
+                 ('bad-kind', 'k-kind', 's', '[{"url": "http://h/", "events": ["channel_exploded"]}]'),
+                 ('not-array', 'k-shape', 's', '{"url": "http://h/"}'),
+                 ('https', 'k-https', 's', '[{"url": "https://h/"}]')"#,
+        )
+        .await;
+    let store = scratch.connect().await;
+    assert_eq!(store.list().iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["good"]);
+    for key in ["k-empty", "k-kind", "k-shape", "k-https"] {
+        assert!(store.by_key(key).is_none(), "{key}");
+    }
+
+    // Fixing a row brings it in; breaking one takes it out.
+    scratch.sql("update {t} set secret = 'fixed' where id = 'empty-secret'").await;
+    scratch.sql("update {t} set secret = '' where id = 'good'").await;
+    assert_eq!(
+        store.refresh().await.unwrap(),
+        [AppChange::Added("empty-secret".into()), AppChange::Removed("good".into())]
+    );
+    assert_eq!(store.by_key("k-empty").unwrap().secret, "fixed");
+}
+
+#[tokio::test]
+async fn connect_to_a_missing_table_says_to_run_plexus_migrate() {
+    let scratch = Scratch::new().await;
+    let err = PgAppStore::connect(URL, &scratch.table).await.unwrap_err();
+    assert!(matches!(err, PgStoreError::MissingTable { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&scratch.table) && text.contains("run `plexus migrate`"), "{text}");
+}
+
+#[tokio::test]
+async fn connect_to_a_closed_port_fails_readably_and_quickly() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://postgres:pw-never-shown@127.0.0.1:{port}/test");
+    let started = Instant::now();
+    let err = tokio::time::timeout(PATIENCE, PgAppStore::connect(&url, "plexus_apps"))
+        .await
+        .expect("connect should give up by itself")
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(12), "{:?}", started.elapsed());
+    assert!(matches!(err, PgStoreError::Connect { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.starts_with(&format!("cannot connect to PostgreSQL at 127.0.0.1:{port}/test: ")), "{text}");
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(!text.contains("pw-never-shown") && !format!("{err:?}").contains("pw-never-shown"), "{err:?}");
+
+    let err = migrate(&url, "plexus_apps").await.unwrap_err();
+    assert!(matches!(err, PgStoreError::Connect { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn bad_table_names_are_refused_before_connecting() {
+    let err = PgAppStore::connect(URL, "apps; drop table x").await.unwrap_err();
+    assert!(matches!(err, PgStoreError::InvalidTable(_)), "{err:?}");
+    let err = migrate(URL, "Apps").await.unwrap_err();
+    assert!(matches!(err, PgStoreError::InvalidTable(_)), "{err:?}");
+}
+
+async fn next_changes(rx: &mut mpsc::UnboundedReceiver<Vec<AppChange>>) -> Vec<AppChange> {
+    tokio::time::timeout(PATIENCE, rx.recv())
+        .await
+        .expect("the refresh loop should report the change")
+        .expect("the refresh loop ended")
+}
+
+#[tokio::test]
+async fn the_refresh_loop_reports_changes_made_in_the_database() {
+    let scratch = Scratch::migrated().await;
+    let store = scratch.connect().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = store.spawn_refresh(Duration::from_millis(50), move |changes| {
+        let _ = tx.send(changes);
+    });
+
+    scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
+    assert_eq!(next_changes(&mut rx).await, [added("1")]);
+    assert_eq!(store.by_key("k").unwrap().id, "1");
+
+    scratch.sql("update {t} set enabled = false where id = '1'").await;
+    assert_eq!(next_changes(&mut rx).await, [AppChange::Disabled("1".into())]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_outage_keeps_the_last_snapshot_and_the_loop_recovers_by_itself() {
+    let scratch = Scratch::migrated().await;
+    scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
+    let store = scratch.connect().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = store.spawn_refresh(Duration::from_millis(50), move |changes| {
+        let _ = tx.send(changes);
+    });
+
+    // The table goes away: refreshes fail, lookups go on.
+    scratch.sql("alter table {t} rename to {t}_away").await;
+    let err = store.refresh().await.unwrap_err();
+    assert!(matches!(err, PgStoreError::MissingTable { .. }), "{err:?}");
+    assert_eq!(store.by_key("k").unwrap().secret, "s");
+    scratch.sql("alter table {t}_away rename to {t}").await;
+    scratch.sql("update {t} set secret = 's2'").await;
+    assert_eq!(next_changes(&mut rx).await, [AppChange::Updated("1".into())]);
+    assert_eq!(store.by_key("k").unwrap().secret, "s2");
+
+    // The server drops the store's connection: the loop opens a new one.
+    let killed: i64 = scratch
+        .admin
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+             where datname = 'test' and pid <> pg_backend_pid() and query like '%' || $1 || '%'",
+            &[&scratch.table],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the store's connection should have been found");
+    scratch.sql("update {t} set enabled = false").await;
+    assert_eq!(next_changes(&mut rx).await, [AppChange::Disabled("1".into())]);
+    task.abort();
+}
+
+/// Everything the store logs while the guard lives, on this thread (the test runtime is
+/// single-threaded, so that includes the refresh loop).
+#[derive(Clone, Default)]
+struct Logs(Arc<(Mutex<Vec<u8>>, Notify)>);
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || logs.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0 .0.lock().unwrap()).matches(needle).count()
+    }
+
+    async fn wait_for(&self, needle: &str, times: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            // Created before the check, so a line written in between still wakes it.
+            let written = self.0 .1.notified();
+            if self.count(needle) >= times {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, written).await.is_err() {
+                panic!("waited for {times} x {needle:?}");
+            }
+        }
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 .0.lock().unwrap().extend_from_slice(buf);
+        self.0 .1.notify_waiters();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_outage_is_logged_once_and_its_end_once() {
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let scratch = Scratch::migrated().await;
+    let store = scratch.connect().await;
+    let task = store.spawn_refresh(Duration::from_millis(10), |_| {});
+
+    scratch.sql("alter table {t} rename to {t}_away").await;
+    // Ticks are counted by their debug lines, so no guess at how long several ticks take.
+    logs.wait_for("app store refresh still failing", 3).await;
+    assert_eq!(logs.count("app store refresh failed, serving the last loaded apps"), 1);
+    assert_eq!(logs.count("does not exist; run `plexus migrate`"), 1 + logs.count("still failing"));
+
+    scratch.sql("alter table {t}_away rename to {t}").await;
+    logs.wait_for("app store refresh works again", 1).await;
+    let ticks = logs.count("still failing");
+    // A later tick, made visible by the line it logs.
+    scratch.sql("insert into {t} (id, key, secret) values ('x', 'kx', '')").await;
+    logs.wait_for("skipping app row: secret must not be empty", 1).await;
+    assert_eq!(logs.count("app store refresh works again"), 1);
+    assert_eq!(logs.count("serving the last loaded apps"), 1);
+    assert_eq!(logs.count("still failing"), ticks);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_bad_row_is_logged_once_not_on_every_refresh() {
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let scratch = Scratch::migrated().await;
+    scratch.sql("insert into {t} (id, key, secret) values ('x', 'kx', '')").await;
+    let store = scratch.connect().await;
+    for _ in 0..3 {
+        assert_eq!(store.refresh().await.unwrap(), []);
+    }
+    assert_eq!(logs.count("skipping app row: secret must not be empty"), 1);
+    scratch
+        .sql("update {t} set secret = 's', webhooks = '[{\"url\": \"http://h\", \"events\": [\"nope\"]}]'")
+        .await;
+    assert_eq!(store.refresh().await.unwrap(), []);
+    assert_eq!(logs.count("skipping app row: webhooks: unknown variant `nope`"), 1, "a new reason is logged");
+    scratch.sql("update {t} set webhooks = '[]'").await;
+    assert_eq!(store.refresh().await.unwrap(), [added("x")]);
+    assert_eq!(logs.count("app row no longer skipped"), 1);
+}
+
+#[tokio::test]
+async fn the_refresh_loop_stops_when_the_store_is_dropped() {
+    let scratch = Scratch::migrated().await;
+    let store = scratch.connect().await;
+    let task = store.spawn_refresh(Duration::from_millis(10), |_| {});
+    drop(store);
+    tokio::time::timeout(PATIENCE, task).await.expect("loop should end").unwrap();
+}
