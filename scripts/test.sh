@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# NATS, Redis and PostgreSQL: the cluster, bus and app-store tests use the real servers.
+./scripts/services.sh
+
 cargo test --workspace --release
 
 if ! command -v npm >/dev/null 2>&1; then

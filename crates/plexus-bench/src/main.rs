@@ -46,6 +46,10 @@ struct Common {
     host: String,
     #[arg(long, global = true, default_value_t = 6001)]
     port: u16,
+    /// Spread subscribers round-robin over these ports of the same host (cluster nodes) instead
+    /// of `--port`; publishing still goes to `--port`. Comma-separated.
+    #[arg(long, global = true, value_delimiter = ',')]
+    subscriber_ports: Vec<u16>,
     #[arg(long, global = true, default_value = "app-id")]
     app_id: String,
     #[arg(long, global = true, default_value = "app-key")]
@@ -292,15 +296,19 @@ fn setup(cli: &Cli) -> Result<Ctx, String> {
     if c.threads == 0 {
         return Err("--threads must be at least 1".into());
     }
-    let addr = SocketAddr::new(ip, c.port);
-    Ok(Ctx {
-        target: Target {
+    let target_at = |port: u16| {
+        let addr = SocketAddr::new(ip, port);
+        Target {
             addr,
             host_header: addr.to_string(),
             app_id: c.app_id.clone(),
             key: c.key.clone(),
             secret: c.secret.clone(),
-        },
+        }
+    };
+    Ok(Ctx {
+        target: target_at(c.port),
+        subscriber_targets: c.subscriber_ports.iter().map(|port| target_at(*port)).collect(),
         padding: "x".repeat(c.payload_bytes),
         deadline: Instant::now() + Duration::from_secs(c.timeout_secs),
         server_pid: c.server_pid,
@@ -324,6 +332,9 @@ fn run(cli: Cli, ctx: Ctx) -> ExitCode {
     parameters["threads"] = json!(cli.common.threads);
     parameters["sources"] = json!(cli.common.sources);
     parameters["port"] = json!(cli.common.port);
+    if !cli.common.subscriber_ports.is_empty() {
+        parameters["subscriber_ports"] = json!(cli.common.subscriber_ports);
+    }
     parameters["server_pid"] = json!(cli.common.server_pid);
     start_watchdog(name, Duration::from_secs(cli.common.timeout_secs + 30));
 

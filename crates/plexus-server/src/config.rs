@@ -27,7 +27,94 @@ pub struct Config {
     #[serde(default)]
     pub webhooks: WebhooksConfig,
     #[serde(default)]
+    pub adapter: AdapterConfig,
+    #[serde(default)]
+    pub app_store: AppStoreConfig,
+    #[serde(default)]
     pub apps: Vec<App>,
+}
+
+/// `[adapter]`: how nodes of a cluster reach each other.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdapterConfig {
+    pub driver: AdapterDriver,
+    /// The bus; defaults to the standard local port of the driver's server.
+    pub url: Option<String>,
+    /// Names this cluster on the bus, so several clusters can share one NATS or Redis.
+    pub prefix: String,
+    /// How often a node tells the others it is alive.
+    pub heartbeat_ms: u64,
+    /// Silence after which a node is taken for dead and its connections' state is dropped.
+    pub lease_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterDriver {
+    /// One process; nothing else to run.
+    #[default]
+    Local,
+    Nats,
+    Redis,
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        AdapterConfig {
+            driver: AdapterDriver::Local,
+            url: None,
+            prefix: "plexus".into(),
+            heartbeat_ms: 1000,
+            lease_ms: 5000,
+        }
+    }
+}
+
+impl AdapterConfig {
+    /// The bus URL, or the driver's local default.
+    pub fn url(&self) -> String {
+        match (&self.url, self.driver) {
+            (Some(url), _) => url.clone(),
+            (None, AdapterDriver::Redis) => "redis://127.0.0.1:6379".into(),
+            (None, _) => "nats://127.0.0.1:4222".into(),
+        }
+    }
+}
+
+/// `[app_store]`: where apps come from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppStoreConfig {
+    pub driver: AppStoreDriver,
+    /// PostgreSQL connection URL (driver = "postgres").
+    pub url: Option<String>,
+    pub table: String,
+    /// How often the table is re-read: changes reach every node within this.
+    pub refresh_secs: u64,
+    /// Apply the schema migration at start (otherwise run `plexus migrate`).
+    pub migrate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppStoreDriver {
+    /// The `[[apps]]` of this file.
+    #[default]
+    Config,
+    Postgres,
+}
+
+impl Default for AppStoreConfig {
+    fn default() -> Self {
+        AppStoreConfig {
+            driver: AppStoreDriver::Config,
+            url: None,
+            table: "plexus_apps".into(),
+            refresh_secs: 2,
+            migrate: true,
+        }
+    }
 }
 
 /// `[metrics]`: Prometheus text at `GET /metrics` on its own listener, so scraping needs no app
@@ -140,6 +227,37 @@ impl Config {
                 return Err(ConfigError::Invalid { field, reason: "must be greater than 0".into() });
             }
         }
+        let adapter = &self.adapter;
+        if adapter.driver != AdapterDriver::Local {
+            if adapter.prefix.is_empty()
+                || !adapter.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                return Err(ConfigError::Invalid {
+                    field: "adapter.prefix",
+                    reason: format!("{:?} must be letters, digits, '-' or '_'", adapter.prefix),
+                });
+            }
+            if adapter.heartbeat_ms == 0 || adapter.lease_ms < 2 * adapter.heartbeat_ms {
+                return Err(ConfigError::Invalid {
+                    field: "adapter.lease_ms",
+                    reason: "must be at least twice adapter.heartbeat_ms (and heartbeat_ms above 0)".into(),
+                });
+            }
+        }
+        if self.app_store.driver == AppStoreDriver::Postgres {
+            if self.app_store.url.is_none() {
+                return Err(ConfigError::Invalid {
+                    field: "app_store.url",
+                    reason: "driver = \"postgres\" needs a url, e.g. postgres://user@host:5432/db".into(),
+                });
+            }
+            if self.app_store.refresh_secs == 0 {
+                return Err(ConfigError::Invalid {
+                    field: "app_store.refresh_secs",
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
         for app in &self.apps {
             for webhook in &app.webhooks {
                 if !webhook.url.starts_with("http://") {
@@ -238,6 +356,29 @@ events = ["channel_occupied", "channel_vacated", "member_added", "member_removed
             "[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps.webhooks]]\nurl=\"ftp://x\"\nevents=[]\n",
         );
         assert!(e.contains("apps.webhooks.url"), "{e}");
+    }
+
+    #[test]
+    fn cluster_and_app_store_sections_parse_and_are_checked() {
+        let config = Config::parse(
+            "[adapter]\ndriver = \"nats\"\nurl = \"nats://10.0.0.5:4222\"\nprefix = \"prod-eu\"\n\
+             [app_store]\ndriver = \"postgres\"\nurl = \"postgres://plexus@db/plexus\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.adapter.driver, AdapterDriver::Nats);
+        assert_eq!(config.adapter.url(), "nats://10.0.0.5:4222");
+        assert_eq!(config.app_store.driver, AppStoreDriver::Postgres);
+        assert_eq!(config.app_store.table, "plexus_apps");
+        assert_eq!(
+            Config::parse("[adapter]\ndriver = \"redis\"\n", "t").unwrap().adapter.url(),
+            "redis://127.0.0.1:6379"
+        );
+        assert!(error_of("[adapter]\ndriver = \"kafka\"\n").contains("kafka"));
+        assert!(error_of("[adapter]\ndriver = \"nats\"\nprefix = \"a.b\"\n").contains("adapter.prefix"));
+        assert!(error_of("[adapter]\ndriver = \"redis\"\nheartbeat_ms = 1000\nlease_ms = 1500\n")
+            .contains("adapter.lease_ms"));
+        assert!(error_of("[app_store]\ndriver = \"postgres\"\n").contains("app_store.url"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`serve`] runs a server on a bound listener until a shutdown future resolves; `main.rs` adds
 //! the CLI and signals, tests call it directly on `127.0.0.1:0`.
 
+pub mod cluster;
 pub mod config;
 pub mod http_api;
 pub mod metrics;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
+use plexus_core::cluster::ClusterNode;
 use plexus_core::webhook::{WebhookEvent, WebhookSink};
 use plexus_core::{AppStore, Hubs};
 use plexus_protocol::CloseCode;
@@ -33,9 +35,11 @@ use crate::webhooks::WebhookService;
 pub struct ServerState {
     pub config: ServerConfig,
     pub apps: Arc<dyn AppStore>,
-    pub hubs: Hubs,
+    pub hubs: Arc<Hubs>,
     /// Webhook delivery, when any app has endpoints.
     pub webhooks: Option<WebhookService>,
+    /// This node of a cluster (`[adapter]` other than local).
+    pub cluster: Option<Arc<ClusterNode>>,
     shutting_down: AtomicBool,
 }
 
@@ -50,10 +54,18 @@ impl WebhookSink for NoWebhooks {
     }
 }
 
+/// Where the hub's webhook events go: the delivery service, or nowhere.
+pub fn webhook_sink(webhooks: Option<&WebhookService>) -> Arc<dyn WebhookSink> {
+    match webhooks {
+        Some(service) => service.dispatcher.clone(),
+        None => Arc::new(NoWebhooks),
+    }
+}
+
 impl ServerState {
     /// A server without webhook delivery.
     pub fn new(config: ServerConfig, apps: Arc<dyn AppStore>) -> Arc<Self> {
-        Self::build(config, apps, None)
+        Self::assemble(config, apps, None, None)
     }
 
     /// A server whose hub reports webhook events to `webhooks`.
@@ -62,19 +74,28 @@ impl ServerState {
         apps: Arc<dyn AppStore>,
         webhooks: WebhookService,
     ) -> Arc<Self> {
-        Self::build(config, apps, Some(webhooks))
+        Self::assemble(config, apps, Some(webhooks), None)
     }
 
-    fn build(config: ServerConfig, apps: Arc<dyn AppStore>, webhooks: Option<WebhookService>) -> Arc<Self> {
-        let sink: Arc<dyn WebhookSink> = match &webhooks {
-            Some(service) => service.dispatcher.clone(),
-            None => Arc::new(NoWebhooks),
+    /// A server with optional webhook delivery and cluster membership. A cluster node must have
+    /// been made with [`webhook_sink`] of the same `webhooks`; its receive loop is the caller's
+    /// to spawn (see [`cluster::start`]).
+    pub fn assemble(
+        config: ServerConfig,
+        apps: Arc<dyn AppStore>,
+        webhooks: Option<WebhookService>,
+        cluster: Option<Arc<ClusterNode>>,
+    ) -> Arc<Self> {
+        let hubs = match &cluster {
+            Some(node) => Hubs::clustered(node.webhooks(), node.clone()),
+            None => Hubs::new(webhook_sink(webhooks.as_ref())),
         };
         Arc::new(ServerState {
             config,
             apps,
-            hubs: Hubs::new(sink),
+            hubs: Arc::new(hubs),
             webhooks,
+            cluster,
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -206,6 +227,11 @@ pub async fn serve(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_grace_secs);
     let left = state.hubs.wait_until_empty(deadline).await;
     upkeep.abort();
+    if let Some(node) = &state.cluster {
+        // Peers drop this node's state now rather than when its lease runs out.
+        node.leave();
+        let _ = tokio::time::timeout(Duration::from_secs(2), node.flush()).await;
+    }
     if let Some(webhooks) = &state.webhooks {
         // Clients are gone: their last vacate and member events are queued now.
         webhooks.shutdown(tokio::time::Instant::now() + Duration::from_secs(5)).await;

@@ -7,12 +7,14 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use plexus_core::{App, MemoryAppStore};
-use plexus_server::config::{Config, DEV_APP};
-use plexus_server::ServerState;
+use plexus_core::{App, AppStore, MemoryAppStore};
+use plexus_protocol::CloseCode;
+use plexus_server::config::{AppStoreDriver, Config, DEV_APP};
+use plexus_server::{webhook_sink, ServerState};
 
 /// plexus — a self-hosted realtime server speaking the Pusher Channels protocol v7 and HTTP API.
 #[derive(Debug, Parser)]
@@ -27,6 +29,18 @@ enum Command {
     /// Run the server. With no config file it serves one development app
     /// (app-id / app-key / app-secret) on 0.0.0.0:6001 with the in-memory hub.
     Serve(ServeArgs),
+    /// Create or upgrade the PostgreSQL app store's schema ([app_store] in the config file).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// TOML configuration file whose [app_store] names the database.
+    #[arg(long, short, env = "PLEXUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL (overrides [app_store] url).
+    #[arg(long, env = "PLEXUS_APP_STORE_URL")]
+    url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -65,12 +79,70 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Migrate(args) => migrate(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("plexus: {error:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}
+
+fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let url = args
+        .url
+        .or(config.app_store.url.clone())
+        .context("no database: pass --url or set [app_store] url in the config file")?;
+    let table = config.app_store.table.clone();
+    runtime()?.block_on(async move {
+        plexus_pg::migrate(&url, &table).await.with_context(|| format!("migrating table {table}"))?;
+        println!("plexus: app store schema is up to date (table {table})");
+        Ok(())
+    })
+}
+
+/// Opens the app store `[app_store]` names.
+async fn open_app_store(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn AppStore>, Option<Arc<plexus_pg::PgAppStore>>)> {
+    match config.app_store.driver {
+        AppStoreDriver::Config => {
+            let apps = MemoryAppStore::new(config.apps.clone()).context("invalid apps")?;
+            Ok((Arc::new(apps), None))
+        }
+        AppStoreDriver::Postgres => {
+            let store = &config.app_store;
+            let url = store.url.as_deref().context("[app_store] url is required")?;
+            if store.migrate {
+                plexus_pg::migrate(url, &store.table).await.context("migrating the app store")?;
+            }
+            let pg =
+                plexus_pg::PgAppStore::connect(url, &store.table).await.context("opening the app store")?;
+            tracing::info!(table = %store.table, apps = pg.list().len(), "apps from PostgreSQL");
+            Ok((pg.clone(), Some(pg)))
+        }
+    }
+}
+
+/// Applies app changes read from the database: a disabled or deleted app's connections close.
+fn on_app_changes(state: &Arc<ServerState>, changes: Vec<plexus_pg::AppChange>) {
+    use plexus_pg::AppChange;
+    for change in changes {
+        tracing::info!(?change, "app store changed");
+        if let AppChange::Disabled(id) | AppChange::Removed(id) = change {
+            for hub in state.hubs.all().into_iter().filter(|hub| hub.app_id() == id) {
+                hub.close_all(CloseCode::AppDisabled, "Application disabled");
+            }
         }
     }
 }
@@ -89,7 +161,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(port) = args.port {
         config.server.port = port;
     }
-    if config.apps.is_empty() {
+    let from_database = config.app_store.driver == AppStoreDriver::Postgres;
+    if config.apps.is_empty() && !from_database {
         let (id, key, secret) = DEV_APP;
         let mut app = App::new(id, key, secret);
         app.enable_client_messages = true;
@@ -101,26 +174,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let first = &mut config.apps[0];
-    if let Some(id) = args.app_id {
-        first.id = id;
+    if let Some(first) = config.apps.first_mut() {
+        if let Some(id) = args.app_id {
+            first.id = id;
+        }
+        if let Some(key) = args.app_key {
+            first.key = key;
+        }
+        if let Some(secret) = args.app_secret {
+            first.secret = secret;
+        }
     }
-    if let Some(key) = args.app_key {
-        first.key = key;
-    }
-    if let Some(secret) = args.app_secret {
-        first.secret = secret;
-    }
-    let apps = MemoryAppStore::new(config.apps.clone()).context("invalid apps")?;
 
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
+        let (apps, database) = open_app_store(&config).await?;
         let listener = plexus_server::bind(&config.server)
             .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
         let addr = listener.local_addr()?;
-        for app in &config.apps {
-            tracing::info!(id = %app.id, key = %app.key, "serving app");
+        for app in apps.list() {
+            tracing::info!(id = %app.id, key = %app.key, enabled = app.enabled, "serving app");
         }
         let shutdown = shutdown_signal().context("installing signal handlers")?;
         if config.metrics.enabled {
@@ -129,17 +201,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })?;
             println!("plexus metrics on {metrics_addr}");
         }
+        // Apps read from a database may gain endpoints later, so delivery always runs then.
+        let webhooks = if from_database || apps.list().iter().any(|app| !app.webhooks.is_empty()) {
+            Some(
+                plexus_server::webhooks::WebhookService::start(config.webhooks.clone(), apps.clone())
+                    .context("starting webhook delivery")?,
+            )
+        } else {
+            None
+        };
+        let cluster =
+            plexus_server::cluster::connect(&config.adapter, webhook_sink(webhooks.as_ref())).await?;
+        let node = cluster.as_ref().map(|c| c.node.clone());
+        let state = ServerState::assemble(config.server.clone(), apps, webhooks, node);
+        if let Some(cluster) = cluster {
+            plexus_server::cluster::start(cluster, &state).await;
+        }
+        if let Some(database) = database {
+            let watched = state.clone();
+            database.spawn_refresh(Duration::from_secs(config.app_store.refresh_secs), move |changes| {
+                on_app_changes(&watched, changes)
+            });
+        }
         // A stable line on stdout, printed last, that scripts and tests wait for.
         println!("plexus listening on {addr}");
-        let apps: Arc<dyn plexus_core::AppStore> = Arc::new(apps);
-        let state = if config.apps.iter().any(|app| !app.webhooks.is_empty()) {
-            let webhooks =
-                plexus_server::webhooks::WebhookService::start(config.webhooks.clone(), apps.clone())
-                    .context("starting webhook delivery")?;
-            ServerState::with_webhooks(config.server.clone(), apps, webhooks)
-        } else {
-            ServerState::new(config.server.clone(), apps)
-        };
         plexus_server::serve(listener, state, shutdown).await?;
         tracing::info!("stopped");
         Ok(())

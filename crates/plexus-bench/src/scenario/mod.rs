@@ -28,6 +28,8 @@ use crate::target::Target;
 #[derive(Debug)]
 pub struct Ctx {
     pub target: Target,
+    /// Where subscribers connect, round-robin (nodes of a cluster); empty = `target`.
+    pub subscriber_targets: Vec<Target>,
     /// The `p` field of every event: `--payload-bytes` of `x`.
     pub padding: String,
     /// Hard deadline of the whole run.
@@ -43,6 +45,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The server subscriber `i` connects to.
+    pub fn subscriber_target(&self, i: usize) -> &Target {
+        match self.subscriber_targets.len() {
+            0 => &self.target,
+            n => &self.subscriber_targets[i % n],
+        }
+    }
+
     pub fn source(&self, i: usize) -> Option<IpAddr> {
         self.sources.as_ref().map(|s| s[i % s.len()])
     }
@@ -179,15 +189,16 @@ impl Subscriber {
         let mut result = SubResult { index: self.index, ready: false, stats: ReceiverStats::default() };
         let permit = self.gate.acquire().await;
         let setup = async {
+            let target = ctx.subscriber_target(self.index);
             let mut s = Session::open(
-                &ctx.target,
+                target,
                 ctx.source(self.index),
                 self.index as u32 ^ 0x9e37_79b9,
                 ctx.read_buffer,
                 ctx.deadline,
             )
             .await?;
-            s.subscribe(&ctx.target, &self.channel, self.private, ctx.deadline).await?;
+            s.subscribe(target, &self.channel, self.private, ctx.deadline).await?;
             Ok::<_, String>(s)
         };
         let setup = tokio::select! {

@@ -110,7 +110,7 @@ impl WebhookSink for WebhookDispatcher {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::counter!("plexus_webhook_events_dropped_total").increment(1);
             // Loud at first, then at growing intervals, so a flood cannot flood the log too.
-            if dropped.is_power_of_two() || dropped % 10_000 == 0 {
+            if dropped.is_power_of_two() || dropped.is_multiple_of(10_000) {
                 tracing::warn!(dropped_total = dropped, "webhook queue full: event dropped");
             }
         }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Cross-node fan-out: three plexus nodes joined over a real NATS or Redis server, subscribers
+# spread round-robin over the three, events published over HTTP to the first node, so two thirds
+# of every delivery crosses the bus. The same scenario on one node (local adapter) runs first for
+# comparison. Nodes (and the bus server, already running) share CPU 0; the load generator has
+# CPU 1.
+#
+#   bench/cluster.sh              # local, nats, redis; RUNS (default 3) runs each
+#   RUNS=1 bench/cluster.sh nats  # one bus, one run
+#
+# Needs NATS on 127.0.0.1:4222 and Redis on 127.0.0.1:6379 (scripts/services.sh starts them).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+RUNS="${RUNS:-3}"
+BUSES=("${@:-local nats redis}")
+read -r -a BUSES <<<"${BUSES[*]}"
+SCENARIO=(fanout --subscribers 1000 --channels 1 --rate 50 --duration 10)
+
+./scripts/services.sh
+cargo build --release -p plexus-server -p plexus-bench >&2
+SERVER="${PLEXUS_BIN:-target/release/plexus}"
+BENCH=target/release/plexus-bench
+WORK="$(mktemp -d)"
+PIDS=()
+
+stop_nodes() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+trap 'stop_nodes; rm -rf "$WORK"' EXIT
+
+# Starts node $2 of a cluster on bus $1; appends its pid to PIDS and its port to PORTS.
+start_node() {
+  local bus=$1 n=$2 prefix=$3
+  local dir="$WORK/node$n"
+  mkdir -p "$dir"
+  {
+    printf '[server]\nhost = "127.0.0.1"\nport = 0\n\n[metrics]\nenabled = false\n\n'
+    if [[ "$bus" != local ]]; then
+      printf '[adapter]\ndriver = "%s"\nprefix = "%s"\n\n' "$bus" "$prefix"
+    fi
+    printf '[[apps]]\nid = "bench"\nkey = "bench-key"\nsecret = "bench-secret"\n'
+  } >"$dir/plexus.toml"
+  taskset -c 0 "$SERVER" serve --config "$dir/plexus.toml" >"$dir/out" 2>"$dir/err" &
+  PIDS+=("$!")
+  for _ in $(seq 150); do
+    local port
+    port="$(sed -n 's/^plexus listening on .*:\([0-9][0-9]*\)$/\1/p' "$dir/out")"
+    if [[ -n "$port" ]]; then
+      PORTS+=("$port")
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "node $n did not start:" >&2
+  cat "$dir/err" >&2
+  exit 1
+}
+
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+for bus in "${BUSES[@]}"; do
+  for run in $(seq "$RUNS"); do
+    PORTS=()
+    prefix="bench$$r$run"
+    nodes=3
+    [[ "$bus" == local ]] && nodes=1
+    for n in $(seq "$nodes"); do start_node "$bus" "$n" "$prefix"; done
+    subscriber_ports="$(IFS=,; echo "${PORTS[*]}")"
+    echo "== $bus run $run/$RUNS (nodes on ports $subscriber_ports)" >&2
+    line="$(taskset -c 1 "$BENCH" "${SCENARIO[@]}" --port "${PORTS[0]}" --subscriber-ports "$subscriber_ports" \
+      --app-id bench --key bench-key --secret bench-secret --server-pid "${PIDS[0]}" --timeout-secs 90)" \
+      || echo "plexus-bench exited with $?" >&2
+    stop_nodes
+    if [[ -n "$line" ]]; then
+      echo "$line"
+      printf '{"name":"fanout-1k-50-%s","result":%s}\n' "$bus" "$line" >>"$RESULTS"
+    fi
+  done
+done
+python3 bench/summarize.py "$RESULTS"

@@ -1,0 +1,63 @@
+//! Joining a cluster: connects the bus `[adapter]` names and starts this node's receive loop.
+//! The cluster protocol itself lives in `plexus_core::cluster`; the buses in `plexus-nats` and
+//! `plexus-redis`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use plexus_core::cluster::node::random_node_id;
+use plexus_core::cluster::{redact_url, ClusterNode, ClusterOptions, Inbound, Transport};
+use plexus_core::webhook::WebhookSink;
+use tokio::sync::mpsc;
+
+use crate::config::{AdapterConfig, AdapterDriver};
+use crate::ServerState;
+
+/// A node connected to its bus, not yet receiving.
+#[derive(Debug)]
+pub struct Connected {
+    pub node: Arc<ClusterNode>,
+    inbound: mpsc::UnboundedReceiver<Inbound>,
+}
+
+/// Connects to the bus of `config` (nothing for the local driver). `webhooks` is where this
+/// node's state webhooks go while it leads the cluster.
+pub async fn connect(
+    config: &AdapterConfig,
+    webhooks: Arc<dyn WebhookSink>,
+) -> anyhow::Result<Option<Connected>> {
+    let id = random_node_id();
+    let url = config.url();
+    let shown = redact_url(&url, config.driver == AdapterDriver::Nats);
+    let (inbound_tx, inbound) = mpsc::unbounded_channel();
+    let transport: Arc<dyn Transport> = match config.driver {
+        AdapterDriver::Local => return Ok(None),
+        AdapterDriver::Nats => plexus_nats::connect(&url, &config.prefix, id, inbound_tx)
+            .await
+            .context("cannot join the cluster over NATS")?,
+        AdapterDriver::Redis => plexus_redis::connect(&url, &config.prefix, id, inbound_tx)
+            .await
+            .context("cannot join the cluster over Redis")?,
+    };
+    let options = ClusterOptions {
+        heartbeat: Duration::from_millis(config.heartbeat_ms),
+        lease: Duration::from_millis(config.lease_ms),
+        ..ClusterOptions::default()
+    };
+    tracing::info!(node = id, driver = ?config.driver, url = %shown, prefix = %config.prefix, "joined the cluster bus");
+    Ok(Some(Connected { node: ClusterNode::new(id, transport, webhooks, options), inbound }))
+}
+
+/// Starts receiving from the cluster into `state`'s hubs, and returns once this node has heard
+/// from its peers and holds their state (or after a bounded wait), so clients that connect next
+/// see the whole cluster.
+pub async fn start(connected: Connected, state: &Arc<ServerState>) {
+    let Connected { node, inbound } = connected;
+    let mut ready = node.ready();
+    tokio::spawn(node.clone().run(state.hubs.clone(), state.apps.clone(), inbound));
+    let synced = tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|ready| *ready)).await;
+    if synced.is_err() {
+        tracing::warn!("peers' state not complete after 10 s; serving anyway, it will catch up");
+    }
+}
