@@ -664,6 +664,7 @@ impl AppHub {
     /// Drops everything `node` held (it left or stopped answering), as if its sockets had left.
     pub fn forget_node(&self, app: &App, node: NodeId) {
         self.replace_node(app, node, Vec::new());
+        self.replace_remote_users(node, &[]);
     }
 
     /// Replaces `node`'s whole part of this app with `shares` (a snapshot it sent), emitting the
@@ -898,7 +899,11 @@ impl AppHub {
     /// which of its watched users are online and offline now.
     pub fn sign_in(&self, connection: &Arc<Connection>, user_id: &str, watchlist: &[String]) {
         let mut users = lock(&self.users);
-        if users.sign_in(user_id, connection, watchlist) {
+        let came = users.sign_in(user_id, connection, watchlist);
+        if came.here {
+            self.announce(Update::User { user_id, online: true });
+        }
+        if came.cluster {
             let frame = watchlist_frame(&[user_id], &[]);
             for watcher in users.watchers_of(user_id) {
                 watcher.outbound.push(frame.clone());
@@ -914,11 +919,44 @@ impl AppHub {
     /// Forgets a signed-in connection; tells watchers when its user goes offline.
     pub fn sign_out(&self, socket_id: SocketId, user_id: &str, watchlist: &[String]) {
         let mut users = lock(&self.users);
-        if users.sign_out(user_id, socket_id, watchlist) {
+        let went = users.sign_out(user_id, socket_id, watchlist);
+        if went.here {
+            self.announce(Update::User { user_id, online: false });
+        }
+        if went.cluster {
             let frame = watchlist_frame(&[], &[user_id]);
             for watcher in users.watchers_of(user_id) {
                 watcher.outbound.push(frame.clone());
             }
+        }
+    }
+
+    /// Records that another node has `user_id` signed in (`online`) or no longer; watchers here
+    /// hear of it when that changes the user's status in the cluster.
+    pub fn set_remote_user(&self, node: NodeId, user_id: &str, online: bool) {
+        let mut users = lock(&self.users);
+        if users.set_remote(node, user_id, online) {
+            let frame =
+                if online { watchlist_frame(&[user_id], &[]) } else { watchlist_frame(&[], &[user_id]) };
+            for watcher in users.watchers_of(user_id) {
+                watcher.outbound.push(frame.clone());
+            }
+        }
+    }
+
+    /// Users signed in on this node, for a peer that syncs.
+    pub fn local_users(&self) -> Vec<String> {
+        lock(&self.users).local_users()
+    }
+
+    /// Replaces the users `node` reports signed in (a snapshot it sent, or none when it is gone).
+    pub fn replace_remote_users(&self, node: NodeId, online: &[String]) {
+        let held = lock(&self.users).remote_users_of(node);
+        for user in held.iter().filter(|user| !online.contains(user)) {
+            self.set_remote_user(node, user, false);
+        }
+        for user in online {
+            self.set_remote_user(node, user, true);
         }
     }
 

@@ -1,15 +1,16 @@
 //! Signed-in users: which connections belong to which user, and who watches whom.
 //!
-//! A user is **online** while at least one of their connections is signed in; the watchlist
-//! events fire on the first connection in and the last one out, like presence membership but
-//! across the whole app. A plain structure: the hub holds it under a lock and turns the returned
-//! transitions into frames.
+//! A user is **online** while at least one of their connections is signed in, on this node or
+//! (in a cluster) on another; the watchlist events fire on the first connection in and the last
+//! one out anywhere, like presence membership but across the whole app. A plain structure: the
+//! hub holds it under a lock and turns the returned transitions into frames and announcements.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use plexus_protocol::SocketId;
 
+use crate::cluster::NodeId;
 use crate::hub::{shrink_if_sparse, Connection};
 
 /// Signed-in connections and watchers of one app.
@@ -18,6 +19,17 @@ pub struct UserRegistry {
     signed_in: HashMap<Box<str>, Vec<Arc<Connection>>>,
     /// Watched user id → connections whose user watches them.
     watchers: HashMap<Box<str>, Vec<Arc<Connection>>>,
+    /// User id → other nodes where the user is signed in.
+    remote: HashMap<Box<str>, HashSet<NodeId>>,
+}
+
+/// What a local sign-in or sign-out changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transition {
+    /// The user's first connection on this node came, or its last went (peers need to know).
+    pub here: bool,
+    /// The user came online, or went offline, in the whole cluster (watchers need to know).
+    pub cluster: bool,
 }
 
 fn remove_socket(list: &mut Vec<Arc<Connection>>, socket_id: SocketId) -> bool {
@@ -31,11 +43,16 @@ fn remove_socket(list: &mut Vec<Arc<Connection>>, socket_id: SocketId) -> bool {
 }
 
 impl UserRegistry {
-    /// Records `connection` as signed in as `user_id`, watching `watchlist`. Returns true when
-    /// the user just came online (first connection).
-    pub fn sign_in(&mut self, user_id: &str, connection: &Arc<Connection>, watchlist: &[String]) -> bool {
+    /// Records `connection` as signed in as `user_id`, watching `watchlist`.
+    pub fn sign_in(
+        &mut self,
+        user_id: &str,
+        connection: &Arc<Connection>,
+        watchlist: &[String],
+    ) -> Transition {
+        let elsewhere = self.remote.contains_key(user_id);
         let sockets = self.signed_in.entry(user_id.into()).or_default();
-        let came_online = sockets.is_empty();
+        let first_here = sockets.is_empty();
         if !sockets.iter().any(|c| c.socket_id == connection.socket_id) {
             sockets.push(connection.clone());
         }
@@ -45,11 +62,11 @@ impl UserRegistry {
                 watchers.push(connection.clone());
             }
         }
-        came_online
+        Transition { here: first_here, cluster: first_here && !elsewhere }
     }
 
-    /// Forgets a signed-in connection. Returns true when the user just went offline.
-    pub fn sign_out(&mut self, user_id: &str, socket_id: SocketId, watchlist: &[String]) -> bool {
+    /// Forgets a signed-in connection.
+    pub fn sign_out(&mut self, user_id: &str, socket_id: SocketId, watchlist: &[String]) -> Transition {
         for watched in watchlist {
             if let Some(watchers) = self.watchers.get_mut(watched.as_str()) {
                 remove_socket(watchers, socket_id);
@@ -59,20 +76,48 @@ impl UserRegistry {
                 }
             }
         }
-        let Some(sockets) = self.signed_in.get_mut(user_id) else { return false };
+        let Some(sockets) = self.signed_in.get_mut(user_id) else { return Transition::default() };
         if !remove_socket(sockets, socket_id) {
-            return false;
+            return Transition::default();
         }
         if sockets.is_empty() {
             self.signed_in.remove(user_id);
             shrink_if_sparse(&mut self.signed_in);
-            return true;
+            return Transition { here: true, cluster: !self.remote.contains_key(user_id) };
         }
-        false
+        Transition::default()
+    }
+
+    /// Another node reports `user_id` signed in there (`online`) or no longer; returns true when
+    /// that brings the user online or takes them offline in the cluster.
+    pub fn set_remote(&mut self, node: NodeId, user_id: &str, online: bool) -> bool {
+        let here = self.signed_in.contains_key(user_id);
+        if online {
+            let nodes = self.remote.entry(user_id.into()).or_default();
+            nodes.insert(node) && nodes.len() == 1 && !here
+        } else {
+            let Some(nodes) = self.remote.get_mut(user_id) else { return false };
+            if !nodes.remove(&node) || !nodes.is_empty() {
+                return false;
+            }
+            self.remote.remove(user_id);
+            shrink_if_sparse(&mut self.remote);
+            !here
+        }
+    }
+
+    /// Users `node` reports signed in.
+    pub fn remote_users_of(&self, node: NodeId) -> Vec<String> {
+        self.remote.iter().filter(|(_, nodes)| nodes.contains(&node)).map(|(id, _)| id.to_string()).collect()
+    }
+
+    /// Users signed in on this node.
+    pub fn local_users(&self) -> Vec<String> {
+        self.signed_in.keys().map(|id| id.to_string()).collect()
     }
 
     pub fn is_online(&self, user_id: &str) -> bool {
-        self.signed_in.contains_key(user_id)
+        self.signed_in.contains_key(user_id) || self.remote.contains_key(user_id)
     }
 
     /// Connections signed in as `user_id`.
@@ -99,15 +144,29 @@ mod tests {
     fn online_on_first_connection_offline_after_last() {
         let mut users = UserRegistry::default();
         let (a, b) = (conn(1), conn(2));
-        assert!(users.sign_in("u", &a, &[]));
-        assert!(!users.sign_in("u", &b, &[]));
-        assert!(!users.sign_in("u", &b, &[]), "signing in again is not a new connection");
+        assert!(users.sign_in("u", &a, &[]).cluster);
+        assert!(!users.sign_in("u", &b, &[]).cluster);
+        assert!(!users.sign_in("u", &b, &[]).here, "signing in again is not a new connection");
         assert_eq!(users.connections_of("u").len(), 2);
-        assert!(!users.sign_out("u", a.socket_id, &[]));
+        assert!(!users.sign_out("u", a.socket_id, &[]).cluster);
         assert!(users.is_online("u"));
-        assert!(users.sign_out("u", b.socket_id, &[]));
+        assert!(users.sign_out("u", b.socket_id, &[]).cluster);
         assert!(!users.is_online("u"));
-        assert!(!users.sign_out("u", b.socket_id, &[]));
+        assert!(!users.sign_out("u", b.socket_id, &[]).here);
+    }
+
+    #[test]
+    fn a_user_online_on_another_node_is_online_here_until_both_sign_out() {
+        let mut users = UserRegistry::default();
+        assert!(users.set_remote(9, "u", true), "first sighting anywhere brings the user online");
+        assert!(!users.set_remote(9, "u", true), "a repeated report changes nothing");
+        let a = conn(1);
+        assert_eq!(users.sign_in("u", &a, &[]), Transition { here: true, cluster: false });
+        assert_eq!(users.sign_out("u", a.socket_id, &[]), Transition { here: true, cluster: false });
+        assert!(users.is_online("u"));
+        assert_eq!(users.remote_users_of(9), ["u"]);
+        assert!(users.set_remote(9, "u", false), "the last node letting go takes the user offline");
+        assert!(!users.is_online("u"));
     }
 
     #[test]

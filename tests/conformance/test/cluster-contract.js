@@ -280,6 +280,28 @@ export function clusterContract(bus) {
       assert.equal(ev.code, 4009);
     });
 
+    it('watchlists follow users signed in on other nodes', async () => {
+      const friend = unique('friend-');
+      const me = unique('me-');
+      const here = await signedInClient(pools[1], sdks[1], { id: friend });
+      let w;
+      const watcher = await signedInClient(pools[0], sdks[0], { id: me, watchlist: [friend] }, {
+        beforeSignin: (c) => {
+          w = record(c.user.watchlist);
+        },
+      });
+      const initial = await w.waitFor('online');
+      assert.deepEqual(initial.data.user_ids, [friend], 'a user signed in on node 1 is online for node 0');
+      // A second connection of the friend on node 2, then the first one leaves: still online.
+      const second = await signedInClient(pools[2], sdks[2], { id: friend });
+      here.disconnect();
+      second.disconnect();
+      const offline = await w.waitFor('offline', { filter: (d) => d.user_ids.includes(friend) });
+      assert.ok(offline);
+      assert.equal(w.events.filter((e) => e.name === 'offline').length, 1, 'offline once, after the last connection');
+      watcher.disconnect();
+    });
+
     it('a cache channel\'s last event is served by every node', async () => {
       const ch = unique('cache-news-');
       await sdks[0].trigger(ch, 'headline', { v: 1 });

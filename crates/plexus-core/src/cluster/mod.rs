@@ -43,6 +43,8 @@ pub enum Update<'a> {
     Share { channel: &'a str, subscriptions: usize },
     /// This node now holds (`present`) or no longer holds `user_id` in presence `channel`.
     Member { channel: &'a str, user_id: &'a str, info: Option<&'a str>, present: bool },
+    /// `user_id` is now signed in on this node (`online`), or no longer.
+    User { user_id: &'a str, online: bool },
 }
 
 /// Where a hub announces its [`Update`]s. Announcements of state are made while the change is

@@ -207,10 +207,17 @@ impl ClusterNode {
         let mut parts: Vec<Vec<AppSnapshot>> = vec![Vec::new()];
         let mut size = 0;
         for hub in hubs.all() {
+            let users = hub.local_users();
+            size += users.iter().map(|u| u.len() + 4).sum::<usize>();
             let mut current =
-                AppSnapshot { app: hub.app_id().to_owned(), shares: Vec::new(), cache: Vec::new() };
+                AppSnapshot { app: hub.app_id().to_owned(), shares: Vec::new(), cache: Vec::new(), users };
             let flush = |current: &mut AppSnapshot, parts: &mut Vec<Vec<AppSnapshot>>, size: &mut usize| {
-                let full = AppSnapshot { app: current.app.clone(), shares: Vec::new(), cache: Vec::new() };
+                let full = AppSnapshot {
+                    app: current.app.clone(),
+                    shares: Vec::new(),
+                    cache: Vec::new(),
+                    users: Vec::new(),
+                };
                 parts.last_mut().expect("one part").push(std::mem::replace(current, full));
                 parts.push(Vec::new());
                 *size = 0;
@@ -411,29 +418,44 @@ impl Receiver {
         }
     }
 
-    fn apply_snapshot(&self, from: NodeId, apps: Vec<AppSnapshot>) {
-        let mut by_app: HashMap<String, (Vec<LocalShare>, Vec<CacheState>)> = HashMap::new();
-        for snapshot in apps {
-            let (shares, cache) = by_app.entry(snapshot.app).or_default();
-            shares.extend(snapshot.shares.into_iter().filter_map(|share| {
-                Some(LocalShare {
-                    channel: ChannelName::parse(&share.channel).ok()?,
-                    subscriptions: share.subscriptions,
-                    members: share.members,
-                })
-            }));
-            cache.extend(snapshot.cache);
+    fn apply_snapshot(&self, from: NodeId, parts: Vec<AppSnapshot>) {
+        // A large app may span several parts: put each app back together first.
+        let mut by_app: HashMap<String, AppSnapshot> = HashMap::new();
+        for part in parts {
+            match by_app.entry(part.app.clone()) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(part);
+                }
+                std::collections::hash_map::Entry::Occupied(mut slot) => {
+                    let whole = slot.get_mut();
+                    whole.shares.extend(part.shares);
+                    whole.cache.extend(part.cache);
+                    whole.users.extend(part.users);
+                }
+            }
         }
         for hub in self.hubs.all() {
             if !by_app.contains_key(hub.app_id()) {
                 hub.forget_node(&self.app(hub.app_id()), from);
             }
         }
-        for (app_id, (shares, cache)) in by_app {
+        for (app_id, snapshot) in by_app {
             let app = self.app(&app_id);
             let hub = self.hubs.hub(&app_id);
+            let shares = snapshot
+                .shares
+                .into_iter()
+                .filter_map(|share| {
+                    Some(LocalShare {
+                        channel: ChannelName::parse(&share.channel).ok()?,
+                        subscriptions: share.subscriptions,
+                        members: share.members,
+                    })
+                })
+                .collect();
             hub.replace_node(&app, from, shares);
-            for event in cache {
+            hub.replace_remote_users(from, &snapshot.users);
+            for event in snapshot.cache {
                 let Ok(channel) = ChannelName::parse(&event.channel) else { continue };
                 if hub.cached(channel.as_str()).is_none() {
                     let frame = wire::frame_of(event.payload.as_bytes());
@@ -453,6 +475,9 @@ impl Receiver {
                 let Ok(channel) = ChannelName::parse(&channel) else { return };
                 let member = Member { user_id: &user_id, info: info.as_deref() };
                 self.hubs.hub(&app).set_remote_member(&self.app(&app), from, &channel, member, present);
+            }
+            Body::User { app, user_id, online } => {
+                self.hubs.hub(&app).set_remote_user(from, &user_id, online)
             }
             _ => {}
         }

@@ -80,12 +80,17 @@ pub enum Body {
         info: Option<String>,
         present: bool,
     },
+    User {
+        app: String,
+        user_id: String,
+        online: bool,
+    },
 }
 
 impl Body {
     /// Bodies that describe the sender's state (held back while a snapshot is awaited).
     pub fn is_state(&self) -> bool {
-        matches!(self, Body::Share { .. } | Body::Member { .. })
+        matches!(self, Body::Share { .. } | Body::Member { .. } | Body::User { .. })
     }
 }
 
@@ -97,6 +102,9 @@ pub struct AppSnapshot {
     pub shares: Vec<ShareState>,
     #[serde(default)]
     pub cache: Vec<CacheState>,
+    /// Users signed in on the sender.
+    #[serde(default)]
+    pub users: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +191,9 @@ pub fn update_body(app: &str, update: &Update<'_>) -> (Body, Bytes) {
             },
             Bytes::new(),
         ),
+        Update::User { user_id, online } => {
+            (Body::User { app, user_id: user_id.to_owned(), online }, Bytes::new())
+        }
     }
 }
 
@@ -239,6 +250,7 @@ mod tests {
                     members: vec![("u1".into(), Some("{\"n\":1}".into())), ("u2".into(), None)],
                 }],
                 cache: vec![],
+                users: vec!["u1".into()],
             }],
         };
         let envelope = decode(&encode(1, 0, body.clone(), b"")).unwrap();
