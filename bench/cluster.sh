@@ -5,7 +5,7 @@
 # comparison. Nodes (and the bus server, already running) share CPU 0; the load generator has
 # CPU 1.
 #
-#   bench/cluster.sh              # local, nats, redis; RUNS (default 3) runs each
+#   bench/cluster.sh              # broadcast and fanout over local, nats, redis; RUNS (default 3) each
 #   RUNS=1 bench/cluster.sh nats  # one bus, one run
 #
 # Needs NATS on 127.0.0.1:4222 and Redis on 127.0.0.1:6379 (scripts/services.sh starts them).
@@ -15,7 +15,11 @@ cd "$(dirname "$0")/.."
 RUNS="${RUNS:-3}"
 BUSES=("${@:-local nats redis}")
 read -r -a BUSES <<<"${BUSES[*]}"
-SCENARIO=(fanout --subscribers 1000 --channels 1 --rate 50 --duration 10)
+# name | plexus-bench arguments
+SCENARIOS=(
+  "broadcast|broadcast --subscribers 2000 --events 200"
+  "fanout-1k-50|fanout --subscribers 1000 --channels 1 --rate 50 --duration 10"
+)
 
 ./scripts/services.sh
 cargo build --release -p plexus-server -p plexus-bench >&2
@@ -61,23 +65,27 @@ start_node() {
 
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
-for bus in "${BUSES[@]}"; do
-  for run in $(seq "$RUNS"); do
-    PORTS=()
-    prefix="bench$$r$run"
-    nodes=3
-    [[ "$bus" == local ]] && nodes=1
-    for n in $(seq "$nodes"); do start_node "$bus" "$n" "$prefix"; done
-    subscriber_ports="$(IFS=,; echo "${PORTS[*]}")"
-    echo "== $bus run $run/$RUNS (nodes on ports $subscriber_ports)" >&2
-    line="$(taskset -c 1 "$BENCH" "${SCENARIO[@]}" --port "${PORTS[0]}" --subscriber-ports "$subscriber_ports" \
-      --app-id bench --key bench-key --secret bench-secret --server-pid "${PIDS[0]}" --timeout-secs 90)" \
-      || echo "plexus-bench exited with $?" >&2
-    stop_nodes
-    if [[ -n "$line" ]]; then
-      echo "$line"
-      printf '{"name":"fanout-1k-50-%s","result":%s}\n' "$bus" "$line" >>"$RESULTS"
-    fi
+for entry in "${SCENARIOS[@]}"; do
+  name="${entry%%|*}"
+  read -r -a args <<<"${entry#*|}"
+  for bus in "${BUSES[@]}"; do
+    for run in $(seq "$RUNS"); do
+      PORTS=()
+      prefix="bench$$r$run"
+      nodes=3
+      [[ "$bus" == local ]] && nodes=1
+      for n in $(seq "$nodes"); do start_node "$bus" "$n" "$prefix"; done
+      subscriber_ports="$(IFS=,; echo "${PORTS[*]}")"
+      echo "== $name over $bus, run $run/$RUNS (nodes on ports $subscriber_ports)" >&2
+      line="$(taskset -c 1 "$BENCH" "${args[@]}" --port "${PORTS[0]}" --subscriber-ports "$subscriber_ports" \
+        --app-id bench --key bench-key --secret bench-secret --server-pid "${PIDS[0]}" --timeout-secs 90)" \
+        || echo "plexus-bench exited with $?" >&2
+      stop_nodes
+      if [[ -n "$line" ]]; then
+        echo "$line"
+        printf '{"name":"%s-%s","result":%s}\n' "$name" "$bus" "$line" >>"$RESULTS"
+      fi
+    done
   done
 done
 python3 bench/summarize.py "$RESULTS"
