@@ -17,6 +17,8 @@
 //!   subscriptions: anything another node publishes from then on reaches this one. (With a NATS
 //!   cluster of several servers, interest still takes a moment to reach the other servers.)
 
+pub mod bridge;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,6 +11,7 @@ use plexus_core::app::AppSetError;
 use plexus_core::{App, MemoryAppStore};
 use serde::Deserialize;
 
+pub use crate::bridge::BridgeConfig;
 pub use crate::webhooks::WebhooksConfig;
 
 /// Credentials of the embedded development app, used when no app is configured.
@@ -30,6 +31,8 @@ pub struct Config {
     pub adapter: AdapterConfig,
     #[serde(default)]
     pub app_store: AppStoreConfig,
+    #[serde(default)]
+    pub bridges: Vec<BridgeConfig>,
     #[serde(default)]
     pub apps: Vec<App>,
 }
@@ -258,6 +261,11 @@ impl Config {
                 });
             }
         }
+        for bridge in &self.bridges {
+            if let Err(reason) = bridge.rule() {
+                return Err(ConfigError::Invalid { field: "bridges", reason });
+            }
+        }
         for app in &self.apps {
             for webhook in &app.webhooks {
                 if !webhook.url.starts_with("http://") {
@@ -379,6 +387,20 @@ events = ["channel_occupied", "channel_vacated", "member_added", "member_removed
         assert!(error_of("[adapter]\ndriver = \"redis\"\nheartbeat_ms = 1000\nlease_ms = 1500\n")
             .contains("adapter.lease_ms"));
         assert!(error_of("[app_store]\ndriver = \"postgres\"\n").contains("app_store.url"));
+    }
+
+    #[test]
+    fn bridges_parse_and_bad_rules_are_named() {
+        let config = Config::parse(
+            "[[bridges]]\napp = \"1\"\nsubject = \"omni.events.{instance}.{type}\"\nchannel = \"instance-{instance}\"\nevent = \"{type}\"\nstream = \"OMNI\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.bridges[0].durable, "plexus-bridge");
+        assert_eq!(config.bridges[0].url, "nats://127.0.0.1:4222");
+        let e =
+            error_of("[[bridges]]\napp = \"1\"\nsubject = \"a.{x}\"\nchannel = \"c-{y}\"\nevent = \"e\"\n");
+        assert!(e.contains("bridges") && e.contains("{y}"), "{e}");
     }
 
     #[test]

@@ -219,6 +219,28 @@ fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, ApiErr
     Ok(ValidEvent { name, data, channels, except, info })
 }
 
+/// Publishes one event that arrived by another route than the HTTP API (the NATS bridge) with
+/// the same rules as a trigger: names, sizes and channels are checked the same way.
+pub fn publish_event(
+    state: &ServerState,
+    app: &App,
+    channel: &str,
+    name: &str,
+    data: String,
+) -> Result<(), String> {
+    let request = EventRequest {
+        name: Some(name.to_owned()),
+        data: Some(Value::String(data)),
+        channels: None,
+        channel: Some(channel.to_owned()),
+        socket_id: None,
+        info: None,
+    };
+    let event = validate_event(app, request).map_err(|e| e.to_string())?;
+    publish(state, app, &event);
+    Ok(())
+}
+
 /// Publishes a validated event; returns the per-channel `info` object if one was asked for.
 fn publish(state: &ServerState, app: &App, event: &ValidEvent) -> Option<Map<String, Value>> {
     let hub = state.hubs.hub(&app.id);

@@ -5,6 +5,7 @@
 //! [`serve`] runs a server on a bound listener until a shutdown future resolves; `main.rs` adds
 //! the CLI and signals, tests call it directly on `127.0.0.1:0`.
 
+pub mod bridge;
 pub mod cluster;
 pub mod config;
 pub mod http_api;

@@ -223,6 +223,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 on_app_changes(&watched, changes)
             });
         }
+        plexus_server::bridge::start(&config.bridges, &state).await?;
         // A stable line on stdout, printed last, that scripts and tests wait for.
         println!("plexus listening on {addr}");
         plexus_server::serve(listener, state, shutdown).await?;

@@ -1,0 +1,82 @@
+//! `[[bridges]]`: NATS subjects whose messages become channel events of an app. The mapping and
+//! the NATS side live in `plexus_nats::bridge`; this module checks the configuration and
+//! publishes each message with the same rules as the HTTP API.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use plexus_nats::bridge::{self, BridgedEvent, Source, SubjectRule};
+use serde::Deserialize;
+
+use crate::ServerState;
+
+/// One `[[bridges]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The app whose channels receive the events.
+    pub app: String,
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// Subject pattern with named tokens, e.g. `omni.events.{instance}.{type}`.
+    pub subject: String,
+    /// Channel template, e.g. `instance-{instance}`.
+    pub channel: String,
+    /// Event name template, e.g. `{type}`.
+    pub event: String,
+    /// JetStream stream to read with a durable consumer (instead of core subjects).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// The durable consumer's name (with `stream`); nodes of a cluster share it.
+    #[serde(default = "default_durable")]
+    pub durable: String,
+    /// Queue group for core subjects, so each message is taken by one node of a cluster.
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+fn default_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+
+fn default_durable() -> String {
+    "plexus-bridge".into()
+}
+
+fn default_group() -> String {
+    "plexus-bridge".into()
+}
+
+impl BridgeConfig {
+    /// The parsed rule, or why the entry is unusable.
+    pub fn rule(&self) -> Result<SubjectRule, String> {
+        SubjectRule::parse(&self.subject, &self.channel, &self.event)
+    }
+
+    fn source(&self) -> Source {
+        match &self.stream {
+            Some(stream) => Source::JetStream { stream: stream.clone(), durable: self.durable.clone() },
+            None => Source::Core { group: self.group.clone() },
+        }
+    }
+}
+
+/// Starts every bridge; fails if one cannot connect or set up its consumer.
+pub async fn start(bridges: &[BridgeConfig], state: &Arc<ServerState>) -> anyhow::Result<()> {
+    for config in bridges {
+        let rule = config.rule().map_err(anyhow::Error::msg)?;
+        let publisher = state.clone();
+        let app_id = config.app.clone();
+        let deliver = Arc::new(move |event: BridgedEvent| {
+            let app = publisher.apps.by_id(&app_id).ok_or_else(|| format!("app {app_id:?} is not served"))?;
+            if !app.enabled {
+                return Err(format!("app {app_id:?} is disabled"));
+            }
+            crate::http_api::publish_event(&publisher, &app, &event.channel, &event.event, event.data)
+        });
+        bridge::run(&config.url, rule, config.source(), deliver)
+            .await
+            .with_context(|| format!("starting the bridge for subject {}", config.subject))?;
+    }
+    Ok(())
+}
