@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::access::{ApiKey, ChannelScope};
+
 /// One webhook endpoint and the event kinds it wants (delivery belongs to the webhooks issue;
 /// the shape is fixed now because config files already carry it).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -71,6 +73,12 @@ pub struct App {
     pub cache_ttl_secs: u64,
     #[serde(default)]
     pub webhooks: Vec<WebhookTarget>,
+    /// Keys for event-stream consumers; when any is listed, WebSocket connections need one.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+    /// The scope each channel prefix needs from an API key.
+    #[serde(default)]
+    pub channel_scopes: Vec<ChannelScope>,
 }
 
 fn yes() -> bool {
@@ -118,6 +126,8 @@ impl App {
             enable_subscription_count: false,
             cache_ttl_secs: default_cache_ttl(),
             webhooks: Vec::new(),
+            api_keys: Vec::new(),
+            channel_scopes: Vec::new(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Realtime behaviour of plexus, independent of any transport or HTTP framework.
 //!
+//! - [`access`]: API keys of event-stream consumers: scopes and channel grants.
 //! - [`app`]: an app's credentials, feature flags and limits, and the [`app::AppStore`] that finds them.
 //! - [`hub`]: the per-app channel registry: subscribe, unsubscribe, fan-out, occupancy queries.
 //! - [`presence`]: who is in a presence channel, counted per user, not per socket.
@@ -12,6 +13,7 @@
 //! into a [`session::Session`] and writes whatever the connection's [`outbound::Outbound`] queue
 //! yields. Start reading at [`hub::AppHub::publish`] for the hot path.
 
+pub mod access;
 pub mod app;
 pub mod cluster;
 pub mod hub;

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::{Duration, Instant};
 
+use crate::access::ApiKey;
 use crate::app::{App, WebhookKind};
 use crate::hub::{AppHub, ConnectError, Connection, JoinError, Member};
 use crate::webhook::{wanted, WebhookEvent};
@@ -37,6 +38,9 @@ pub enum SubscribeError {
     Join(#[from] JoinError),
     #[error("a #server-to-user- channel can only be joined by a connection signed in as that user")]
     NotSignedInAsUser,
+    /// The connection's API key does not cover the channel (the message names what is missing).
+    #[error("{0}")]
+    NotGranted(String),
 }
 
 impl SubscribeError {
@@ -49,6 +53,7 @@ impl SubscribeError {
             SubscribeError::InvalidChannelData(_) => ("AuthError", 400),
             SubscribeError::MemberInfoTooLarge { .. } => ("LimitReached", 4009),
             SubscribeError::Join(JoinError::PresenceFull(_)) => ("LimitReached", 4100),
+            SubscribeError::NotGranted(_) => ("AuthError", 403),
         }
     }
 }
@@ -133,6 +138,8 @@ pub struct Session {
     signed_in: Option<SignedIn>,
     /// Signed in, or holds a private or presence subscription (the "authorized connection" rule).
     authorized: bool,
+    /// The API key the connection was opened with, which limits what it may subscribe to.
+    api_key: Option<ApiKey>,
 }
 
 impl Session {
@@ -156,7 +163,13 @@ impl Session {
             client_events: RateWindow { started: now, count: 0 },
             signed_in: None,
             authorized: false,
+            api_key: None,
         })
+    }
+
+    /// Limits the session's subscriptions to what `key` grants.
+    pub fn restrict_to(&mut self, key: ApiKey) {
+        self.api_key = Some(key);
     }
 
     /// Whether the connection has signed in or joined a private or presence channel; apps with
@@ -228,6 +241,9 @@ impl Session {
 
     fn subscribe(&mut self, request: Subscribe) -> Result<(), SubscribeError> {
         let channel = ChannelName::parse_with_limit(&request.channel, self.app.max_channel_name_length)?;
+        if let Some(key) = &self.api_key {
+            key.permits(&self.app, channel.as_str()).map_err(SubscribeError::NotGranted)?;
+        }
         let auth = request.auth.as_deref().unwrap_or("");
         let member_user: Option<(String, Option<Box<RawValue>>)> = match channel.kind() {
             ChannelKind::Public => None,

@@ -110,6 +110,9 @@ impl RawApp {
             enable_user_authentication: self.enable_user_authentication,
             enable_subscription_count: self.enable_subscription_count,
             webhooks,
+            // API keys for event streams are configured in the file only so far.
+            api_keys: Vec::new(),
+            channel_scopes: Vec::new(),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! [`serve`] runs a server on a bound listener until a shutdown future resolves; `main.rs` adds
 //! the CLI and signals, tests call it directly on `127.0.0.1:0`.
 
+pub mod api_keys;
 pub mod bridge;
 pub mod cluster;
 pub mod config;
@@ -41,6 +42,8 @@ pub struct ServerState {
     pub webhooks: Option<WebhookService>,
     /// This node of a cluster (`[adapter]` other than local).
     pub cluster: Option<Arc<ClusterNode>>,
+    /// Connections per API key, for their limits.
+    pub key_leases: Arc<api_keys::KeyLeases>,
     shutting_down: AtomicBool,
 }
 
@@ -97,6 +100,7 @@ impl ServerState {
             hubs: Arc::new(hubs),
             webhooks,
             cluster,
+            key_leases: Arc::default(),
             shutting_down: AtomicBool::new(false),
         })
     }

@@ -36,6 +36,7 @@ use plexus_protocol::{codec, CloseCode};
 use sha1::{Digest, Sha1};
 use tokio::time::Instant;
 
+use crate::api_keys::KeyLease;
 use crate::ServerState;
 
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -78,11 +79,20 @@ pub async fn upgrade(
     sha.update(client_key.as_bytes());
     sha.update(WEBSOCKET_GUID.as_bytes());
     let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    // Apps with API keys refuse over HTTP, before the upgrade: event-stream clients expect
+    // 401/403/429, and such apps do not serve pusher-js's retry-forever clients anyway.
+    let lease = match state.apps.by_key(&key) {
+        Some(app) => match crate::api_keys::admit(&state.key_leases, &app, query.as_deref(), headers) {
+            Ok(lease) => lease,
+            Err(refusal) => return refusal.into_response(),
+        },
+        None => None,
+    };
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run_socket(state, upgraded, key, query).await,
+            Ok(upgraded) => run_socket(state, upgraded, key, query, lease).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }
     });
@@ -101,16 +111,17 @@ async fn run_socket(
     upgraded: hyper::upgrade::Upgraded,
     key: String,
     query: Option<String>,
+    lease: Option<KeyLease>,
 ) {
     #[cfg(feature = "tungstenite")]
     {
         let (reader, writer) = tungstenite::split(upgraded, state.config.max_frame_bytes).await;
-        run_connection(state, reader, writer, &key, query.as_deref()).await;
+        run_connection(state, reader, writer, &key, query.as_deref(), lease).await;
     }
     #[cfg(not(feature = "tungstenite"))]
     {
         let (reader, writer) = shared_frames::split(upgraded, state.config.max_frame_bytes);
-        run_connection(state, reader, writer, &key, query.as_deref()).await;
+        run_connection(state, reader, writer, &key, query.as_deref(), lease).await;
     }
 }
 
@@ -229,6 +240,7 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
     write: W,
     key: &str,
     query: Option<&str>,
+    lease: Option<KeyLease>,
 ) {
     let config = &state.config;
     let app = match refusal(&state, key, query) {
@@ -250,6 +262,8 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
             return Box::pin(refuse(write, CloseCode::OverConnectionQuota, &error.to_string())).await;
         }
     };
+    // Held (and the key's connection counted) until this function returns.
+    let _lease = lease.inspect(|lease| session.restrict_to(lease.key.clone()));
     let connection = session.connection().clone();
     let write_timeout = Duration::from_secs(config.write_timeout_secs);
     let mut writer = tokio::spawn(write_loop(connection.clone(), write, write_timeout));

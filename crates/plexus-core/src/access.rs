@@ -1,0 +1,154 @@
+//! API keys for event-stream consumers: who may connect, and to which channels.
+//!
+//! An app that lists `[[apps.api_keys]]` accepts WebSocket connections only with one of them
+//! (`?api_key=` or `Authorization: Bearer`). A key carries **scopes** (`events:read`,
+//! `chats:read`, …) and **channel grants** (patterns with `*`, e.g. `instance-inst_1-*`). The
+//! app's `[[apps.channel_scopes]]` say which scope a channel prefix needs. A subscription is
+//! allowed when the channel matches one of the key's grants and the key holds the scope the
+//! channel's prefix needs; otherwise it is refused with a message naming what is missing.
+//! Nothing here does I/O; the server checks keys at the upgrade and the session on subscribe.
+
+use serde::Deserialize;
+
+use crate::app::App;
+
+/// One API key of an app.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The secret the client presents.
+    pub key: String,
+    /// What the key may read, e.g. `["events:read"]`; `*` grants every scope.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Channel patterns the key may subscribe to (`*` matches any run of characters).
+    #[serde(default = "everything")]
+    pub channels: Vec<String>,
+    /// Concurrent connections with this key; more are refused with HTTP 429.
+    #[serde(default = "default_key_connections")]
+    pub max_connections: u32,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: String = self.key.chars().take(4).collect();
+        f.debug_struct("ApiKey")
+            .field("key", &format_args!("{shown}…"))
+            .field("scopes", &self.scopes)
+            .field("channels", &self.channels)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn default_key_connections() -> u32 {
+    10
+}
+
+/// The scope a channel prefix needs (`[[apps.channel_scopes]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelScope {
+    pub prefix: String,
+    pub scope: String,
+}
+
+/// Whether `pattern` (with `*` for any run of characters) matches all of `text`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+impl ApiKey {
+    fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == "*" || s == scope)
+    }
+
+    /// Whether the key may open a stream at all: it needs some read scope.
+    pub fn can_read(&self) -> bool {
+        self.scopes.iter().any(|s| s == "*" || s.ends_with(":read"))
+    }
+
+    /// Whether the key may subscribe to `channel` of `app`; the error names what is missing.
+    pub fn permits(&self, app: &App, channel: &str) -> Result<(), String> {
+        if !self.channels.iter().any(|pattern| glob_match(pattern, channel)) {
+            return Err(format!("the API key grants no access to channel {channel:?}"));
+        }
+        let needed = app
+            .channel_scopes
+            .iter()
+            .filter(|rule| channel.starts_with(&rule.prefix))
+            .max_by_key(|rule| rule.prefix.len());
+        match needed {
+            Some(rule) if !self.has_scope(&rule.scope) => {
+                Err(format!("the API key lacks scope {:?}, which channel {channel:?} needs", rule.scope))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Finds the key `presented` among `app`'s keys, comparing in constant time per key.
+pub fn find_key<'a>(app: &'a App, presented: &str) -> Option<&'a ApiKey> {
+    app.api_keys.iter().find(|k| constant_time_eq(k.key.as_bytes(), presented.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("instance-inst_1-*", "instance-inst_1-chats"));
+        assert!(!glob_match("instance-inst_1-*", "instance-inst_2-chats"));
+        assert!(glob_match("a*c*e", "abcde"));
+        assert!(!glob_match("a*c*e", "abcd"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(glob_match("*-log", "x-log") && !glob_match("*-log", "x-logs"));
+    }
+
+    #[test]
+    fn grants_and_scopes_decide_and_name_what_is_missing() {
+        let mut app = App::new("1", "k", "s");
+        app.channel_scopes = vec![
+            ChannelScope { prefix: "chats-".into(), scope: "chats:read".into() },
+            ChannelScope { prefix: "instance-".into(), scope: "events:read".into() },
+        ];
+        let key = ApiKey {
+            key: "sk".into(),
+            scopes: vec!["events:read".into()],
+            channels: vec!["instance-inst_1*".into(), "chats-*".into()],
+            max_connections: 10,
+        };
+        assert!(key.can_read());
+        assert_eq!(key.permits(&app, "instance-inst_1"), Ok(()));
+        assert!(key.permits(&app, "instance-inst_2").unwrap_err().contains("no access"));
+        assert!(key.permits(&app, "chats-1").unwrap_err().contains("chats:read"));
+        let writer = ApiKey { scopes: vec!["events:write".into()], ..key.clone() };
+        assert!(!writer.can_read());
+        app.api_keys = vec![key];
+        assert!(find_key(&app, "sk").is_some());
+        assert!(find_key(&app, "sk2").is_none() && find_key(&app, "s").is_none());
+        assert!(!format!("{:?}", app.api_keys[0]).contains("\"sk\""));
+    }
+}
