@@ -163,6 +163,8 @@ pub struct ServerConfig {
     pub debug_signature_errors: bool,
     /// TCP listen backlog; large enough that a connect storm does not overflow it.
     pub listen_backlog: u32,
+    /// Seconds between heartbeat comments on an idle SSE stream.
+    pub sse_heartbeat_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -180,6 +182,7 @@ impl Default for ServerConfig {
             require_protocol_version: false,
             debug_signature_errors: false,
             listen_backlog: 4096,
+            sse_heartbeat_secs: 15,
         }
     }
 }
@@ -224,6 +227,7 @@ impl Config {
             ("server.max_frame_bytes", s.max_frame_bytes),
             ("server.max_queued_bytes", s.max_queued_bytes),
             ("server.write_timeout_secs", s.write_timeout_secs as usize),
+            ("server.sse_heartbeat_secs", s.sse_heartbeat_secs as usize),
         ];
         for (field, value) in positive {
             if value == 0 {

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod http_api;
 pub mod metrics;
+pub mod sse;
 pub mod webhooks;
 pub mod ws;
 
@@ -125,6 +126,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/app/{key}", get(ws::upgrade))
         .route("/apps/{app_id}/events", post(http_api::trigger))
         .route("/apps/{app_id}/batch_events", post(http_api::trigger_batch))
+        .route("/apps/{app_id}/events/stream", get(sse::stream))
         .route("/apps/{app_id}/channels", get(http_api::channels))
         .route("/apps/{app_id}/channels/{channel}", get(http_api::channel))
         .route("/apps/{app_id}/channels/{channel}/users", get(http_api::channel_users))
@@ -227,9 +229,9 @@ pub async fn serve(
     state.begin_shutdown();
     let _ = stop_tx.send(true);
     drop(stop_rx);
-    let grace = Duration::from_secs(state.config.shutdown_grace_secs);
-    let _ = tokio::time::timeout(grace, stop_tx.closed()).await;
+    // One grace period for everything: HTTP exchanges (SSE streams among them) and sockets.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.shutdown_grace_secs);
+    let _ = tokio::time::timeout_at(deadline, stop_tx.closed()).await;
     let left = state.hubs.wait_until_empty(deadline).await;
     upkeep.abort();
     if let Some(node) = &state.cluster {

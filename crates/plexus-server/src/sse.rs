@@ -1,0 +1,187 @@
+//! `GET /apps/{app_id}/events/stream`: the same channel events as the WebSocket, as
+//! `text/event-stream`, for consumers that cannot hold a WebSocket (curl, `EventSource`, proxies
+//! that only pass plain HTTP).
+//!
+//! The stream is an ordinary hub connection: it subscribes like a socket and gets the same
+//! shared, pre-encoded frames in the same bounded queue, so fan-out knows nothing of SSE. Each
+//! frame becomes one SSE event (`event:` the Pusher event name, `data:` the Pusher message JSON,
+//! one line). A comment line goes out every `sse_heartbeat_secs` so proxies keep the stream
+//! open. A consumer that falls behind by more than `max_queued_bytes` is dropped (its queue
+//! overflows, as for a socket) without slowing anyone else.
+//!
+//! Channels: `?channels=a,b` (public channels, or any channel the API key grants on apps with
+//! `[[apps.api_keys]]`; the key is checked exactly as at the WebSocket upgrade).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, Response, StatusCode};
+use bytes::Bytes;
+use plexus_core::outbound::Drained;
+use plexus_core::{App, AppHub, Connection};
+use plexus_protocol::{wsframe, ChannelKind, ChannelName};
+
+use crate::api_keys::{self, KeyLease, Refusal};
+use crate::ServerState;
+
+/// Most channels one stream may follow.
+const MAX_STREAM_CHANNELS: usize = 100;
+
+fn refused(status: StatusCode, reason: impl Into<String>) -> Response<Body> {
+    Refusal { status, reason: reason.into() }.into_response()
+}
+
+/// Leaves the hub when the stream ends (client gone, or dropped as too slow).
+struct StreamGuard {
+    app: Arc<App>,
+    hub: Arc<AppHub>,
+    connection: Arc<Connection>,
+    channels: Vec<ChannelName>,
+    _lease: Option<KeyLease>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        for channel in &self.channels {
+            self.hub.unsubscribe(&self.app, self.connection.socket_id, channel, None);
+        }
+        self.hub.disconnect(self.connection.socket_id);
+        metrics::gauge!("plexus_sse_streams").decrement(1);
+    }
+}
+
+/// `event: {name}` and `data: {message}` for one frame; the name is read from the JSON.
+fn sse_event(frame: &Bytes) -> Option<Bytes> {
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        event: std::borrow::Cow<'a, str>,
+    }
+    let payload = wsframe::server_frame_payload(frame);
+    let named: Named<'_> = serde_json::from_slice(&payload).ok()?;
+    let mut out = Vec::with_capacity(payload.len() + named.event.len() + 16);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(named.event.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(b"\n\n");
+    Some(Bytes::from(out))
+}
+
+pub async fn stream(
+    State(state): State<Arc<ServerState>>,
+    Path(app_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response<Body> {
+    if state.is_shutting_down() {
+        return refused(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
+    let Some(app) = state.apps.by_id(&app_id).filter(|app| app.enabled) else {
+        return refused(StatusCode::NOT_FOUND, format!("no enabled app with id {app_id:?}"));
+    };
+    let lease = match api_keys::admit(&state.key_leases, &app, query.as_deref(), &headers) {
+        Ok(lease) => lease,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let requested: Vec<String> = query
+        .iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .filter(|(k, _)| k == "channels")
+        .flat_map(|(_, v)| v.split(',').map(str::to_owned).collect::<Vec<_>>())
+        .filter(|c| !c.is_empty())
+        .collect();
+    if requested.is_empty() || requested.len() > MAX_STREAM_CHANNELS {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            format!("name 1 to {MAX_STREAM_CHANNELS} channels: ?channels=a,b"),
+        );
+    }
+    let mut channels = Vec::with_capacity(requested.len());
+    for name in &requested {
+        let channel = match ChannelName::parse_with_limit(name, app.max_channel_name_length) {
+            Ok(channel) => channel,
+            Err(error) => return refused(StatusCode::BAD_REQUEST, format!("{name:?}: {error}")),
+        };
+        match &lease {
+            Some(lease) => {
+                if let Err(reason) = lease.key.permits(&app, channel.as_str()) {
+                    return refused(StatusCode::FORBIDDEN, reason);
+                }
+            }
+            None if channel.kind() != ChannelKind::Public => {
+                return refused(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{name:?} needs authorization; streams without an API key carry public channels only"
+                    ),
+                );
+            }
+            None => {}
+        }
+        channels.push(channel);
+    }
+
+    let hub = state.hubs.hub(&app.id);
+    let connection = match hub.connect(&app, state.config.max_queued_bytes) {
+        Ok(connection) => connection,
+        Err(error) => return refused(StatusCode::TOO_MANY_REQUESTS, error.to_string()),
+    };
+    for channel in &channels {
+        if let Err(error) = hub.subscribe(&app, &connection, channel, None) {
+            hub.disconnect(connection.socket_id);
+            return refused(StatusCode::FORBIDDEN, error.to_string());
+        }
+    }
+    metrics::gauge!("plexus_sse_streams").increment(1);
+    let guard = StreamGuard { app, hub, connection, channels, _lease: lease };
+    let heartbeat = Duration::from_secs(state.config.sse_heartbeat_secs);
+    // State: the guard (dropping it leaves the hub), a reusable batch, and whether the stream
+    // has said its last word.
+    let body = futures_util::stream::unfold(
+        (guard, Vec::new(), false),
+        move |(guard, mut batch, done)| async move {
+            if done {
+                return None;
+            }
+            let waited =
+                tokio::time::timeout(heartbeat, guard.connection.outbound.drain_into(&mut batch)).await;
+            let Ok(drained) = waited else {
+                return Some((
+                    Ok::<_, std::io::Error>(Bytes::from_static(b": heartbeat\n\n")),
+                    (guard, batch, false),
+                ));
+            };
+            let mut chunk = Vec::new();
+            for frame in batch.drain(..) {
+                if let Some(event) = sse_event(&frame) {
+                    chunk.extend_from_slice(&event);
+                }
+            }
+            match drained {
+                Drained::Frames => Some((Ok(Bytes::from(chunk)), (guard, batch, false))),
+                // Dropped as too slow, or the app was disabled: say why, then end the stream.
+                Drained::Close(reason) => {
+                    tracing::debug!(code = reason.code, message = %reason.message, "SSE stream closed");
+                    let message = serde_json::Value::String(reason.message.clone());
+                    let line = format!(
+                        "event: plexus:closed\ndata: {{\"code\":{},\"message\":{message}}}\n\n",
+                        reason.code
+                    );
+                    chunk.extend_from_slice(line.as_bytes());
+                    Some((Ok(Bytes::from(chunk)), (guard, batch, true)))
+                }
+                Drained::End => (!chunk.is_empty()).then(|| (Ok(Bytes::from(chunk)), (guard, batch, true))),
+            }
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(body))
+        .expect("stream response is valid")
+}
