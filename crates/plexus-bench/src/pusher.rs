@@ -144,8 +144,12 @@ impl Session {
         let auth = private.then(|| {
             auth_token(&target.key, &target.secret, &channel_string_to_sign(&self.socket_id, channel, None))
         });
-        let frame =
-            ClientFrame::Subscribe(Subscribe { channel: channel.to_owned(), auth, channel_data: None });
+        let frame = ClientFrame::Subscribe(Subscribe {
+            channel: channel.to_owned(),
+            auth,
+            channel_data: None,
+            filter: None,
+        });
         self.ws.send_text(frame.to_json().as_bytes());
         self.ws.flush().await.map_err(|e| ws_reason("subscribe", &e))?;
         let mut outcome = None;

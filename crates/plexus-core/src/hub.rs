@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
 use plexus_protocol::codec::{self, Data, ServerEvent};
+use plexus_protocol::filter::SubscriptionFilter;
 use plexus_protocol::{ChannelKind, ChannelName, CloseCode, SocketId};
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
@@ -61,6 +62,8 @@ struct Channel {
     presence: Option<Presence>,
     /// Other nodes' shares (empty on a single node).
     remote: HashMap<NodeId, RemoteShare>,
+    /// Server-side filters of the subscribers that set one (empty unless someone did).
+    filters: HashMap<SocketId, Arc<SubscriptionFilter>>,
     /// When a subscription count was last broadcast, and whether a newer one is owed.
     count_sent_at: Option<Instant>,
     count_pending: bool,
@@ -508,6 +511,7 @@ impl AppHub {
         if entry.subscribers.remove(&socket_id).is_none() {
             return false;
         }
+        entry.filters.remove(&socket_id);
         shrink_if_sparse(&mut entry.subscribers);
         self.metrics.subscriptions.decrement(1);
         let mut left = Left { removed: false, last_local: false };
@@ -559,6 +563,9 @@ impl AppHub {
         let Some(entry) = shard.channels.get(channel) else {
             return 0;
         };
+        if !entry.filters.is_empty() {
+            return self.deliver_filtered(entry, frame, except);
+        }
         let mut delivered = 0;
         for (id, connection) in &entry.subscribers {
             if Some(*id) != except {
@@ -570,6 +577,64 @@ impl AppHub {
         }
         self.metrics.frames_delivered.increment(delivered as u64);
         delivered
+    }
+
+    /// Fan-out to a channel where some subscribers filter: the event's name and data are read
+    /// once, and each filter is checked against them.
+    fn deliver_filtered(&self, entry: &Channel, frame: &Bytes, except: Option<SocketId>) -> usize {
+        #[derive(serde::Deserialize)]
+        struct Event<'a> {
+            #[serde(borrow)]
+            event: std::borrow::Cow<'a, str>,
+            #[serde(default, borrow)]
+            data: Option<std::borrow::Cow<'a, str>>,
+        }
+        let payload = plexus_protocol::wsframe::server_frame_payload(frame);
+        let parsed: Option<Event<'_>> = serde_json::from_slice(&payload).ok();
+        let name = parsed.as_ref().map_or("", |e| &*e.event);
+        let mut data: Option<Option<serde_json::Value>> = None;
+        let mut delivered = 0;
+        for (id, connection) in &entry.subscribers {
+            if Some(*id) == except {
+                continue;
+            }
+            if let Some(filter) = entry.filters.get(id) {
+                let data = if filter.needs_data() {
+                    data.get_or_insert_with(|| {
+                        parsed
+                            .as_ref()
+                            .and_then(|e| e.data.as_deref())
+                            .and_then(|d| serde_json::from_str(d).ok())
+                    })
+                    .as_ref()
+                } else {
+                    None
+                };
+                if !filter.matches(name, data) {
+                    continue;
+                }
+            }
+            if connection.outbound.push(frame.clone()) == Push::Overflowed {
+                self.metrics.slow_consumer_closes.increment(1);
+            }
+            delivered += 1;
+        }
+        self.metrics.frames_delivered.increment(delivered as u64);
+        delivered
+    }
+
+    /// Sets (or with `None` clears) the server-side filter of `socket_id` in `channel`.
+    pub fn set_filter(&self, channel: &str, socket_id: SocketId, filter: Option<SubscriptionFilter>) {
+        let mut shard = write(self.shard(channel));
+        let Some(entry) = shard.channels.get_mut(channel) else { return };
+        match filter {
+            Some(filter) if entry.subscribers.contains_key(&socket_id) => {
+                entry.filters.insert(socket_id, Arc::new(filter));
+            }
+            _ => {
+                entry.filters.remove(&socket_id);
+            }
+        }
     }
 
     /// Keeps `frame` (an event with `data`) as the cache channel's last event for `ttl`.

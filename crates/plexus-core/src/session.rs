@@ -41,6 +41,8 @@ pub enum SubscribeError {
     /// The connection's API key does not cover the channel (the message names what is missing).
     #[error("{0}")]
     NotGranted(String),
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
 }
 
 impl SubscribeError {
@@ -54,6 +56,7 @@ impl SubscribeError {
             SubscribeError::MemberInfoTooLarge { .. } => ("LimitReached", 4009),
             SubscribeError::Join(JoinError::PresenceFull(_)) => ("LimitReached", 4100),
             SubscribeError::NotGranted(_) => ("AuthError", 403),
+            SubscribeError::InvalidFilter(_) => ("InvalidFilter", 400),
         }
     }
 }
@@ -241,6 +244,9 @@ impl Session {
 
     fn subscribe(&mut self, request: Subscribe) -> Result<(), SubscribeError> {
         let channel = ChannelName::parse_with_limit(&request.channel, self.app.max_channel_name_length)?;
+        if let Some(filter) = &request.filter {
+            filter.validate().map_err(SubscribeError::InvalidFilter)?;
+        }
         if let Some(key) = &self.api_key {
             key.permits(&self.app, channel.as_str()).map_err(SubscribeError::NotGranted)?;
         }
@@ -292,6 +298,7 @@ impl Session {
         } else {
             self.hub.subscribe(&self.app, &self.connection, &channel, None)?;
         }
+        self.hub.set_filter(channel.as_str(), self.connection.socket_id, request.filter);
         self.subscriptions.insert(channel, member_user.map(|(id, _)| id.into_boxed_str()));
         Ok(())
     }

@@ -62,7 +62,7 @@ impl PartialEq for RawJson {
 }
 
 /// `pusher:subscribe` data.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Subscribe {
     pub channel: String,
     #[serde(default)]
@@ -70,6 +70,9 @@ pub struct Subscribe {
     /// Kept as the exact string received: the presence signature covers these bytes.
     #[serde(default)]
     pub channel_data: Option<String>,
+    /// plexus extension: a server-side filter (see [`crate::filter`]).
+    #[serde(default)]
+    pub filter: Option<crate::filter::SubscriptionFilter>,
 }
 
 /// Why a frame could not be understood. Every variant is answered with `pusher:error`, never a close.
@@ -166,6 +169,9 @@ impl ClientFrame {
                 }
                 if let Some(cd) = &s.channel_data {
                     data["channel_data"] = json!(cd);
+                }
+                if let Some(filter) = &s.filter {
+                    data["filter"] = json!(filter);
                 }
                 json!({"event": "pusher:subscribe", "data": data})
             }
@@ -463,6 +469,7 @@ mod tests {
                 channel: "presence-room".into(),
                 auth: Some("k:s".into()),
                 channel_data: Some(r#"{"user_id":"42"}"#.into()),
+                filter: None,
             })
         );
         assert_eq!(
@@ -470,7 +477,8 @@ mod tests {
             ClientFrame::Subscribe(Subscribe {
                 channel: "a".into(),
                 auth: Some(String::new()),
-                channel_data: None
+                channel_data: None,
+                filter: None,
             })
         );
     }
@@ -516,7 +524,7 @@ mod tests {
             Just(ClientFrame::Pong),
             (s, proptest::option::of(s), proptest::option::of(s)).prop_map(
                 |(channel, auth, channel_data)| {
-                    ClientFrame::Subscribe(Subscribe { channel, auth, channel_data })
+                    ClientFrame::Subscribe(Subscribe { channel, auth, channel_data, filter: None })
                 }
             ),
             s.prop_map(|channel| ClientFrame::Unsubscribe { channel }),
