@@ -149,6 +149,7 @@ impl Session {
             auth,
             channel_data: None,
             filter: None,
+            position: None,
         });
         self.ws.send_text(frame.to_json().as_bytes());
         self.ws.flush().await.map_err(|e| ws_reason("subscribe", &e))?;

@@ -90,7 +90,7 @@ fn fanout_benches(c: &mut Criterion) {
                         }
                     })
                 },
-                |_| hub.publish("room", &frame, None),
+                |_| hub.publish(&app, "room", &frame, None),
                 BatchSize::SmallInput,
             )
         });

@@ -79,6 +79,28 @@ pub struct App {
     /// The scope each channel prefix needs from an API key.
     #[serde(default)]
     pub channel_scopes: Vec<ChannelScope>,
+    /// Channels that keep a bounded history, for clients that resume after a reconnect.
+    #[serde(default)]
+    pub history: Vec<HistoryRule>,
+}
+
+/// `[[apps.history]]`: channels starting with `prefix` keep their last `size` events for
+/// `ttl_secs`, numbered so a client can resume from the last one it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    pub prefix: String,
+    #[serde(default = "default_history_size")]
+    pub size: usize,
+    #[serde(default = "default_history_ttl")]
+    pub ttl_secs: u64,
+}
+
+fn default_history_size() -> usize {
+    100
+}
+fn default_history_ttl() -> u64 {
+    300
 }
 
 fn yes() -> bool {
@@ -128,7 +150,16 @@ impl App {
             webhooks: Vec::new(),
             api_keys: Vec::new(),
             channel_scopes: Vec::new(),
+            history: Vec::new(),
         }
+    }
+
+    /// The history rule of `channel` (the longest matching prefix), if it keeps one.
+    pub fn history_rule(&self, channel: &str) -> Option<&HistoryRule> {
+        self.history
+            .iter()
+            .filter(|rule| channel.starts_with(&rule.prefix))
+            .max_by_key(|rule| rule.prefix.len())
     }
 
     pub fn max_payload_bytes(&self) -> usize {

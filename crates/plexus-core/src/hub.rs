@@ -31,7 +31,7 @@ use plexus_protocol::{ChannelKind, ChannelName, CloseCode, SocketId};
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use crate::app::{App, WebhookKind};
+use crate::app::{App, HistoryRule, WebhookKind};
 use crate::cluster::{ClusterLink, NodeId, Update};
 use crate::outbound::{Outbound, Push};
 use crate::presence::{Joined, Left, Presence};
@@ -119,6 +119,55 @@ enum CacheSlot {
 struct Shard {
     channels: HashMap<ChannelName, Channel>,
     cache: HashMap<ChannelName, CacheSlot>,
+    /// Channels with a history rule; like the cache, a history outlives occupancy.
+    histories: HashMap<ChannelName, History>,
+}
+
+/// A channel's last events as delivered here, each stamped with its `position`
+/// (`"{epoch}:{offset}"`). The epoch is random per history, so positions from another node or
+/// from before a restart never match and a resume says `recovered: false` instead of guessing.
+#[derive(Debug)]
+struct History {
+    epoch: u32,
+    next: u64,
+    events: std::collections::VecDeque<(u64, Instant, Bytes)>,
+}
+
+impl History {
+    fn new() -> Self {
+        let mut bytes = [0u8; 4];
+        getrandom::fill(&mut bytes).expect("the OS random source is available");
+        History { epoch: u32::from_le_bytes(bytes), next: 1, events: Default::default() }
+    }
+
+    fn position(&self, offset: u64) -> String {
+        format!("{}:{offset}", self.epoch)
+    }
+
+    /// Drops what is past the rule's size or age.
+    fn trim(&mut self, rule: &HistoryRule, now: Instant) {
+        while self.events.len() > rule.size
+            || self
+                .events
+                .front()
+                .is_some_and(|(_, at, _)| now.duration_since(*at).as_secs() >= rule.ttl_secs)
+        {
+            self.events.pop_front();
+        }
+    }
+}
+
+/// The frame with `"position":"…"` added to its JSON object (one copy per event, not per
+/// subscriber).
+fn stamp(frame: &Bytes, position: &str) -> Bytes {
+    let payload = plexus_protocol::wsframe::server_frame_payload(frame);
+    let Some(body) = payload.strip_suffix(b"}") else { return frame.clone() };
+    let mut stamped = Vec::with_capacity(payload.len() + position.len() + 16);
+    stamped.extend_from_slice(body);
+    stamped.extend_from_slice(b",\"position\":");
+    stamped.extend_from_slice(codec::json_str(position).as_bytes());
+    stamped.push(b'}');
+    plexus_protocol::wsframe::frame(plexus_protocol::wsframe::Opcode::Text, &stamped)
 }
 
 /// A presence member joining with a subscription.
@@ -349,6 +398,19 @@ impl AppHub {
         channel: &ChannelName,
         member: Option<Member<'_>>,
     ) -> Result<(), JoinError> {
+        self.subscribe_from(app, connection, channel, member, None)
+    }
+
+    /// [`AppHub::subscribe`], then (under the same lock, so nothing slips in between) the events
+    /// since `position` from the channel's history.
+    pub fn subscribe_from(
+        &self,
+        app: &App,
+        connection: &Arc<Connection>,
+        channel: &ChannelName,
+        member: Option<Member<'_>>,
+        position: Option<&str>,
+    ) -> Result<(), JoinError> {
         let mut guard = write(self.shard(channel.as_str()));
         let shard = &mut *guard;
         let entry = shard.channels.entry(channel.clone()).or_default();
@@ -419,6 +481,9 @@ impl AppHub {
         }
         if channel.is_cache() {
             self.replay_cache(app, &mut shard.cache, channel, connection);
+        }
+        if let Some(position) = position {
+            self.resume(app, &mut shard.histories, channel, connection, position);
         }
         if !already {
             if let Some(entry) = shard.channels.get_mut(channel) {
@@ -551,14 +616,18 @@ impl AppHub {
 
     /// Fans one encoded frame out to every subscriber of `channel` except `except`; returns how
     /// many queues received it. The frame's bytes are shared, never copied.
-    pub fn publish(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+    pub fn publish(&self, app: &App, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         self.metrics.events_published.increment(1);
         self.announce(Update::Publish { channel, frame, except });
-        self.deliver(channel, frame, except)
+        self.deliver(app, channel, frame, except)
     }
 
     /// Fans a frame out to this node's subscribers only (an event another node published).
-    pub fn deliver(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+    /// Channels with a history rule record the event and deliver it stamped with its position.
+    pub fn deliver(&self, app: &App, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        if let Some(rule) = app.history_rule(channel) {
+            return self.deliver_recorded(rule, channel, frame, except);
+        }
         let shard = read(self.shard(channel));
         let Some(entry) = shard.channels.get(channel) else {
             return 0;
@@ -577,6 +646,86 @@ impl AppHub {
         }
         self.metrics.frames_delivered.increment(delivered as u64);
         delivered
+    }
+
+    fn deliver_recorded(
+        &self,
+        rule: &HistoryRule,
+        channel: &str,
+        frame: &Bytes,
+        except: Option<SocketId>,
+    ) -> usize {
+        let Ok(name) = ChannelName::parse(channel) else { return 0 };
+        let mut guard = write(self.shard(channel));
+        let shard = &mut *guard;
+        let now = Instant::now();
+        let history = shard.histories.entry(name).or_insert_with(History::new);
+        let offset = history.next;
+        history.next += 1;
+        let stamped = stamp(frame, &history.position(offset));
+        history.events.push_back((offset, now, stamped.clone()));
+        history.trim(rule, now);
+        let Some(entry) = shard.channels.get(channel) else {
+            return 0;
+        };
+        if !entry.filters.is_empty() {
+            return self.deliver_filtered(entry, &stamped, except);
+        }
+        let mut delivered = 0;
+        for (id, connection) in &entry.subscribers {
+            if Some(*id) != except {
+                if connection.outbound.push(stamped.clone()) == Push::Overflowed {
+                    self.metrics.slow_consumer_closes.increment(1);
+                }
+                delivered += 1;
+            }
+        }
+        self.metrics.frames_delivered.increment(delivered as u64);
+        delivered
+    }
+
+    /// After a subscription with a `position`: queues the events since then, in order, and a
+    /// `plexus:resume` saying whether the gap was covered (`recovered: false` when the history
+    /// no longer reaches back that far, belongs to another epoch, or the channel keeps none).
+    fn resume(
+        &self,
+        app: &App,
+        histories: &mut HashMap<ChannelName, History>,
+        channel: &ChannelName,
+        connection: &Connection,
+        from: &str,
+    ) {
+        let rule = app.history_rule(channel.as_str());
+        let history = rule.map(|rule| {
+            let history = histories.entry(channel.clone()).or_insert_with(History::new);
+            history.trim(rule, Instant::now());
+            &*history
+        });
+        let last = |h: &History| h.position(h.next - 1);
+        let parsed =
+            from.split_once(':').and_then(|(e, o)| Some((e.parse::<u32>().ok()?, o.parse::<u64>().ok()?)));
+        let (recovered, position) = match (history, parsed) {
+            (Some(history), Some((epoch, offset))) if epoch == history.epoch && offset < history.next => {
+                let oldest = history.events.front().map_or(history.next, |(o, _, _)| *o);
+                if offset + 1 >= oldest {
+                    for (_, _, frame) in history.events.iter().filter(|(o, _, _)| *o > offset) {
+                        connection.outbound.push(frame.clone());
+                    }
+                    (true, last(history))
+                } else {
+                    (false, last(history))
+                }
+            }
+            (Some(history), _) => (false, last(history)),
+            (None, _) => (false, String::new()),
+        };
+        let data = format!(
+            "{{\"recovered\":{recovered},\"position\":{}}}",
+            if position.is_empty() { "null".to_owned() } else { codec::json_str(&position) }
+        );
+        connection.outbound.push(
+            ServerEvent::new("plexus:resume").channel(channel.as_str()).data(Data::Str(&data)).to_frame(),
+        );
     }
 
     /// Fan-out to a channel where some subscribers filter: the event's name and data are read
@@ -672,6 +821,13 @@ impl AppHub {
         for shard in self.shards.iter() {
             let mut guard = write(shard);
             let shard = &mut *guard;
+            shard.histories.retain(|name, history| match app.history_rule(name.as_str()) {
+                Some(rule) => {
+                    history.trim(rule, now);
+                    !history.events.is_empty()
+                }
+                None => false,
+            });
             shard.cache.retain(|_, slot| match slot {
                 CacheSlot::Event { expires, .. } => *expires > now,
                 CacheSlot::Missed { webhook_at } => {

@@ -294,9 +294,21 @@ impl Session {
                 }
             }
             let member = Member { user_id, info: info.as_deref().map(RawValue::get) };
-            self.hub.subscribe(&self.app, &self.connection, &channel, Some(member))?;
+            self.hub.subscribe_from(
+                &self.app,
+                &self.connection,
+                &channel,
+                Some(member),
+                request.position.as_deref(),
+            )?;
         } else {
-            self.hub.subscribe(&self.app, &self.connection, &channel, None)?;
+            self.hub.subscribe_from(
+                &self.app,
+                &self.connection,
+                &channel,
+                None,
+                request.position.as_deref(),
+            )?;
         }
         self.hub.set_filter(channel.as_str(), self.connection.socket_id, request.filter);
         self.subscriptions.insert(channel, member_user.map(|(id, _)| id.into_boxed_str()));
@@ -444,7 +456,7 @@ impl Session {
         if let Some(raw) = raw {
             frame = frame.data(Data::Raw(raw));
         }
-        self.hub.publish(name.as_str(), &frame.to_frame(), Some(self.connection.socket_id));
+        self.hub.publish(&self.app, name.as_str(), &frame.to_frame(), Some(self.connection.socket_id));
         if wanted(&self.app, WebhookKind::ClientEvent) {
             self.hub.submit_webhook(WebhookEvent::ClientEvent {
                 channel: name.to_string(),

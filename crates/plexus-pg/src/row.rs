@@ -113,6 +113,7 @@ impl RawApp {
             // API keys for event streams are configured in the file only so far.
             api_keys: Vec::new(),
             channel_scopes: Vec::new(),
+            history: Vec::new(),
         })
     }
 }

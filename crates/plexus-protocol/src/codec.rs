@@ -73,6 +73,9 @@ pub struct Subscribe {
     /// plexus extension: a server-side filter (see [`crate::filter`]).
     #[serde(default)]
     pub filter: Option<crate::filter::SubscriptionFilter>,
+    /// plexus extension: the `position` of the last event the client saw, to resume from.
+    #[serde(default)]
+    pub position: Option<String>,
 }
 
 /// Why a frame could not be understood. Every variant is answered with `pusher:error`, never a close.
@@ -172,6 +175,9 @@ impl ClientFrame {
                 }
                 if let Some(filter) = &s.filter {
                     data["filter"] = json!(filter);
+                }
+                if let Some(position) = &s.position {
+                    data["position"] = json!(position);
                 }
                 json!({"event": "pusher:subscribe", "data": data})
             }
@@ -470,6 +476,7 @@ mod tests {
                 auth: Some("k:s".into()),
                 channel_data: Some(r#"{"user_id":"42"}"#.into()),
                 filter: None,
+                position: None,
             })
         );
         assert_eq!(
@@ -479,6 +486,7 @@ mod tests {
                 auth: Some(String::new()),
                 channel_data: None,
                 filter: None,
+                position: None,
             })
         );
     }
@@ -524,7 +532,13 @@ mod tests {
             Just(ClientFrame::Pong),
             (s, proptest::option::of(s), proptest::option::of(s)).prop_map(
                 |(channel, auth, channel_data)| {
-                    ClientFrame::Subscribe(Subscribe { channel, auth, channel_data, filter: None })
+                    ClientFrame::Subscribe(Subscribe {
+                        channel,
+                        auth,
+                        channel_data,
+                        filter: None,
+                        position: None,
+                    })
                 }
             ),
             s.prop_map(|channel| ClientFrame::Unsubscribe { channel }),

@@ -90,6 +90,7 @@ mod tests {
             auth: None,
             channel_data: None,
             filter: Some(filter),
+            position: Some("7:41".into()),
         });
         assert_eq!(crate::codec::decode_client_frame(&frame.to_json()).unwrap(), frame);
     }

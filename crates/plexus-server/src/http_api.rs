@@ -249,7 +249,7 @@ fn publish(state: &ServerState, app: &App, event: &ValidEvent) -> Option<Map<Str
             ServerEvent::new(&event.name).channel(channel.as_str()).data(Data::Str(&event.data)).to_frame();
         match channel.server_to_user_id() {
             Some(user_id) => hub.send_to_user(user_id, &frame),
-            None => hub.publish(channel.as_str(), &frame, event.except),
+            None => hub.publish(app, channel.as_str(), &frame, event.except),
         };
         if channel.is_cache() {
             hub.remember(channel, &event.data, &frame, Duration::from_secs(app.cache_ttl_secs));

@@ -11,6 +11,10 @@
 //!
 //! Channels: `?channels=a,b` (public channels, or any channel the API key grants on apps with
 //! `[[apps.api_keys]]`; the key is checked exactly as at the WebSocket upgrade).
+//!
+//! On channels with a history (`[[apps.history]]`) every event carries `id:` = its position, and
+//! a client reconnecting with `Last-Event-ID` gets what it missed, then `plexus:resume` with
+//! `recovered` true — or false when the history no longer covers the gap.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,10 +62,17 @@ fn sse_event(frame: &Bytes) -> Option<Bytes> {
     struct Named<'a> {
         #[serde(borrow)]
         event: std::borrow::Cow<'a, str>,
+        #[serde(default, borrow)]
+        position: Option<std::borrow::Cow<'a, str>>,
     }
     let payload = wsframe::server_frame_payload(frame);
     let named: Named<'_> = serde_json::from_slice(&payload).ok()?;
-    let mut out = Vec::with_capacity(payload.len() + named.event.len() + 16);
+    let mut out = Vec::with_capacity(payload.len() + named.event.len() + 48);
+    if let Some(position) = &named.position {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(position.as_bytes());
+        out.push(b'\n');
+    }
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(named.event.as_bytes());
     out.extend_from_slice(b"\ndata: ");
@@ -129,8 +140,10 @@ pub async fn stream(
         Ok(connection) => connection,
         Err(error) => return refused(StatusCode::TOO_MANY_REQUESTS, error.to_string()),
     };
+    // A reconnecting EventSource sends the id of the last event it saw: resume from there.
+    let resume_from = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     for channel in &channels {
-        if let Err(error) = hub.subscribe(&app, &connection, channel, None) {
+        if let Err(error) = hub.subscribe_from(&app, &connection, channel, None, resume_from.as_deref()) {
             hub.disconnect(connection.socket_id);
             return refused(StatusCode::FORBIDDEN, error.to_string());
         }

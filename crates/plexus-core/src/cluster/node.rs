@@ -487,7 +487,7 @@ impl Receiver {
         match body {
             Body::Publish { app, channel, except } => {
                 let except = except.and_then(|id| id.parse::<SocketId>().ok());
-                self.hubs.hub(&app).deliver(&channel, &wire::frame_of(payload), except);
+                self.hubs.hub(&app).deliver(&self.app(&app), &channel, &wire::frame_of(payload), except);
             }
             Body::Remember { app, channel, data, ttl_ms } => {
                 let Ok(channel) = ChannelName::parse(&channel) else { return };
