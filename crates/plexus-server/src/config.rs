@@ -160,6 +160,8 @@ pub struct ServerConfig {
     pub debug_signature_errors: bool,
     /// TCP listen backlog; large enough that a connect storm does not overflow it.
     pub listen_backlog: u32,
+    /// `[server.tls]`: serve wss:// and https:// on this port (see [`crate::tls`]).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -177,6 +179,7 @@ impl Default for ServerConfig {
             require_protocol_version: false,
             debug_signature_errors: false,
             listen_backlog: 4096,
+            tls: None,
         }
     }
 }

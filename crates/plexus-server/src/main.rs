@@ -188,6 +188,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     runtime()?.block_on(async move {
         let (apps, database) = open_app_store(&config).await?;
+        // Before binding, so a bad certificate stops the start with the file named.
+        let tls = match &config.server.tls {
+            Some(files) => {
+                let tls = plexus_server::tls::Tls::load(files)?;
+                reload_tls_on_sighup(tls.clone()).context("installing the SIGHUP handler")?;
+                Some(tls)
+            }
+            None => None,
+        };
         let listener = plexus_server::bind(&config.server)
             .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
         let addr = listener.local_addr()?;
@@ -224,11 +233,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
         // A stable line on stdout, printed last, that scripts and tests wait for.
+        if tls.is_some() {
+            tracing::info!("TLS on: wss:// and https:// (SIGHUP reloads the certificate)");
+        }
         println!("plexus listening on {addr}");
-        plexus_server::serve(listener, state, shutdown).await?;
+        plexus_server::serve_tls(listener, state, tls, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// On SIGHUP, reads the certificate files again: new handshakes get the new certificate,
+/// established connections keep theirs. A bad file is logged and the old certificate stays.
+fn reload_tls_on_sighup(tls: Arc<plexus_server::tls::Tls>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(error) => tracing::error!(%error, "TLS reload failed; keeping the current certificate"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Installs the SIGTERM and SIGINT handlers now, so a signal that arrives as soon as we report
