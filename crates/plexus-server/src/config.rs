@@ -162,6 +162,8 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// `[server.tls]`: serve wss:// and https:// on this port (see [`crate::tls`]).
     pub tls: Option<crate::tls::TlsConfig>,
+    /// `[server.rate_limits]`: HTTP API and connection floods (see [`crate::rate_limit`]).
+    pub rate_limits: crate::rate_limit::RateLimitConfig,
 }
 
 impl Default for ServerConfig {
@@ -180,6 +182,7 @@ impl Default for ServerConfig {
             debug_signature_errors: false,
             listen_backlog: 4096,
             tls: None,
+            rate_limits: Default::default(),
         }
     }
 }

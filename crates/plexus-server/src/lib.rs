@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod http_api;
 pub mod metrics;
+pub mod rate_limit;
 pub mod tls;
 pub mod webhooks;
 pub mod ws;
@@ -41,6 +42,8 @@ pub struct ServerState {
     pub webhooks: Option<WebhookService>,
     /// This node of a cluster (`[adapter]` other than local).
     pub cluster: Option<Arc<ClusterNode>>,
+    /// `[server.rate_limits]`.
+    pub rate_limits: rate_limit::RateLimits,
     shutting_down: AtomicBool,
 }
 
@@ -92,6 +95,7 @@ impl ServerState {
             None => Hubs::new(webhook_sink(webhooks.as_ref())),
         };
         Arc::new(ServerState {
+            rate_limits: rate_limit::RateLimits::new(&config.rate_limits),
             config,
             apps,
             hubs: Arc::new(hubs),
@@ -134,6 +138,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/health", get(http_api::up))
         .route("/ready", get(http_api::ready))
         .fallback(http_api::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_api))
         .layer(axum::middleware::from_fn(metrics::record_http))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
