@@ -24,6 +24,9 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[admin]`: the dashboard and admin API listener (see [`crate::admin`]).
+    #[serde(default)]
+    pub admin: crate::admin::AdminConfig,
     #[serde(default)]
     pub webhooks: WebhooksConfig,
     #[serde(default)]

@@ -5,9 +5,12 @@
 //! [`serve`] runs a server on a bound listener until a shutdown future resolves; `main.rs` adds
 //! the CLI and signals, tests call it directly on `127.0.0.1:0`.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod http_api;
+pub mod introspect;
+pub mod logstream;
 pub mod metrics;
 pub mod rate_limit;
 pub mod tls;
@@ -94,11 +97,15 @@ impl ServerState {
             Some(node) => Hubs::clustered(node.webhooks(), node.clone()),
             None => Hubs::new(webhook_sink(webhooks.as_ref())),
         };
+        let hubs = Arc::new(hubs);
+        if let Some(webhooks) = &webhooks {
+            webhooks.observe(&hubs);
+        }
         Arc::new(ServerState {
             rate_limits: rate_limit::RateLimits::new(&config.rate_limits),
             config,
             apps,
-            hubs: Arc::new(hubs),
+            hubs,
             webhooks,
             cluster,
             shutting_down: AtomicBool::new(false),
