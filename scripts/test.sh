@@ -14,6 +14,20 @@ if ! command -v npm >/dev/null 2>&1; then
   echo "npm is required for the conformance suite; installing Node.js from Debian" >&2
   apt-get update -qq && apt-get install -y -qq nodejs npm
 fi
-cd tests/conformance
-[ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund
-PLEXUS_BIN="$(pwd)/../../target/release/plexus" npm test
+(
+  cd tests/conformance
+  [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund
+  PLEXUS_BIN="$(pwd)/../../target/release/plexus" npm test
+)
+
+# The dashboard in headless Chromium: Debian's package, driven by playwright-core (never a
+# browser download of its own). The screenshot is left in target/browser/.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing Debian's chromium for the browser tests" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+(
+  cd tests/browser
+  [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund
+  PLEXUS_BIN="$(pwd)/../../target/release/plexus" npm test
+)

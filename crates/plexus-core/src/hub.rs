@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -28,11 +28,13 @@ use metrics::{Counter, Gauge};
 use plexus_protocol::codec::{self, Data, ServerEvent};
 use plexus_protocol::filter::SubscriptionFilter;
 use plexus_protocol::{ChannelKind, ChannelName, CloseCode, SocketId};
+use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
 use crate::app::{App, HistoryRule, WebhookKind};
 use crate::cluster::{ClusterLink, NodeId, Update};
+use crate::observe::{event_observation, Observation, Observer};
 use crate::outbound::{Outbound, Push};
 use crate::presence::{Joined, Left, Presence};
 use crate::users::UserRegistry;
@@ -254,6 +256,11 @@ pub struct AppHub {
     webhooks: Arc<dyn WebhookSink>,
     cluster: Option<Arc<dyn ClusterLink>>,
     metrics: HubMetrics,
+    /// The debug console's view of this app (one atomic load per hook while nobody watches).
+    observer: Arc<Observer>,
+    /// Totals the dashboard turns into rates (the metrics facade cannot be read back).
+    published_total: AtomicU64,
+    delivered_total: AtomicU64,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -315,6 +322,9 @@ impl AppHub {
             webhooks,
             cluster: None,
             metrics: HubMetrics::new(app_id),
+            observer: Arc::default(),
+            published_total: AtomicU64::new(0),
+            delivered_total: AtomicU64::new(0),
         }
     }
 
@@ -326,6 +336,11 @@ impl AppHub {
 
     pub fn app_id(&self) -> &str {
         &self.app_id
+    }
+
+    /// What happens in this app, for the debug console.
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
     }
 
     fn shard(&self, channel: &str) -> &RwLock<Shard> {
@@ -479,6 +494,26 @@ impl AppHub {
                 user_id: member.user_id.to_owned(),
             });
         }
+        if !already {
+            self.observer.emit(|| {
+                let mut detail = json!({"socket_id": connection.socket_id.to_string()});
+                if let Some(member) = member {
+                    detail["user_id"] = json!(member.user_id);
+                }
+                Observation::new(channel.as_str(), "subscribed", detail)
+            });
+        }
+        if let (true, Some(member)) = (joined.new_member, member) {
+            self.observer.emit(|| {
+                let info: Value =
+                    member.info.and_then(|i| serde_json::from_str(i).ok()).unwrap_or(Value::Null);
+                Observation::new(
+                    channel.as_str(),
+                    "member_added",
+                    json!({"user_id": member.user_id, "user_info": info}),
+                )
+            });
+        }
         if channel.is_cache() {
             self.replay_cache(app, &mut shard.cache, channel, connection);
         }
@@ -579,6 +614,9 @@ impl AppHub {
         entry.filters.remove(&socket_id);
         shrink_if_sparse(&mut entry.subscribers);
         self.metrics.subscriptions.decrement(1);
+        self.observer.emit(|| {
+            Observation::new(channel.as_str(), "unsubscribed", json!({"socket_id": socket_id.to_string()}))
+        });
         let mut left = Left { removed: false, last_local: false };
         if let (Some(user_id), Some(presence)) = (user_id, entry.presence.as_mut()) {
             left = presence.leave(user_id);
@@ -590,6 +628,9 @@ impl AppHub {
                 self.webhook(app, WebhookKind::MemberRemoved, || WebhookEvent::MemberRemoved {
                     channel: channel.to_string(),
                     user_id: user_id.to_owned(),
+                });
+                self.observer.emit(|| {
+                    Observation::new(channel.as_str(), "member_removed", json!({"user_id": user_id}))
                 });
             }
         }
@@ -618,6 +659,7 @@ impl AppHub {
     /// many queues received it. The frame's bytes are shared, never copied.
     pub fn publish(&self, app: &App, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         self.metrics.events_published.increment(1);
+        self.published_total.fetch_add(1, Ordering::Relaxed);
         self.announce(Update::Publish { channel, frame, except });
         self.deliver(app, channel, frame, except)
     }
@@ -625,6 +667,7 @@ impl AppHub {
     /// Fans a frame out to this node's subscribers only (an event another node published).
     /// Channels with a history rule record the event and deliver it stamped with its position.
     pub fn deliver(&self, app: &App, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        self.observer.emit(|| event_observation(channel, frame, except.map(|id| id.to_string())));
         if let Some(rule) = app.history_rule(channel) {
             return self.deliver_recorded(rule, channel, frame, except);
         }
@@ -645,6 +688,7 @@ impl AppHub {
             }
         }
         self.metrics.frames_delivered.increment(delivered as u64);
+        self.delivered_total.fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
     }
 
@@ -681,6 +725,7 @@ impl AppHub {
             }
         }
         self.metrics.frames_delivered.increment(delivered as u64);
+        self.delivered_total.fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
     }
 
@@ -769,6 +814,7 @@ impl AppHub {
             delivered += 1;
         }
         self.metrics.frames_delivered.increment(delivered as u64);
+        self.delivered_total.fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
     }
 
@@ -784,6 +830,11 @@ impl AppHub {
                 entry.filters.remove(&socket_id);
             }
         }
+    }
+
+    /// Events published on this node and frames queued to its subscribers, since start.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.published_total.load(Ordering::Relaxed), self.delivered_total.load(Ordering::Relaxed))
     }
 
     /// Keeps `frame` (an event with `data`) as the cache channel's last event for `ttl`.

@@ -7,6 +7,7 @@
 //! - [`outbound`]: each connection's bounded queue of encoded frames and the slow-consumer policy.
 //! - [`session`]: one connection's state machine: client frames in, replies and hub calls out.
 //! - [`users`]: signed-in users and their watchers.
+//! - [`observe`]: the debug console's seam, free while nobody watches.
 //! - [`webhook`]: the events the hub reports for webhooks, and the [`webhook::WebhookSink`] seam.
 //!
 //! A transport (the WebSocket endpoint in `plexus-server`) owns the socket: it feeds decoded text
@@ -17,6 +18,7 @@ pub mod access;
 pub mod app;
 pub mod cluster;
 pub mod hub;
+pub mod observe;
 pub mod outbound;
 pub mod presence;
 pub mod session;

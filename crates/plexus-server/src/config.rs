@@ -25,6 +25,9 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[admin]`: the dashboard and admin API listener (see [`crate::admin`]).
+    #[serde(default)]
+    pub admin: crate::admin::AdminConfig,
     #[serde(default)]
     pub webhooks: WebhooksConfig,
     #[serde(default)]
@@ -165,6 +168,10 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// Seconds between heartbeat comments on an idle SSE stream.
     pub sse_heartbeat_secs: u64,
+    /// `[server.tls]`: serve wss:// and https:// on this port (see [`crate::tls`]).
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// `[server.rate_limits]`: HTTP API and connection floods (see [`crate::rate_limit`]).
+    pub rate_limits: crate::rate_limit::RateLimitConfig,
 }
 
 impl Default for ServerConfig {
@@ -183,6 +190,8 @@ impl Default for ServerConfig {
             debug_signature_errors: false,
             listen_backlog: 4096,
             sse_heartbeat_secs: 15,
+            tls: None,
+            rate_limits: Default::default(),
         }
     }
 }

@@ -5,13 +5,18 @@
 //! [`serve`] runs a server on a bound listener until a shutdown future resolves; `main.rs` adds
 //! the CLI and signals, tests call it directly on `127.0.0.1:0`.
 
+pub mod admin;
 pub mod api_keys;
 pub mod bridge;
 pub mod cluster;
 pub mod config;
 pub mod http_api;
+pub mod introspect;
+pub mod logstream;
 pub mod metrics;
+pub mod rate_limit;
 pub mod sse;
+pub mod tls;
 pub mod webhooks;
 pub mod ws;
 
@@ -45,6 +50,8 @@ pub struct ServerState {
     pub cluster: Option<Arc<ClusterNode>>,
     /// Connections per API key, for their limits.
     pub key_leases: Arc<api_keys::KeyLeases>,
+    /// `[server.rate_limits]`.
+    pub rate_limits: rate_limit::RateLimits,
     shutting_down: AtomicBool,
 }
 
@@ -95,10 +102,15 @@ impl ServerState {
             Some(node) => Hubs::clustered(node.webhooks(), node.clone()),
             None => Hubs::new(webhook_sink(webhooks.as_ref())),
         };
+        let hubs = Arc::new(hubs);
+        if let Some(webhooks) = &webhooks {
+            webhooks.observe(&hubs);
+        }
         Arc::new(ServerState {
+            rate_limits: rate_limit::RateLimits::new(&config.rate_limits),
             config,
             apps,
-            hubs: Arc::new(hubs),
+            hubs,
             webhooks,
             cluster,
             key_leases: Arc::default(),
@@ -140,21 +152,29 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/health", get(http_api::up))
         .route("/ready", get(http_api::ready))
         .fallback(http_api::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_api))
         .layer(axum::middleware::from_fn(metrics::record_http))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
 /// Serves one HTTP/1.1 connection (API requests, or the handshake of a WebSocket). hyper's http1
-/// connection is used directly, not an auto-detecting one, so an upgraded socket is still the
-/// plain `TcpStream` and the WebSocket transport can split it into lock-free owned halves.
-fn serve_http(tcp: tokio::net::TcpStream, app: Router, mut stop: watch::Receiver<bool>) {
-    // Events are small and latency matters more than packet count.
-    let _ = tcp.set_nodelay(true);
+/// connection is used directly, not an auto-detecting one, so an upgraded plain socket is still
+/// the `TcpStream` and the WebSocket transport can split it into lock-free owned halves.
+/// The peer's address rides in each request's extensions (`ConnectInfo`) for per-IP limits.
+fn serve_http<IO>(io: IO, peer: SocketAddr, app: Router, mut stop: watch::Receiver<bool>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
-        let service = hyper_util::service::TowerToHyperService::new(app);
+        let service =
+            hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                let mut app = app.clone();
+                async move { tower_service::Service::call(&mut app, request).await }
+            });
         let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
             .with_upgrades();
         tokio::pin!(connection);
         tokio::select! {
@@ -168,6 +188,31 @@ fn serve_http(tcp: tokio::net::TcpStream, app: Router, mut stop: watch::Receiver
         }
         let _ = connection.await;
     });
+}
+
+/// Serves one accepted TCP connection, in TLS when the listener has it.
+fn serve_accepted(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<&Arc<tls::Tls>>,
+    app: Router,
+    stop: watch::Receiver<bool>,
+) {
+    // Events are small and latency matters more than packet count.
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => serve_http(tcp, peer, app, stop),
+        Some(tls) => {
+            let tls = tls.clone();
+            // The handshake runs in its own task so a slow client never holds up the accept loop.
+            tokio::spawn(async move {
+                match tls.accept(tcp).await {
+                    Ok(stream) => serve_http(stream, peer, app, stop),
+                    Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                }
+            });
+        }
+    }
 }
 
 /// Binds `host:port` with a listen backlog sized for connect storms.
@@ -205,6 +250,16 @@ pub async fn serve(
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls(listener, state, None, shutdown).await
+}
+
+/// [`serve`], speaking TLS on every connection when `tls` is given (`[server.tls]`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    tls: Option<Arc<tls::Tls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = router(state.clone());
     let upkeep = tokio::spawn(upkeep(state.clone()));
     // Every HTTP connection task holds a receiver: it learns of the shutdown through it, and
@@ -215,7 +270,7 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => serve_http(tcp, app.clone(), stop_rx.clone()),
+                Ok((tcp, peer)) => serve_accepted(tcp, peer, tls.as_ref(), app.clone(), stop_rx.clone()),
                 Err(error) => {
                     // Out of file descriptors and the like: back off rather than spin.
                     tracing::warn!(%error, "accept failed");

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use plexus_core::{App, AppStore, MemoryAppStore};
 use plexus_protocol::CloseCode;
 use plexus_server::config::{AppStoreDriver, Config, DEV_APP};
+use plexus_server::logstream::LogStream;
 use plexus_server::{webhook_sink, ServerState};
 
 /// plexus — a self-hosted realtime server speaking the Pusher Channels protocol v7 and HTTP API.
@@ -31,6 +32,25 @@ enum Command {
     Serve(ServeArgs),
     /// Create or upgrade the PostgreSQL app store's schema ([app_store] in the config file).
     Migrate(MigrateArgs),
+    /// Show what a server is wired with: apps, their channels, typed channels. Reads the config
+    /// file, or asks a running server's admin listener with --url.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+struct InfoArgs {
+    /// TOML configuration file (ignored with --url).
+    #[arg(long, short, env = "PLEXUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// A running server's admin listener, e.g. http://127.0.0.1:9602 (adds live channels).
+    #[arg(long)]
+    url: Option<String>,
+    /// The admin token (for --url).
+    #[arg(long, env = "PLEXUS_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -66,20 +86,32 @@ struct ServeArgs {
     /// App secret of the first app (or of the development app).
     #[arg(long, env = "PLEXUS_APP_SECRET", hide_env_values = true)]
     app_secret: Option<String>,
+    /// Enable the admin listener ([admin]) and print the dashboard's URL with its token.
+    #[arg(long)]
+    dashboard: bool,
+    /// Port of the admin listener (overrides [admin] port; 0 picks a free one).
+    #[arg(long, env = "PLEXUS_ADMIN_PORT")]
+    admin_port: Option<u16>,
 }
 
 fn main() -> std::process::ExitCode {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
+    // Log lines go to stderr and, while someone watches the admin listener, to its log stream.
+    let logs = LogStream::new();
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(logs.layer())
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, logs),
         Command::Migrate(args) => migrate(args),
+        Command::Info(args) => info(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -147,11 +179,66 @@ fn on_app_changes(state: &Arc<ServerState>, changes: Vec<plexus_pg::AppChange>) 
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let info = match &args.url {
+        Some(url) => {
+            let token = args
+                .token
+                .as_deref()
+                .context("--url needs the admin token (--token or PLEXUS_ADMIN_TOKEN)")?;
+            runtime()?.block_on(fetch_info(url, token))?
+        }
+        None => {
+            let mut config = match &args.config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            if config.apps.is_empty() {
+                let (id, key, secret) = DEV_APP;
+                config.apps.push(App::new(id, key, secret));
+            }
+            plexus_server::introspect::describe_apps(&config.apps, &[])
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print!("{}", plexus_server::introspect::render(&info));
+    }
+    Ok(())
+}
+
+/// `GET {url}/api/info` with the admin token, over plain HTTP (the admin listener is local).
+async fn fetch_info(url: &str, token: &str) -> anyhow::Result<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let uri: hyper::Uri =
+        format!("{}/api/info", url.trim_end_matches('/')).parse().context("invalid --url")?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = hyper::Request::get(uri)
+        .header("Authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .context("no answer from the admin listener within 10 s")?
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status.is_success(), "{url} answered {status}: {}", String::from_utf8_lossy(&body));
+    Ok(serde_json::from_slice(&body)?)
+}
+
+fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if args.dashboard {
+        config.admin.enabled = true;
+    }
+    if let Some(port) = args.admin_port {
+        config.admin.port = port;
+    }
     if let Some(port) = args.metrics_port {
         config.metrics.port = port;
     }
@@ -188,6 +275,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     runtime()?.block_on(async move {
         let (apps, database) = open_app_store(&config).await?;
+        // Before binding, so a bad certificate stops the start with the file named.
+        let tls = match &config.server.tls {
+            Some(files) => {
+                let tls = plexus_server::tls::Tls::load(files)?;
+                reload_tls_on_sighup(tls.clone()).context("installing the SIGHUP handler")?;
+                Some(tls)
+            }
+            None => None,
+        };
         let listener = plexus_server::bind(&config.server)
             .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
         let addr = listener.local_addr()?;
@@ -225,11 +321,46 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         plexus_server::bridge::start(&config.bridges, &state).await?;
         // A stable line on stdout, printed last, that scripts and tests wait for.
+        if config.admin.enabled {
+            let token = match config.admin.token.as_str() {
+                "" => plexus_server::admin::random_token(),
+                token => token.to_owned(),
+            };
+            let admin = Arc::new(plexus_server::admin::Admin {
+                server: state.clone(),
+                logs,
+                token: token.clone(),
+                typed: Vec::new(),
+            });
+            let admin_addr = plexus_server::admin::start(&config.admin, admin).await.with_context(|| {
+                format!("cannot serve the admin listener on {}:{}", config.admin.host, config.admin.port)
+            })?;
+            println!("plexus dashboard on http://{admin_addr}/?token={token}");
+        }
+        if tls.is_some() {
+            tracing::info!("TLS on: wss:// and https:// (SIGHUP reloads the certificate)");
+        }
         println!("plexus listening on {addr}");
-        plexus_server::serve(listener, state, shutdown).await?;
+        plexus_server::serve_tls(listener, state, tls, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// On SIGHUP, reads the certificate files again: new handshakes get the new certificate,
+/// established connections keep theirs. A bad file is logged and the old certificate stays.
+fn reload_tls_on_sighup(tls: Arc<plexus_server::tls::Tls>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(error) => tracing::error!(%error, "TLS reload failed; keeping the current certificate"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Installs the SIGTERM and SIGINT handlers now, so a signal that arrives as soon as we report

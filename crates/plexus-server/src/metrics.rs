@@ -64,6 +64,10 @@ fn describe() {
         "plexus_connections_refused_total",
         "Connections refused at the handshake, by close code"
     );
+    describe_counter!(
+        "plexus_rate_limited_total",
+        "Requests and connections refused by [server.rate_limits], by limit"
+    );
     describe_histogram!(
         "plexus_http_request_duration_seconds",
         Unit::Seconds,

@@ -107,11 +107,16 @@ export function clusterContract(bus) {
         recs.push(record(c.channel(ch)));
       }
       for (const [n, sdk] of sdks.entries()) await sdk.trigger(ch, 'from-node', { n });
-      await sdks[0].trigger(ch, 'marker', {});
+      // Order is promised per publisher, not across nodes: wait for all three, then for a marker
+      // from every node (each arrives after that node's event), and count.
+      for (const rec of recs) {
+        await waitUntil(() => rec.count('from-node') >= 3, 'three events, one from each node');
+      }
+      for (const [n, sdk] of sdks.entries()) await sdk.trigger(ch, 'marker', { n });
       for (const [i, rec] of recs.entries()) {
-        await rec.waitFor('marker');
-        const got = rec.events.filter((e) => e.name === 'from-node').map((e) => e.data.n);
-        assert.deepEqual(got, [0, 1, 2], `client on node ${i}: each node's event once, in publish order`);
+        await waitUntil(() => rec.count('marker') === 3, `node ${i}: the three markers`);
+        const got = rec.events.filter((e) => e.name === 'from-node').map((e) => e.data.n).sort();
+        assert.deepEqual(got, [0, 1, 2], `client on node ${i}: each node's event exactly once`);
       }
     });
 
@@ -251,8 +256,8 @@ export function clusterContract(bus) {
           const info = await apiGet(sdk, `/channels/${ch}`, { info: 'user_count' });
           return info.occupied && info.user_count === 3;
         }, 'every node to report 3 users');
-        const pubInfo = await apiGet(sdk, `/channels/${pub}`, { info: 'subscription_count' });
-        assert.equal(pubInfo.subscription_count, 3);
+        await waitUntil(async () => (await apiGet(sdk, `/channels/${pub}`, { info: 'subscription_count' })).subscription_count === 3,
+          'every node to count 3 subscribers of the public channel');
         const list = await apiGet(sdk, '/channels', { filter_by_prefix: 'public-api-', info: 'subscription_count' });
         assert.equal(list.channels[pub]?.subscription_count, 3, JSON.stringify(list));
       }

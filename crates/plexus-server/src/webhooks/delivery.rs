@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +16,8 @@ use hyper::Request;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use plexus_core::AppStore;
+use plexus_core::observe::Observation;
+use plexus_core::{AppStore, Hubs};
 use plexus_protocol::signature;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -51,6 +52,9 @@ pub struct Deliveries {
     outstanding: Arc<AtomicUsize>,
     idle: Arc<Notify>,
     stopping: Arc<AtomicBool>,
+    /// The hubs whose debug console sees each attempt's outcome (set once the server is
+    /// assembled; weak, as the hubs reach this service through their webhook sink).
+    pub(super) observed: Arc<OnceLock<Weak<Hubs>>>,
 }
 
 impl std::fmt::Debug for Deliveries {
@@ -71,6 +75,7 @@ impl Deliveries {
             outstanding: Arc::default(),
             idle: Arc::default(),
             stopping: Arc::default(),
+            observed: Arc::default(),
         }
     }
 
@@ -100,6 +105,7 @@ impl Deliveries {
             store: self.store.clone(),
             client: self.client.clone(),
             stopping: self.stopping.clone(),
+            observed: self.observed.clone(),
         };
         let (outstanding, idle, depth) = (self.outstanding.clone(), self.idle.clone(), queued.clone());
         tokio::spawn(async move {
@@ -152,6 +158,7 @@ struct Worker {
     store: Arc<JobStore>,
     client: HttpClient,
     stopping: Arc<AtomicBool>,
+    observed: Arc<OnceLock<Weak<Hubs>>>,
 }
 
 impl Worker {
@@ -164,6 +171,7 @@ impl Worker {
                 return;
             }
             let outcome = self.attempt(&job).await;
+            self.observe(&job, attempt, &outcome);
             let give_up = match &outcome {
                 Attempt::Delivered => {
                     metrics::counter!("plexus_webhook_requests_total", "outcome" => "delivered").increment(1);
@@ -198,6 +206,32 @@ impl Worker {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(max_backoff);
             attempt += 1;
+        }
+    }
+
+    /// Shows the attempt in the debug console of the job's app, once per event in the batch (the
+    /// console filters by channel), when someone watches.
+    fn observe(&self, job: &Job, attempt: u32, outcome: &Attempt) {
+        let Some(hubs) = self.observed.get().and_then(Weak::upgrade) else { return };
+        let hub = hubs.hub(&job.app_id);
+        if !hub.observer().is_watched() {
+            return;
+        }
+        let outcome = match outcome {
+            Attempt::Delivered => "delivered".to_owned(),
+            Attempt::Failed(reason) => format!("failed: {reason}"),
+            Attempt::Orphaned => "dropped: app removed".to_owned(),
+        };
+        let body: serde_json::Value = serde_json::from_str(&job.body).unwrap_or_default();
+        for event in body["events"].as_array().into_iter().flatten() {
+            let channel = event["channel"].as_str().unwrap_or("");
+            hub.observer().emit(|| {
+                Observation::new(
+                    channel,
+                    "webhook",
+                    serde_json::json!({"url": job.url, "attempt": attempt, "outcome": outcome, "event": event}),
+                )
+            });
         }
     }
 

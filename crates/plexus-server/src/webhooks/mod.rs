@@ -154,6 +154,11 @@ impl WebhookService {
         Ok(WebhookService { dispatcher, flush_tx: tx, deliveries })
     }
 
+    /// Shows delivery attempts in the debug console of `hubs` (see `crate::admin`).
+    pub fn observe(&self, hubs: &Arc<plexus_core::Hubs>) {
+        let _ = self.deliveries.observed.set(Arc::downgrade(hubs));
+    }
+
     /// On shutdown: turns held events into (durable) jobs and tries to deliver what is queued
     /// until `deadline`; whatever is left is delivered after the next start.
     pub async fn shutdown(&self, deadline: Instant) {

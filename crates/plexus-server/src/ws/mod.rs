@@ -89,10 +89,12 @@ pub async fn upgrade(
         None => None,
     };
 
+    // Counted before the upgrade, refused after it (in-band, like every refusal).
+    let throttled = !state.rate_limits.allow_connection(crate::rate_limit::peer_ip(&request));
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run_socket(state, upgraded, key, query, lease).await,
+            Ok(upgraded) => run_socket(state, upgraded, key, query, lease, throttled).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }
     });
@@ -112,16 +114,17 @@ async fn run_socket(
     key: String,
     query: Option<String>,
     lease: Option<KeyLease>,
+    throttled: bool,
 ) {
     #[cfg(feature = "tungstenite")]
     {
         let (reader, writer) = tungstenite::split(upgraded, state.config.max_frame_bytes).await;
-        run_connection(state, reader, writer, &key, query.as_deref(), lease).await;
+        run_connection(state, reader, writer, &key, query.as_deref(), lease, throttled).await;
     }
     #[cfg(not(feature = "tungstenite"))]
     {
         let (reader, writer) = shared_frames::split(upgraded, state.config.max_frame_bytes);
-        run_connection(state, reader, writer, &key, query.as_deref(), lease).await;
+        run_connection(state, reader, writer, &key, query.as_deref(), lease, throttled).await;
     }
 }
 
@@ -241,9 +244,15 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
     key: &str,
     query: Option<&str>,
     lease: Option<KeyLease>,
+    throttled: bool,
 ) {
     let config = &state.config;
-    let app = match refusal(&state, key, query) {
+    let checked = if throttled {
+        Err((CloseCode::OverCapacity, "Too many new connections from your address; retry later".into()))
+    } else {
+        refusal(&state, key, query)
+    };
+    let app = match checked {
         Ok(app) => app,
         Err((code, message)) => {
             tracing::debug!(code = code.code(), %message, "connection refused");
