@@ -1,6 +1,7 @@
 //! Realtime behaviour of plexus, independent of any transport or HTTP framework.
 //!
 //! - [`app`]: an app's credentials, feature flags and limits, and the [`app::AppStore`] that finds them.
+//! - [`extension`]: the seam through which `plexus:*` frames reach a protocol extension (typed channels).
 //! - [`hub`]: the per-app channel registry: subscribe, unsubscribe, fan-out, occupancy queries.
 //! - [`presence`]: who is in a presence channel, counted per user, not per socket.
 //! - [`outbound`]: each connection's bounded queue of encoded frames and the slow-consumer policy.
@@ -14,6 +15,7 @@
 
 pub mod app;
 pub mod cluster;
+pub mod extension;
 pub mod hub;
 pub mod outbound;
 pub mod presence;
@@ -22,6 +24,7 @@ pub mod users;
 pub mod webhook;
 
 pub use app::{App, AppStore, MemoryAppStore};
+pub use extension::{ExtensionConnect, ExtensionHandler, ExtensionSession};
 pub use hub::{AppHub, Connection, Hubs};
 pub use outbound::Outbound;
 pub use session::Session;

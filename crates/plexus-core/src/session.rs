@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use tokio::time::{Duration, Instant};
 
 use crate::app::{App, WebhookKind};
+use crate::extension::ExtensionSession;
 use crate::hub::{AppHub, ConnectError, Connection, JoinError, Member};
 use crate::webhook::{wanted, WebhookEvent};
 
@@ -133,6 +134,8 @@ pub struct Session {
     signed_in: Option<SignedIn>,
     /// Signed in, or holds a private or presence subscription (the "authorized connection" rule).
     authorized: bool,
+    /// Where `plexus:*` frames go, when the server runs an extension.
+    extension: Option<Box<dyn ExtensionSession>>,
 }
 
 impl Session {
@@ -156,7 +159,13 @@ impl Session {
             client_events: RateWindow { started: now, count: 0 },
             signed_in: None,
             authorized: false,
+            extension: None,
         })
+    }
+
+    /// Hands this connection's `plexus:*` frames to `extension` from now on.
+    pub fn set_extension(&mut self, extension: Box<dyn ExtensionSession>) {
+        self.extension = Some(extension);
     }
 
     /// Whether the connection has signed in or joined a private or presence channel; apps with
@@ -193,6 +202,13 @@ impl Session {
                 self.connection.outbound.push(codec::pong());
             }
             ClientFrame::Pong | ClientFrame::Unknown { .. } => {}
+            ClientFrame::Extension { event, data } => match &mut self.extension {
+                Some(extension) => extension.on_event(&event, data.as_ref().map(RawJson::get)),
+                None => {
+                    let message = format!("{event}: this server runs no plexus extension (typed channels)");
+                    self.connection.outbound.push(codec::error(None, &message, None));
+                }
+            },
             ClientFrame::Subscribe(request) => {
                 let channel = request.channel.clone();
                 if let Err(error) = self.subscribe(request) {
@@ -445,6 +461,8 @@ fn webhook_data(raw: Option<&str>) -> String {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // The extension leaves its channels while the connection is still registered.
+        drop(self.extension.take());
         if let Some(user) = self.signed_in.take() {
             self.hub.sign_out(self.connection.socket_id, &user.user_id, &user.watchlist);
         }

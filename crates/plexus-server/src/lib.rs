@@ -3,7 +3,9 @@
 //! in `plexus-protocol`.
 //!
 //! [`serve`] runs a server on a bound listener until a shutdown future resolves; `main.rs` adds
-//! the CLI and signals, tests call it directly on `127.0.0.1:0`.
+//! the CLI and signals, tests call it directly on `127.0.0.1:0`. An application embedding plexus
+//! merges [`router`] into its own routes and runs them with [`serve_router`]; a protocol extension
+//! (typed channels) is installed with [`ServerState::set_extension`].
 
 pub mod cluster;
 pub mod config;
@@ -15,14 +17,14 @@ pub mod ws;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
 use plexus_core::cluster::ClusterNode;
 use plexus_core::webhook::{WebhookEvent, WebhookSink};
-use plexus_core::{AppStore, Hubs};
+use plexus_core::{AppStore, ExtensionHandler, Hubs};
 use plexus_protocol::CloseCode;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -40,6 +42,8 @@ pub struct ServerState {
     pub webhooks: Option<WebhookService>,
     /// This node of a cluster (`[adapter]` other than local).
     pub cluster: Option<Arc<ClusterNode>>,
+    /// The protocol extension that gets `plexus:*` frames (typed channels), set once.
+    extension: OnceLock<Arc<dyn ExtensionHandler>>,
     shutting_down: AtomicBool,
 }
 
@@ -96,8 +100,20 @@ impl ServerState {
             hubs: Arc::new(hubs),
             webhooks,
             cluster,
+            extension: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// Installs the handler of `plexus:*` frames for connections opened from now on (typed
+    /// channels: `plexus_channels::Channels::install`). There is one per server: a second call
+    /// returns the handler back as the error.
+    pub fn set_extension(&self, handler: Arc<dyn ExtensionHandler>) -> Result<(), Arc<dyn ExtensionHandler>> {
+        self.extension.set(handler)
+    }
+
+    pub fn extension(&self) -> Option<&Arc<dyn ExtensionHandler>> {
+        self.extension.get()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -199,6 +215,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
+    serve_router(listener, state, app, shutdown).await
+}
+
+/// [`serve`] with the caller's router: plexus embedded in an application's own axum service,
+/// e.g. `router(state.clone()).merge(my_routes)`. `app` must contain [`router`] of `state`.
+pub async fn serve_router(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let upkeep = tokio::spawn(upkeep(state.clone()));
     // Every HTTP connection task holds a receiver: it learns of the shutdown through it, and
     // `closed()` on the sender tells us when the last one has finished.
