@@ -28,7 +28,7 @@ use crate::middleware::{apply_outgoing, EventInfo, Outgoing};
 /// types: topics, outgoing middleware, live channels.
 #[derive(Default)]
 pub(crate) struct Shared {
-    /// Topic → the channels that declared it.
+    /// Declared topic (a name, or a `prefix*` family) → the channels that declared it.
     pub(crate) topics: BTreeMap<String, Vec<String>>,
     /// Channel name → its outgoing middleware, global ones first.
     pub(crate) outgoing: HashMap<String, Arc<[Outgoing]>>,
@@ -68,8 +68,19 @@ impl Shared {
         self.outgoing.get(channel).cloned().unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
+    /// The channels whose declared topics match `topic`: by name, or by a `prefix*` family.
+    fn channels_for<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.topics
+            .iter()
+            .filter(move |(declared, _)| match declared.strip_suffix('*') {
+                Some(prefix) => topic.starts_with(prefix),
+                None => *declared == topic,
+            })
+            .flat_map(|(_, channels)| channels)
+    }
+
     fn declares(&self, channel: &str, topic: &str) -> bool {
-        self.topics.get(topic).is_some_and(|channels| channels.iter().any(|c| c == channel))
+        self.channels_for(topic).any(|c| c == channel)
     }
 
     /// The plexus channel carrying `topic` for typed channel `channel`.
@@ -140,12 +151,16 @@ impl EventHub {
     }
 
     fn publish_value(&self, topic: &str, value: Value, middleware: bool) -> Result<usize, ActionError> {
-        let Some(channels) = self.shared.topics.get(topic) else {
+        let mut channels: Vec<&String> = self.shared.channels_for(topic).collect();
+        // A channel may match through a name and a family: it still gets the event once.
+        channels.sort();
+        channels.dedup();
+        if channels.is_empty() {
             return Err(ActionError::new(
                 codes::UNKNOWN_TOPIC,
                 format!("no channel declares topic {topic:?}"),
             ));
-        };
+        }
         let mut delivered = 0;
         for channel in channels {
             let data = if middleware {

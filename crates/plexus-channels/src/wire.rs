@@ -411,7 +411,7 @@ where
     }
 
     /// Declares a topic whose events (of type `T`) this channel's connections can subscribe to
-    /// through the event hub.
+    /// through the event hub. A name ending in `*` declares a family: `room:*` covers `room:lobby`.
     pub fn topic<T: Serialize + 'static>(mut self, topic: impl Into<String>) -> Self {
         self.wiring.topics.insert(topic.into(), std::any::type_name::<T>());
         self
