@@ -59,12 +59,12 @@ impl<S, U> std::fmt::Debug for Channels<S, U> {
 impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Channels<S, U> {
     /// No channels yet; handlers will get `services` through their context.
     pub fn new(services: S) -> Self {
-        Channels {
-            services: Arc::new(services),
-            wirings: HashMap::new(),
-            middleware: Vec::new(),
-            outgoing: Vec::new(),
-        }
+        Self::with_services(Arc::new(services))
+    }
+
+    /// [`new`](Self::new) with services the application also uses elsewhere (its HTTP routes).
+    pub fn with_services(services: Arc<S>) -> Self {
+        Channels { services, wirings: HashMap::new(), middleware: Vec::new(), outgoing: Vec::new() }
     }
 
     /// Adds a channel. Panics on a duplicate or malformed name: a wiring mistake, found at start.
