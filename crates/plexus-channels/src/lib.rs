@@ -9,6 +9,7 @@
 //! - [`hub`]: [`EventHub`], topics delivered through plexus channels (cluster-wide).
 //! - [`runtime`]: [`Channels`], the set of wirings installed into a server, and the per-connection
 //!   worker. [`envelope`]: the `plexus:*` frames (`docs/typed-channels.md` describes the protocol).
+//! - `typescript` (cargo feature `typescript`): the generated TypeScript client's types.
 //!
 //! Start at [`Channels`]; `examples/chat` is a complete application.
 //!
@@ -45,6 +46,8 @@ pub mod error;
 pub mod hub;
 pub mod middleware;
 pub mod runtime;
+#[cfg(feature = "typescript")]
+pub mod typescript;
 pub mod wire;
 
 pub use context::{ChannelState, Ctx};

@@ -98,6 +98,14 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Channels<S, U> {
         self
     }
 
+    /// The wirings in name order (stable output for generated code).
+    #[cfg(feature = "typescript")]
+    pub(crate) fn wirings_sorted(&self) -> Vec<&Wiring<S, U>> {
+        let mut wirings: Vec<_> = self.wirings.values().map(|w| &**w).collect();
+        wirings.sort_by(|a, b| a.name.cmp(&b.name));
+        wirings
+    }
+
     /// What is wired, for introspection and client generation.
     pub fn describe(&self) -> Vec<crate::ChannelDescription> {
         let mut out: Vec<_> = self.wirings.values().map(|w| crate::ChannelDescription::of(w)).collect();

@@ -253,6 +253,8 @@ pub(crate) struct Wiring<S, U> {
     pub(crate) topics: BTreeMap<String, &'static str>,
     pub(crate) parse_opening: ParseOpening,
     pub(crate) opening_type: &'static str,
+    #[cfg(feature = "typescript")]
+    pub(crate) ts: crate::typescript::TsChannel,
 }
 
 /// A typed channel: `S` the application's services, `U` its session type, `O` the opening data.
@@ -326,6 +328,8 @@ where
                 topics: BTreeMap::new(),
                 parse_opening: parse_opening::<O>,
                 opening_type: std::any::type_name::<O>(),
+                #[cfg(feature = "typescript")]
+                ts: Default::default(),
             },
             _opening: PhantomData,
         }
@@ -415,6 +419,11 @@ where
     pub fn topic<T: Serialize + 'static>(mut self, topic: impl Into<String>) -> Self {
         self.wiring.topics.insert(topic.into(), std::any::type_name::<T>());
         self
+    }
+
+    #[cfg(feature = "typescript")]
+    pub(crate) fn ts_mut(&mut self) -> &mut crate::typescript::TsChannel {
+        &mut self.wiring.ts
     }
 
     pub(crate) fn into_wiring(self) -> Wiring<S, U> {

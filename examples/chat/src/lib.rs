@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use plexus_channels::{Action, ActionError, Channel, Channels, Ctx};
 use serde::{Deserialize, Serialize};
+use ts_rs::TS;
 
 /// The application's state, given to every handler.
 #[derive(Debug)]
@@ -34,9 +35,10 @@ pub struct ChatUser {
 }
 
 /// What a `chat` channel is opened with.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, TS)]
 pub struct Room {
     #[serde(default = "lobby")]
+    #[ts(as = "Option<String>", optional)]
     pub room: String,
 }
 
@@ -44,30 +46,30 @@ fn lobby() -> String {
     "lobby".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, TS)]
 pub struct Authenticate {
     pub token: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, TS)]
 pub struct Authenticated {
     pub user: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, TS)]
 pub struct Send {
     pub text: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, TS)]
 pub struct ChatMessage {
-    pub id: u64,
+    pub id: u32,
     pub room: String,
     pub user: String,
     pub text: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, TS)]
 pub struct Welcome {
     pub room: String,
     pub messages: usize,
@@ -109,7 +111,7 @@ async fn send(ctx: ChatCtx, input: Send) -> Result<ChatMessage, ActionError> {
         let mut rooms = ctx.services().rooms.lock().expect("rooms lock");
         let messages = rooms.entry(room.clone()).or_default();
         let message =
-            ChatMessage { id: messages.len() as u64 + 1, room: room.clone(), user, text: text.to_owned() };
+            ChatMessage { id: messages.len() as u32 + 1, room: room.clone(), user, text: text.to_owned() };
         messages.push(message.clone());
         message
     };
@@ -126,11 +128,12 @@ async fn history(ctx: ChatCtx, (): ()) -> Result<Vec<ChatMessage>, ActionError> 
 pub fn chat_channel() -> Channel<ChatServices, ChatUser, Room> {
     Channel::new("chat")
         .tags(["chat"])
-        .on_connect(on_connect)
-        .topic::<ChatMessage>("room:*")
-        .action("authenticate", Action::new(authenticate).auth(false))
-        .action("send", Action::new(send))
-        .action("history", Action::new(history).auth(false))
+        .ts_opening()
+        .ts_on_connect(on_connect)
+        .ts_topic::<ChatMessage>("room:*")
+        .ts_action("authenticate", Action::new(authenticate).auth(false))
+        .ts_action("send", Action::new(send))
+        .ts_action("history", Action::new(history).auth(false))
 }
 
 /// Everything this application wires.

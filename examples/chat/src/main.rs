@@ -1,6 +1,9 @@
 //! `cargo run --release -p chat-example [-- PORT]`: the chat application with plexus embedded,
 //! on 127.0.0.1:PORT (default 6002; 0 picks a free port), app key `app-key`. Prints
 //! `chat listening on ADDR` once it accepts connections.
+//!
+//! `cargo run --release -p chat-example -- codegen typescript [RUNTIME]` prints the typed
+//! TypeScript client instead (importing the runtime from RUNTIME, default `@plexus/channels`).
 
 use std::sync::Arc;
 
@@ -17,7 +20,17 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let port = match std::env::args().nth(1) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("codegen") {
+        anyhow::ensure!(
+            args.get(1).map(String::as_str) == Some("typescript"),
+            "usage: codegen typescript [RUNTIME]"
+        );
+        let runtime = args.get(2).map_or("@plexus/channels", String::as_str);
+        print!("{}", channels(ChatServices::demo()).typescript(runtime)?);
+        return Ok(());
+    }
+    let port = match args.first() {
         Some(port) => port.parse()?,
         None => 6002,
     };
