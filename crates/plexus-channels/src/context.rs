@@ -249,6 +249,15 @@ impl<S, U, O> Ctx<S, U, O> {
         &self.raw.instance.name
     }
 
+    /// The id of the app the connection belongs to.
+    pub fn app_id(&self) -> &str {
+        &self.raw.instance.conn.app.id
+    }
+
+    pub(crate) fn app(&self) -> &plexus_core::App {
+        &self.raw.instance.conn.app
+    }
+
     /// The socket id of the connection (as pusher-js knows it).
     pub fn socket_id(&self) -> &str {
         &self.raw.instance.conn.socket_id

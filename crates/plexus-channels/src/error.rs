@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A typed error sent back to the caller of an action.
 ///
@@ -52,6 +52,20 @@ impl ActionError {
     /// Something failed on the server; the message is for logs, not a stack trace.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(codes::INTERNAL, message)
+    }
+}
+
+/// Read from a backend's answer (the HTTP action proxy): `{"code", "message"?}`.
+impl<'de> Deserialize<'de> for ActionError {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        Ok(ActionError::new(wire.code, wire.message))
     }
 }
 

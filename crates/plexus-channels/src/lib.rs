@@ -9,6 +9,7 @@
 //! - [`hub`]: [`EventHub`], topics delivered through plexus channels (cluster-wide).
 //! - [`runtime`]: [`Channels`], the set of wirings installed into a server, and the per-connection
 //!   worker. [`envelope`]: the `plexus:*` frames (`docs/typed-channels.md` describes the protocol).
+//! - [`proxy`]: the HTTP action proxy, typed channels served by a backend in any language.
 //! - `typescript` (cargo feature `typescript`): the generated TypeScript client's types.
 //!
 //! Start at [`Channels`]; `examples/chat` is a complete application.
@@ -34,9 +35,9 @@
 //! }
 //!
 //! # async fn run(state: std::sync::Arc<plexus_server::ServerState>) {
-//! let installed = Channels::new(Services)
-//!     .wire(Channel::new("greeter").action("login", Action::new(login).auth(false)))
-//!     .install(&state);
+//! let channels = Channels::new(Services)
+//!     .wire(Channel::new("greeter").action("login", Action::new(login).auth(false)));
+//! let installed = state.install_channels(channels);
 //! # }
 //! ```
 
@@ -45,6 +46,7 @@ pub mod envelope;
 pub mod error;
 pub mod hub;
 pub mod middleware;
+pub mod proxy;
 pub mod runtime;
 #[cfg(feature = "typescript")]
 pub mod typescript;

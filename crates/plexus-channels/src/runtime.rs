@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use plexus_core::{ExtensionConnect, ExtensionHandler, ExtensionSession, Hubs};
-use plexus_server::ServerState;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -31,15 +30,13 @@ const PUSHER_QUERY: [&str; 4] = ["protocol", "client", "version", "flash"];
 
 /// The wired channels of an application: `S` its services, `U` its session type.
 ///
-/// ```no_run
+/// Built once at start, then installed into a server (`plexus_server::ServerState::install_channels`).
+///
+/// ```
 /// # use plexus_channels::{Channel, Channels};
-/// # async fn run(state: std::sync::Arc<plexus_server::ServerState>) {
 /// struct Services;
-/// let channels = Channels::<Services, ()>::new(Services)
-///     .wire(Channel::<Services, ()>::new("todos"))
-///     .install(&state);
-/// let hub = channels.event_hub("app-id");
-/// # }
+/// let channels = Channels::<Services, ()>::new(Services).wire(Channel::<Services, ()>::new("todos"));
+/// assert_eq!(channels.describe()[0].name, "todos");
 /// ```
 pub struct Channels<S, U> {
     services: Arc<S>,
@@ -113,9 +110,9 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Channels<S, U> {
         out
     }
 
-    /// Makes these channels the server's `plexus:*` extension, for connections opened from now on.
-    /// Panics if the server already has one.
-    pub fn install(self, state: &ServerState) -> Installed {
+    /// These channels as a server's `plexus:*` extension, and the handle on them that outlives
+    /// the wiring. Servers call this for you: `ServerState::install_channels(channels)`.
+    pub fn into_extension(self, hubs: Arc<Hubs>) -> (Arc<dyn ExtensionHandler>, Installed) {
         let described = self.describe();
         let mut shared = Shared::default();
         for wiring in self.wirings.values() {
@@ -138,10 +135,7 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Channels<S, U> {
             middleware: self.middleware,
             shared: shared.clone(),
         });
-        if state.set_extension(runtime).is_err() {
-            panic!("this server already has a plexus extension installed");
-        }
-        Installed { hubs: state.hubs.clone(), shared, described }
+        (runtime, Installed { hubs, shared, described })
     }
 }
 

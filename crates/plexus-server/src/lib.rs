@@ -5,7 +5,7 @@
 //! [`serve`] runs a server on a bound listener until a shutdown future resolves; `main.rs` adds
 //! the CLI and signals, tests call it directly on `127.0.0.1:0`. An application embedding plexus
 //! merges [`router`] into its own routes and runs them with [`serve_router`]; a protocol extension
-//! (typed channels) is installed with [`ServerState::set_extension`].
+//! (typed channels) is installed with [`ServerState::install_channels`].
 
 pub mod cluster;
 pub mod config;
@@ -106,10 +106,27 @@ impl ServerState {
     }
 
     /// Installs the handler of `plexus:*` frames for connections opened from now on (typed
-    /// channels: `plexus_channels::Channels::install`). There is one per server: a second call
+    /// channels: [`ServerState::install_channels`]). There is one per server: a second call
     /// returns the handler back as the error.
     pub fn set_extension(&self, handler: Arc<dyn ExtensionHandler>) -> Result<(), Arc<dyn ExtensionHandler>> {
         self.extension.set(handler)
+    }
+
+    /// Installs typed channels as this server's extension; the returned handle reaches their
+    /// event hub from outside handlers. Panics if the server already has an extension.
+    pub fn install_channels<S, U>(
+        &self,
+        channels: plexus_channels::Channels<S, U>,
+    ) -> plexus_channels::Installed
+    where
+        S: Send + Sync + 'static,
+        U: Send + Sync + 'static,
+    {
+        let (handler, installed) = channels.into_extension(self.hubs.clone());
+        if self.set_extension(handler).is_err() {
+            panic!("this server already has a plexus extension installed");
+        }
+        installed
     }
 
     pub fn extension(&self) -> Option<&Arc<dyn ExtensionHandler>> {

@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let apps = MemoryAppStore::new([App::new("app-id", "app-key", "app-secret")])?;
     let state = ServerState::new(config, Arc::new(apps));
-    channels(ChatServices::demo()).install(&state);
+    state.install_channels(channels(ChatServices::demo()));
     println!("chat listening on {addr}");
     plexus_server::serve(listener, state, stopped()).await?;
     Ok(())

@@ -81,7 +81,7 @@ async fn messages_are_stored_and_pushed_to_the_room() {
     let addr = listener.local_addr().unwrap();
     let apps = MemoryAppStore::new([App::new("app-id", "app-key", "app-secret")]).unwrap();
     let state = ServerState::new(config, Arc::new(apps));
-    channels(ChatServices::demo()).install(&state);
+    state.install_channels(channels(ChatServices::demo()));
     let server = tokio::spawn(plexus_server::serve(listener, state, std::future::pending()));
 
     let mut alice = Client::connect(addr).await;

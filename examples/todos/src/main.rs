@@ -188,14 +188,14 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(channel = %info.channel, action = ?info.action, user, elapsed = ?started.elapsed(), ok = result.is_ok(), "action");
         result
     });
-    let installed = Channels::with_services(todos.clone())
+    let channels = Channels::with_services(todos.clone())
         .middleware(timing)
         .outgoing("todos", |_, mut event| {
             event["sent_at"] = json!(now_ms());
             Some(event)
         })
-        .wire(todos_channel())
-        .install(&state);
+        .wire(todos_channel());
+    let installed = state.install_channels(channels);
 
     let http = Http { todos, channels: installed };
     let routes = Router::new()

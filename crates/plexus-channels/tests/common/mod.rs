@@ -43,7 +43,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let apps = MemoryAppStore::new([App::new(APP_ID, KEY, "secret-1")]).unwrap();
         let state = ServerState::new(config, Arc::new(apps));
-        let installed = channels.install(&state);
+        let installed = state.install_channels(channels);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(plexus_server::serve(listener, state.clone(), async move {
             let _ = rx.await;
