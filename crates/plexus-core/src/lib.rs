@@ -2,6 +2,7 @@
 //!
 //! - [`access`]: API keys of event-stream consumers: scopes and channel grants.
 //! - [`app`]: an app's credentials, feature flags and limits, and the [`app::AppStore`] that finds them.
+//! - [`extension`]: the seam through which `plexus:*` frames reach a protocol extension (typed channels).
 //! - [`hub`]: the per-app channel registry: subscribe, unsubscribe, fan-out, occupancy queries.
 //! - [`presence`]: who is in a presence channel, counted per user, not per socket.
 //! - [`outbound`]: each connection's bounded queue of encoded frames and the slow-consumer policy.
@@ -17,6 +18,7 @@
 pub mod access;
 pub mod app;
 pub mod cluster;
+pub mod extension;
 pub mod hub;
 pub mod observe;
 pub mod outbound;
@@ -26,6 +28,7 @@ pub mod users;
 pub mod webhook;
 
 pub use app::{App, AppStore, MemoryAppStore};
+pub use extension::{ExtensionConnect, ExtensionHandler, ExtensionSession};
 pub use hub::{AppHub, Connection, Hubs};
 pub use outbound::Outbound;
 pub use session::Session;

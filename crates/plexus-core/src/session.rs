@@ -19,6 +19,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::access::ApiKey;
 use crate::app::{App, WebhookKind};
+use crate::extension::ExtensionSession;
 use crate::hub::{AppHub, ConnectError, Connection, JoinError, Member};
 use crate::webhook::{wanted, WebhookEvent};
 
@@ -143,6 +144,8 @@ pub struct Session {
     authorized: bool,
     /// The API key the connection was opened with, which limits what it may subscribe to.
     api_key: Option<ApiKey>,
+    /// Where `plexus:*` frames go, when the server runs an extension.
+    extension: Option<Box<dyn ExtensionSession>>,
 }
 
 impl Session {
@@ -167,12 +170,18 @@ impl Session {
             signed_in: None,
             authorized: false,
             api_key: None,
+            extension: None,
         })
     }
 
     /// Limits the session's subscriptions to what `key` grants.
     pub fn restrict_to(&mut self, key: ApiKey) {
         self.api_key = Some(key);
+    }
+
+    /// Hands this connection's `plexus:*` frames to `extension` from now on.
+    pub fn set_extension(&mut self, extension: Box<dyn ExtensionSession>) {
+        self.extension = Some(extension);
     }
 
     /// Whether the connection has signed in or joined a private or presence channel; apps with
@@ -209,6 +218,13 @@ impl Session {
                 self.connection.outbound.push(codec::pong());
             }
             ClientFrame::Pong | ClientFrame::Unknown { .. } => {}
+            ClientFrame::Extension { event, data } => match &mut self.extension {
+                Some(extension) => extension.on_event(&event, data.as_ref().map(RawJson::get)),
+                None => {
+                    let message = format!("{event}: this server runs no plexus extension (typed channels)");
+                    self.connection.outbound.push(codec::error(None, &message, None));
+                }
+            },
             ClientFrame::Subscribe(request) => {
                 let channel = request.channel.clone();
                 if let Err(error) = self.subscribe(request) {
@@ -480,6 +496,8 @@ fn webhook_data(raw: Option<&str>) -> String {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // The extension leaves its channels while the connection is still registered.
+        drop(self.extension.take());
         if let Some(user) = self.signed_in.take() {
             self.hub.sign_out(self.connection.socket_id, &user.user_id, &user.watchlist);
         }

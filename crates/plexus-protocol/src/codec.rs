@@ -34,6 +34,12 @@ pub enum ClientFrame {
         channel: String,
         data: Option<RawJson>,
     },
+    /// A `plexus:*` event: a plexus extension of the protocol (typed channels), handed as is to
+    /// whichever extension the server runs. pusher-js never sends these.
+    Extension {
+        event: String,
+        data: Option<RawJson>,
+    },
     /// Any other event name: ignored by the server (the digest §1).
     Unknown {
         event: String,
@@ -128,6 +134,9 @@ fn protocol_data<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// Event names with this prefix are plexus protocol extensions ([`ClientFrame::Extension`]).
+pub const EXTENSION_PREFIX: &str = "plexus:";
+
 /// Decodes one text frame from a client.
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
     let envelope: Envelope<'_> =
@@ -153,6 +162,9 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
                 channel: channel.into_owned(),
                 data: envelope.data.map(RawJson),
             }
+        }
+        name if name.starts_with(EXTENSION_PREFIX) => {
+            ClientFrame::Extension { event: event.into_owned(), data: envelope.data.map(RawJson) }
         }
         _ => ClientFrame::Unknown { event: event.into_owned() },
     })
@@ -189,6 +201,13 @@ impl ClientFrame {
             }
             ClientFrame::ClientEvent { event, channel, data } => {
                 let mut v = json!({"event": event, "channel": channel});
+                if let Some(d) = data {
+                    v["data"] = serde_json::from_str(d.get()).unwrap_or(serde_json::Value::Null);
+                }
+                v
+            }
+            ClientFrame::Extension { event, data } => {
+                let mut v = json!({"event": event});
                 if let Some(d) = data {
                     v["data"] = serde_json::from_str(d.get()).unwrap_or(serde_json::Value::Null);
                 }
@@ -522,6 +541,22 @@ mod tests {
         assert_eq!(
             decode_client_frame(r#"{"event":"whatever"}"#),
             Ok(ClientFrame::Unknown { event: "whatever".into() })
+        );
+    }
+
+    #[test]
+    fn plexus_events_are_extensions_with_their_data_verbatim() {
+        let frame = decode_client_frame(r#"{"event":"plexus:action","data":{"ref":"1", "x":[1]}}"#).unwrap();
+        match frame {
+            ClientFrame::Extension { event, data } => {
+                assert_eq!(event, "plexus:action");
+                assert_eq!(data.unwrap().get(), r#"{"ref":"1", "x":[1]}"#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            decode_client_frame(r#"{"event":"plexus:open"}"#),
+            Ok(ClientFrame::Extension { event: "plexus:open".into(), data: None })
         );
     }
 

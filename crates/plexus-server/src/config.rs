@@ -38,6 +38,9 @@ pub struct Config {
     pub bridges: Vec<BridgeConfig>,
     #[serde(default)]
     pub apps: Vec<App>,
+    /// Typed channels served by HTTP backends: `[[action_proxy]]` with `app_id`, `channel`, `url`.
+    #[serde(default)]
+    pub action_proxy: Vec<plexus_channels::proxy::ProxyRoute>,
 }
 
 /// `[adapter]`: how nodes of a cluster reach each other.
@@ -279,6 +282,9 @@ impl Config {
                 return Err(ConfigError::Invalid { field: "bridges", reason });
             }
         }
+        if let Err(error) = plexus_channels::proxy::channels(&self.action_proxy) {
+            return Err(ConfigError::Invalid { field: "action_proxy", reason: error.to_string() });
+        }
         for app in &self.apps {
             for webhook in &app.webhooks {
                 if !webhook.url.starts_with("http://") {
@@ -327,6 +333,20 @@ max_client_events_per_second = 10
 url = "http://127.0.0.1:7001/webhook"
 events = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss", "subscription_count"]
 "#;
+
+    #[test]
+    fn action_proxy_routes_are_checked() {
+        let config: Config = toml::from_str(
+            "[[action_proxy]]\napp_id=\"app-id\"\nchannel=\"todos\"\nurl=\"http://127.0.0.1:9/todos\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.action_proxy[0].channel, "todos");
+        config.validate().unwrap();
+        let bad: Config =
+            toml::from_str("[[action_proxy]]\napp_id=\"a\"\nchannel=\"t\"\nurl=\"https://x/\"\n").unwrap();
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("action_proxy") && e.contains("http://"), "{e}");
+    }
 
     #[test]
     fn the_documented_example_parses() {

@@ -3,7 +3,9 @@
 //! in `plexus-protocol`.
 //!
 //! [`serve`] runs a server on a bound listener until a shutdown future resolves; `main.rs` adds
-//! the CLI and signals, tests call it directly on `127.0.0.1:0`.
+//! the CLI and signals, tests call it directly on `127.0.0.1:0`. An application embedding plexus
+//! merges [`router`] into its own routes and runs them with [`serve_router`]; a protocol extension
+//! (typed channels) is installed with [`ServerState::install_channels`].
 
 pub mod admin;
 pub mod api_keys;
@@ -23,14 +25,14 @@ pub mod ws;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
 use plexus_core::cluster::ClusterNode;
 use plexus_core::webhook::{WebhookEvent, WebhookSink};
-use plexus_core::{AppStore, Hubs};
+use plexus_core::{AppStore, ExtensionHandler, Hubs};
 use plexus_protocol::CloseCode;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -52,6 +54,8 @@ pub struct ServerState {
     pub key_leases: Arc<api_keys::KeyLeases>,
     /// `[server.rate_limits]`.
     pub rate_limits: rate_limit::RateLimits,
+    /// The protocol extension that gets `plexus:*` frames (typed channels), set once.
+    extension: OnceLock<Arc<dyn ExtensionHandler>>,
     shutting_down: AtomicBool,
 }
 
@@ -114,8 +118,37 @@ impl ServerState {
             webhooks,
             cluster,
             key_leases: Arc::default(),
+            extension: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// Installs the handler of `plexus:*` frames for connections opened from now on (typed
+    /// channels: [`ServerState::install_channels`]). There is one per server: a second call
+    /// returns the handler back as the error.
+    pub fn set_extension(&self, handler: Arc<dyn ExtensionHandler>) -> Result<(), Arc<dyn ExtensionHandler>> {
+        self.extension.set(handler)
+    }
+
+    /// Installs typed channels as this server's extension; the returned handle reaches their
+    /// event hub from outside handlers. Panics if the server already has an extension.
+    pub fn install_channels<S, U>(
+        &self,
+        channels: plexus_channels::Channels<S, U>,
+    ) -> plexus_channels::Installed
+    where
+        S: Send + Sync + 'static,
+        U: Send + Sync + 'static,
+    {
+        let (handler, installed) = channels.into_extension(self.hubs.clone());
+        if self.set_extension(handler).is_err() {
+            panic!("this server already has a plexus extension installed");
+        }
+        installed
+    }
+
+    pub fn extension(&self) -> Option<&Arc<dyn ExtensionHandler>> {
+        self.extension.get()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -261,6 +294,27 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
+    serve_with(listener, state, app, tls, shutdown).await
+}
+
+/// [`serve`] with the caller's router: plexus embedded in an application's own axum service,
+/// e.g. `router(state.clone()).merge(my_routes)`. `app` must contain [`router`] of `state`.
+pub async fn serve_router(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, state, app, None, shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    app: Router,
+    tls: Option<Arc<tls::Tls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let upkeep = tokio::spawn(upkeep(state.clone()));
     // Every HTTP connection task holds a receiver: it learns of the shutdown through it, and
     // `closed()` on the sender tells us when the last one has finished.

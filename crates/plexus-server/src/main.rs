@@ -310,6 +310,10 @@ fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
             plexus_server::cluster::connect(&config.adapter, webhook_sink(webhooks.as_ref())).await?;
         let node = cluster.as_ref().map(|c| c.node.clone());
         let state = ServerState::assemble(config.server.clone(), apps, webhooks, node);
+        if !config.action_proxy.is_empty() {
+            let proxied = plexus_channels::proxy::channels(&config.action_proxy).context("action_proxy")?;
+            state.install_channels(proxied);
+        }
         if let Some(cluster) = cluster {
             plexus_server::cluster::start(cluster, &state).await;
         }

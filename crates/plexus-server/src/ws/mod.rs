@@ -31,7 +31,7 @@ use axum::http::{header, HeaderMap, Request, Response, StatusCode};
 use base64::Engine;
 use bytes::Bytes;
 use plexus_core::outbound::Drained;
-use plexus_core::{Connection, Session};
+use plexus_core::{Connection, ExtensionConnect, Session};
 use plexus_protocol::{codec, CloseCode};
 use sha1::{Digest, Sha1};
 use tokio::time::Instant;
@@ -262,8 +262,13 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
         }
     };
     let hub = state.hubs.hub(&app.id);
-    let started =
-        Session::start(app, hub, config.max_queued_bytes, config.activity_timeout_secs, Instant::now());
+    let started = Session::start(
+        app,
+        hub.clone(),
+        config.max_queued_bytes,
+        config.activity_timeout_secs,
+        Instant::now(),
+    );
     let mut session = match started {
         Ok(session) => session,
         Err(error) => {
@@ -273,6 +278,12 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
     };
     // Held (and the key's connection counted) until this function returns.
     let _lease = lease.inspect(|lease| session.restrict_to(lease.key.clone()));
+    if let Some(extension) = state.extension() {
+        let connect =
+            ExtensionConnect { app: session.app(), hub: &hub, connection: session.connection(), query };
+        let extension = extension.connect(connect);
+        session.set_extension(extension);
+    }
     let connection = session.connection().clone();
     let write_timeout = Duration::from_secs(config.write_timeout_secs);
     let mut writer = tokio::spawn(write_loop(connection.clone(), write, write_timeout));
