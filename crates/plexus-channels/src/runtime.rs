@@ -1,7 +1,8 @@
 //! [`Channels`]: the set of wired channels, installed into a plexus server as its protocol
 //! extension, and the worker that serves each connection's typed channels.
 //!
-//! Each connection gets one worker task. The reader hands it decoded requests through a bounded
+//! A connection gets its worker task with its first `plexus:*` frame (Pusher-only connections
+//! hold one small box and nothing else). The reader hands it decoded requests through a bounded
 //! queue (a full queue is answered with `overloaded` at once, so the reader never waits), and the
 //! worker serves them one at a time, in order: an `authenticate` is done before the next request
 //! looks at the session. Each call runs in its own task, so a panicking handler becomes an
@@ -129,12 +130,12 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Channels<S, U> {
             shared.outgoing.insert(wiring.name.clone(), Arc::from(chain));
         }
         let shared = Arc::new(shared);
-        let runtime = Arc::new(Runtime {
+        let runtime = Arc::new(Runtime(Arc::new(Inner {
             services: self.services,
             wirings: self.wirings,
             middleware: self.middleware,
             shared: shared.clone(),
-        });
+        })));
         (runtime, Installed { hubs, shared, described })
     }
 }
@@ -158,36 +159,63 @@ impl Installed {
     }
 }
 
-struct Runtime<S, U> {
+/// What every connection's worker shares.
+struct Inner<S, U> {
     services: Arc<S>,
     wirings: HashMap<String, Arc<Wiring<S, U>>>,
     middleware: Vec<ActionMiddleware<U>>,
     shared: Arc<Shared>,
 }
 
+struct Runtime<S, U>(Arc<Inner<S, U>>);
+
 impl<S, U> std::fmt::Debug for Runtime<S, U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("channels", &self.wirings.keys().collect::<Vec<_>>())
+            .field("channels", &self.0.wirings.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
 impl<S: Send + Sync + 'static, U: Send + Sync + 'static> ExtensionHandler for Runtime<S, U> {
     fn connect(&self, connect: ExtensionConnect<'_>) -> Box<dyn ExtensionSession> {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let conn = Arc::new(ConnCore {
+        // Nothing more until the first plexus:* frame: a Pusher-only connection costs one box.
+        Box::new(ConnSession::Idle(Some(Box::new(Idle {
+            inner: self.0.clone(),
             app: connect.app.clone(),
             hub: connect.hub.clone(),
             connection: connect.connection.clone(),
-            socket_id: connect.connection.socket_id.to_string(),
+            query: connect.query.map(Box::from),
+        }))))
+    }
+}
+
+/// A connection that has not sent a `plexus:*` frame yet.
+struct Idle<S, U> {
+    inner: Arc<Inner<S, U>>,
+    app: Arc<plexus_core::App>,
+    hub: Arc<plexus_core::AppHub>,
+    connection: Arc<plexus_core::Connection>,
+    query: Option<Box<str>>,
+}
+
+impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Idle<S, U> {
+    /// Spawns the connection's worker.
+    fn start(self) -> Started {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let conn = Arc::new(ConnCore {
+            app: self.app,
+            hub: self.hub,
+            socket_id: self.connection.socket_id.to_string(),
+            connection: self.connection,
             topics: Mutex::new(HashMap::new()),
             jobs: tx.downgrade(),
             opened: Default::default(),
-            shared: self.shared.clone(),
+            shared: self.inner.shared.clone(),
         });
-        let query: Map<String, Value> = connect
+        let query: Map<String, Value> = self
             .query
+            .as_deref()
             .into_iter()
             .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
             .filter(|(k, _)| !PUSHER_QUERY.contains(&k.as_ref()))
@@ -195,9 +223,7 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> ExtensionHandler for Ru
             .collect();
         let gone = Arc::new(AtomicBool::new(false));
         let worker = Worker {
-            services: self.services.clone(),
-            wirings: self.wirings.clone(),
-            middleware: self.middleware.clone(),
+            inner: self.inner,
             conn: conn.clone(),
             query,
             session: Arc::new(Mutex::new(None)),
@@ -205,24 +231,47 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> ExtensionHandler for Ru
             gone: gone.clone(),
         };
         tokio::spawn(worker.run(rx));
-        Box::new(ConnSession { jobs: Some(tx), conn, gone })
+        Started { jobs: Some(tx), conn, gone }
     }
 }
 
 /// The reader's side of one connection: decodes and queues.
-struct ConnSession {
+enum ConnSession<S, U> {
+    /// `Option` only so `start` can take it by value.
+    Idle(Option<Box<Idle<S, U>>>),
+    Started(Started),
+}
+
+struct Started {
     jobs: Option<mpsc::Sender<Job>>,
     conn: Arc<ConnCore>,
     gone: Arc<AtomicBool>,
 }
 
-impl std::fmt::Debug for ConnSession {
+impl<S, U> std::fmt::Debug for ConnSession<S, U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnSession").field("socket_id", &self.conn.socket_id).finish_non_exhaustive()
+        match self {
+            ConnSession::Idle(_) => f.write_str("ConnSession::Idle"),
+            ConnSession::Started(started) => f
+                .debug_struct("ConnSession")
+                .field("socket_id", &started.conn.socket_id)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
-impl ExtensionSession for ConnSession {
+impl<S: Send + Sync + 'static, U: Send + Sync + 'static> ExtensionSession for ConnSession<S, U> {
+    fn on_event(&mut self, event: &str, data: Option<&str>) {
+        if let ConnSession::Idle(idle) = self {
+            let idle = idle.take().expect("an idle session holds its parts until it starts");
+            *self = ConnSession::Started(idle.start());
+        }
+        let ConnSession::Started(started) = self else { return };
+        started.on_event(event, data);
+    }
+}
+
+impl Started {
     fn on_event(&mut self, event: &str, data: Option<&str>) {
         let request = match envelope::decode(event, data) {
             Ok(request) => request,
@@ -244,7 +293,7 @@ impl ExtensionSession for ConnSession {
     }
 }
 
-impl Drop for ConnSession {
+impl Drop for Started {
     fn drop(&mut self) {
         // The connection is leaving its hub: topic subscriptions go now, synchronously; the
         // worker skips what is still queued and runs the on_disconnect handlers.
@@ -261,9 +310,7 @@ struct Open<S, U> {
 }
 
 struct Worker<S, U> {
-    services: Arc<S>,
-    wirings: HashMap<String, Arc<Wiring<S, U>>>,
-    middleware: Vec<ActionMiddleware<U>>,
+    inner: Arc<Inner<S, U>>,
     conn: Arc<ConnCore>,
     query: Map<String, Value>,
     session: SessionSlot<U>,
@@ -323,7 +370,7 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Worker<S, U> {
         channel: &str,
         params: Map<String, Value>,
     ) -> Result<(String, Value), ActionError> {
-        let wiring = self.wirings.get(channel).cloned().ok_or_else(|| {
+        let wiring = self.inner.wirings.get(channel).cloned().ok_or_else(|| {
             ActionError::new(codes::UNKNOWN_CHANNEL, format!("no channel {channel:?} is wired"))
         })?;
         if self.open.contains_key(channel) {
@@ -341,7 +388,7 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Worker<S, U> {
         let span = tracing::info_span!("channel", name = %wiring.name, id = %id);
         let ctx = RawCtx {
             instance: instance.clone(),
-            services: self.services.clone(),
+            services: self.inner.services.clone(),
             session: self.session.clone(),
             opening,
             span,
@@ -396,7 +443,7 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Worker<S, U> {
             }
             run(ctx, input).await
         });
-        for middleware in self.middleware.iter().chain(&wiring.middleware).rev() {
+        for middleware in self.inner.middleware.iter().chain(&wiring.middleware).rev() {
             chain = middleware(info.clone(), Next::new(chain));
         }
         run_isolated(chain, &span).await

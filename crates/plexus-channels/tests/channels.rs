@@ -520,3 +520,14 @@ async fn pusher_traffic_on_the_same_socket_is_unaffected() {
     client.recv_event("plexus:event").await;
     plain.expect_nothing_before_pong().await;
 }
+
+#[tokio::test]
+async fn a_server_without_typed_channels_answers_plexus_frames_with_pusher_error() {
+    let server = TestServer::start_plain().await;
+    let mut client = server.connect().await;
+    client.send(json!({"event": "plexus:open", "data": {"ref": "1", "channel": "todos"}})).await;
+    let error = client.recv_event("pusher:error").await;
+    assert!(error["data"]["message"].as_str().unwrap().contains("plexus:open"), "{error}");
+    client.send(json!({"event": "pusher:ping", "data": {}})).await;
+    client.recv_event("pusher:pong").await;
+}

@@ -33,6 +33,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start<S: Send + Sync + 'static, U: Send + Sync + 'static>(channels: Channels<S, U>) -> Self {
+        Self::start_with(Some(channels)).await
+    }
+
+    /// A server with no typed channels installed.
+    pub async fn start_plain() -> Self {
+        Self::start_with(None::<Channels<(), ()>>).await
+    }
+
+    async fn start_with<S: Send + Sync + 'static, U: Send + Sync + 'static>(
+        channels: Option<Channels<S, U>>,
+    ) -> Self {
         let config = ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,
@@ -43,7 +54,10 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let apps = MemoryAppStore::new([App::new(APP_ID, KEY, "secret-1")]).unwrap();
         let state = ServerState::new(config, Arc::new(apps));
-        let installed = state.install_channels(channels);
+        let installed = match channels {
+            Some(channels) => state.install_channels(channels),
+            None => Channels::<(), ()>::new(()).into_extension(state.hubs.clone()).1,
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(plexus_server::serve(listener, state.clone(), async move {
             let _ = rx.await;
