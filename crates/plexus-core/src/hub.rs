@@ -672,9 +672,15 @@ impl AppHub {
             return self.deliver_recorded(rule, channel, frame, except);
         }
         let shard = read(self.shard(channel));
-        let Some(entry) = shard.channels.get(channel) else {
-            return 0;
-        };
+        match shard.channels.get(channel) {
+            Some(entry) => self.fan_out(entry, frame, except),
+            None => 0,
+        }
+    }
+
+    /// Pushes `frame` into every subscriber's queue but `except`'s (through the filters, where a
+    /// subscriber set one); returns how many got it.
+    fn fan_out(&self, entry: &Channel, frame: &Bytes, except: Option<SocketId>) -> usize {
         if !entry.filters.is_empty() {
             return self.deliver_filtered(entry, frame, except);
         }
@@ -709,24 +715,10 @@ impl AppHub {
         let stamped = stamp(frame, &history.position(offset));
         history.events.push_back((offset, now, stamped.clone()));
         history.trim(rule, now);
-        let Some(entry) = shard.channels.get(channel) else {
-            return 0;
-        };
-        if !entry.filters.is_empty() {
-            return self.deliver_filtered(entry, &stamped, except);
+        match shard.channels.get(channel) {
+            Some(entry) => self.fan_out(entry, &stamped, except),
+            None => 0,
         }
-        let mut delivered = 0;
-        for (id, connection) in &entry.subscribers {
-            if Some(*id) != except {
-                if connection.outbound.push(stamped.clone()) == Push::Overflowed {
-                    self.metrics.slow_consumer_closes.increment(1);
-                }
-                delivered += 1;
-            }
-        }
-        self.metrics.frames_delivered.increment(delivered as u64);
-        self.delivered_total.fetch_add(delivered as u64, Ordering::Relaxed);
-        delivered
     }
 
     /// After a subscription with a `position`: queues the events since then, in order, and a
