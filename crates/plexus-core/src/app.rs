@@ -162,6 +162,27 @@ impl App {
             .max_by_key(|rule| rule.prefix.len())
     }
 
+    /// Checks the settings a store cannot express in its types; the error names the field
+    /// (`webhooks.url`, `max_event_payload_kb`) and why. Every app store calls it.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for webhook in &self.webhooks {
+            if !webhook.url.starts_with("http://") {
+                return Err((
+                    "webhooks.url",
+                    format!(
+                        "{:?} must be an http:// URL (https endpoints are not supported yet; put a \
+                         TLS-terminating proxy in front)",
+                        webhook.url
+                    ),
+                ));
+            }
+        }
+        if self.max_event_payload_kb == 0 {
+            return Err(("max_event_payload_kb", "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+
     pub fn max_payload_bytes(&self) -> usize {
         self.max_event_payload_kb as usize * 1024
     }

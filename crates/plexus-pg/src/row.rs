@@ -73,18 +73,7 @@ impl RawApp {
         }
         let webhooks: Vec<WebhookTarget> =
             serde_json::from_str(&self.webhooks).map_err(|e| format!("webhooks: {e}"))?;
-        for webhook in &webhooks {
-            if !webhook.url.starts_with("http://") {
-                return Err(format!(
-                    "webhooks: {:?} must be an http:// URL (https endpoints are not supported yet)",
-                    webhook.url
-                ));
-            }
-        }
-        if self.max_event_payload_kb == 0 {
-            return Err("max_event_payload_kb must be greater than 0".into());
-        }
-        Ok(App {
+        let app = App {
             max_connections: fit("max_connections", self.max_connections)?,
             max_event_payload_kb: fit("max_event_payload_kb", self.max_event_payload_kb)?,
             max_presence_members: fit("max_presence_members", self.max_presence_members)?,
@@ -114,7 +103,9 @@ impl RawApp {
             api_keys: Vec::new(),
             channel_scopes: Vec::new(),
             history: Vec::new(),
-        })
+        };
+        app.validate().map_err(|(field, reason)| format!("{field} {reason}"))?;
+        Ok(app)
     }
 }
 

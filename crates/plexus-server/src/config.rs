@@ -286,23 +286,13 @@ impl Config {
             return Err(ConfigError::Invalid { field: "action_proxy", reason: error.to_string() });
         }
         for app in &self.apps {
-            for webhook in &app.webhooks {
-                if !webhook.url.starts_with("http://") {
-                    return Err(ConfigError::Invalid {
-                        field: "apps.webhooks.url",
-                        reason: format!(
-                            "app {:?}: {:?} must be an http:// URL (https endpoints are not supported yet; \
-                             put a TLS-terminating proxy in front)",
-                            app.id, webhook.url
-                        ),
-                    });
-                }
-            }
-            if app.max_event_payload_kb == 0 {
-                return Err(ConfigError::Invalid {
-                    field: "apps.max_event_payload_kb",
-                    reason: format!("app {:?}: must be greater than 0", app.id),
-                });
+            if let Err((field, reason)) = app.validate() {
+                let field = match field {
+                    "webhooks.url" => "apps.webhooks.url",
+                    "max_event_payload_kb" => "apps.max_event_payload_kb",
+                    _ => "apps",
+                };
+                return Err(ConfigError::Invalid { field, reason: format!("app {:?}: {reason}", app.id) });
             }
         }
         Ok(())
