@@ -82,6 +82,34 @@ pub struct App {
     /// Channels that keep a bounded history, for clients that resume after a reconnect.
     #[serde(default)]
     pub history: Vec<HistoryRule>,
+    /// Accept signed tokens (JWT, HS256 with the app secret) in place of an API key.
+    #[serde(default)]
+    pub enable_tokens: bool,
+    /// Public keys that verify RS256 / ES256 tokens; listing any also enables tokens.
+    #[serde(default)]
+    pub token_keys: Vec<TokenKey>,
+    /// Silence after which the server pings a connection of this app; unset: 30 s for
+    /// connections with an API key or token, `[server] activity_timeout_secs` for the others.
+    #[serde(default)]
+    pub heartbeat_interval_secs: Option<u64>,
+    /// Silence (no frame, no pong) after which a connection of this app is closed with 4201;
+    /// unset: 90 s for keyed connections, activity + pong timeout for the others.
+    #[serde(default)]
+    pub heartbeat_timeout_secs: Option<u64>,
+}
+
+/// `[[apps.token_keys]]`: a public key that verifies tokens signed by another party (an
+/// identity provider, the app's backend) with RS256 or ES256.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKey {
+    /// `RS256` or `ES256`.
+    pub algorithm: String,
+    /// The public key, PEM (`-----BEGIN PUBLIC KEY-----`).
+    pub public_key: String,
+    /// When set, only tokens whose header names this `kid` are checked with this key.
+    #[serde(default)]
+    pub kid: Option<String>,
 }
 
 /// `[[apps.history]]`: channels starting with `prefix` keep their last `size` events for
@@ -151,6 +179,10 @@ impl App {
             api_keys: Vec::new(),
             channel_scopes: Vec::new(),
             history: Vec::new(),
+            enable_tokens: false,
+            token_keys: Vec::new(),
+            heartbeat_interval_secs: None,
+            heartbeat_timeout_secs: None,
         }
     }
 
@@ -212,6 +244,13 @@ impl fmt::Debug for App {
             .field("enable_subscription_count", &self.enable_subscription_count)
             .field("cache_ttl_secs", &self.cache_ttl_secs)
             .field("webhooks", &self.webhooks)
+            .field("api_keys", &self.api_keys)
+            .field("channel_scopes", &self.channel_scopes)
+            .field("history", &self.history)
+            .field("enable_tokens", &self.enable_tokens)
+            .field("token_keys", &self.token_keys)
+            .field("heartbeat_interval_secs", &self.heartbeat_interval_secs)
+            .field("heartbeat_timeout_secs", &self.heartbeat_timeout_secs)
             .finish()
     }
 }

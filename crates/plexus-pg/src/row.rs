@@ -103,6 +103,10 @@ impl RawApp {
             api_keys: Vec::new(),
             channel_scopes: Vec::new(),
             history: Vec::new(),
+            enable_tokens: false,
+            token_keys: Vec::new(),
+            heartbeat_interval_secs: None,
+            heartbeat_timeout_secs: None,
         };
         app.validate().map_err(|(field, reason)| format!("{field} {reason}"))?;
         Ok(app)
