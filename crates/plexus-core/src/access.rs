@@ -1,12 +1,14 @@
-//! API keys for event-stream consumers: who may connect, and to which channels.
+//! Credentials of event-stream consumers: who may connect, and to which channels.
 //!
-//! An app that lists `[[apps.api_keys]]` accepts WebSocket connections only with one of them
-//! (`?api_key=` or `Authorization: Bearer`). A key carries **scopes** (`events:read`,
-//! `chats:read`, …) and **channel grants** (patterns with `*`, e.g. `instance-inst_1-*`). The
-//! app's `[[apps.channel_scopes]]` say which scope a channel prefix needs. A subscription is
-//! allowed when the channel matches one of the key's grants and the key holds the scope the
-//! channel's prefix needs; otherwise it is refused with a message naming what is missing.
-//! Nothing here does I/O; the server checks keys at the upgrade and the session on subscribe.
+//! An app that lists `[[apps.api_keys]]` (or accepts signed tokens) takes WebSocket connections
+//! only with a credential. A credential carries a [`Grant`]: **scopes** (`events:read`,
+//! `chats:read`, …) and **channel patterns** (with `*`, e.g. `instance-inst_1-*`). The app's
+//! `[[apps.channel_scopes]]` say which scope a channel prefix needs. A subscription is allowed
+//! when the channel matches one of the grant's patterns and the grant holds the scope the
+//! channel's prefix needs; otherwise it is refused with a message naming what is missing. API
+//! keys and tokens differ only in where the grant comes from (the app's config, or the token's
+//! claims). Nothing here does I/O; the server checks credentials at the upgrade and the session
+//! on subscribe.
 
 use serde::Deserialize;
 
@@ -73,20 +75,43 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-impl ApiKey {
-    fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == "*" || s == scope)
-    }
+/// What one connection's credential allows: scopes and channel patterns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Names the credential in refusals: "the API key", "the token".
+    pub source: &'static str,
+    pub scopes: Vec<String>,
+    pub channels: Vec<String>,
+}
 
+impl ApiKey {
     /// Whether the key may open a stream at all: it needs some read scope.
     pub fn can_read(&self) -> bool {
         self.scopes.iter().any(|s| s == "*" || s.ends_with(":read"))
     }
 
+    /// What a connection opened with this key may subscribe to.
+    pub fn grant(&self) -> Grant {
+        Grant { source: "the API key", scopes: self.scopes.clone(), channels: self.channels.clone() }
+    }
+
     /// Whether the key may subscribe to `channel` of `app`; the error names what is missing.
     pub fn permits(&self, app: &App, channel: &str) -> Result<(), String> {
+        self.grant().permits(app, channel)
+    }
+}
+
+impl Grant {
+    fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == "*" || s == scope)
+    }
+
+    /// Whether the grant allows subscribing to `channel` of `app`; the error names what is
+    /// missing.
+    pub fn permits(&self, app: &App, channel: &str) -> Result<(), String> {
+        let source = self.source;
         if !self.channels.iter().any(|pattern| glob_match(pattern, channel)) {
-            return Err(format!("the API key grants no access to channel {channel:?}"));
+            return Err(format!("{source} grants no access to channel {channel:?}"));
         }
         let needed = app
             .channel_scopes
@@ -95,7 +120,7 @@ impl ApiKey {
             .max_by_key(|rule| rule.prefix.len());
         match needed {
             Some(rule) if !self.has_scope(&rule.scope) => {
-                Err(format!("the API key lacks scope {:?}, which channel {channel:?} needs", rule.scope))
+                Err(format!("{source} lacks scope {:?}, which channel {channel:?} needs", rule.scope))
             }
             _ => Ok(()),
         }

@@ -186,6 +186,16 @@ impl App {
         }
     }
 
+    /// Whether connections may present a signed token (`enable_tokens`, or any `token_keys`).
+    pub fn accepts_tokens(&self) -> bool {
+        self.enable_tokens || !self.token_keys.is_empty()
+    }
+
+    /// Whether connections need a credential (an API key or a token) to connect.
+    pub fn requires_credentials(&self) -> bool {
+        !self.api_keys.is_empty() || self.accepts_tokens()
+    }
+
     /// The history rule of `channel` (the longest matching prefix), if it keeps one.
     pub fn history_rule(&self, channel: &str) -> Option<&HistoryRule> {
         self.history
@@ -206,6 +216,28 @@ impl App {
                          TLS-terminating proxy in front)",
                         webhook.url
                     ),
+                ));
+            }
+        }
+        if self.heartbeat_interval_secs == Some(0) {
+            return Err(("heartbeat_interval_secs", "must be at least 1".into()));
+        }
+        if let (Some(interval), Some(timeout)) = (self.heartbeat_interval_secs, self.heartbeat_timeout_secs) {
+            if timeout <= interval {
+                return Err((
+                    "heartbeat_timeout_secs",
+                    format!("must be greater than heartbeat_interval_secs ({interval})"),
+                ));
+            }
+        }
+        for key in &self.token_keys {
+            if !matches!(key.algorithm.as_str(), "RS256" | "ES256") {
+                return Err(("token_keys.algorithm", format!("{:?}: use RS256 or ES256", key.algorithm)));
+            }
+            if !key.public_key.contains("-----BEGIN") {
+                return Err((
+                    "token_keys.public_key",
+                    "must be a PEM public key (-----BEGIN PUBLIC KEY-----)".into(),
                 ));
             }
         }
@@ -274,48 +306,95 @@ pub enum AppSetError {
     Empty { id: String, field: &'static str },
 }
 
-/// Apps fixed at start (the config file, or the embedded development app).
+/// Apps held in memory: the config file's, or the embedded development app. The whole set can
+/// be replaced at run time (`SIGHUP` re-reads the config file); lookups see the old set or the
+/// new one, never a mix.
 #[derive(Debug, Default)]
 pub struct MemoryAppStore {
+    apps: std::sync::RwLock<AppSet>,
+}
+
+#[derive(Debug, Default)]
+struct AppSet {
     by_id: HashMap<String, Arc<App>>,
     by_key: HashMap<String, Arc<App>>,
 }
 
-impl MemoryAppStore {
-    /// Builds the store, refusing duplicate ids or keys and empty credentials.
-    pub fn new(apps: impl IntoIterator<Item = App>) -> Result<Self, AppSetError> {
-        let mut store = MemoryAppStore::default();
+/// What replacing a store's apps changed, by app id.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppSetChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Present before and after with any setting different (credentials, flags, keys, …).
+    pub changed: Vec<String>,
+}
+
+impl AppSet {
+    /// Builds the set, refusing duplicate ids or keys and empty credentials.
+    fn new(apps: impl IntoIterator<Item = App>) -> Result<Self, AppSetError> {
+        let mut set = AppSet::default();
         for app in apps {
             for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
                 if value.is_empty() {
                     return Err(AppSetError::Empty { id: app.id.clone(), field });
                 }
             }
-            if store.by_id.contains_key(&app.id) {
+            if set.by_id.contains_key(&app.id) {
                 return Err(AppSetError::DuplicateId(app.id));
             }
-            if store.by_key.contains_key(&app.key) {
+            if set.by_key.contains_key(&app.key) {
                 return Err(AppSetError::DuplicateKey(app.key));
             }
             let app = Arc::new(app);
-            store.by_id.insert(app.id.clone(), app.clone());
-            store.by_key.insert(app.key.clone(), app);
+            set.by_id.insert(app.id.clone(), app.clone());
+            set.by_key.insert(app.key.clone(), app);
         }
-        Ok(store)
+        Ok(set)
+    }
+}
+
+impl MemoryAppStore {
+    /// Builds the store, refusing duplicate ids or keys and empty credentials.
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Result<Self, AppSetError> {
+        Ok(MemoryAppStore { apps: std::sync::RwLock::new(AppSet::new(apps)?) })
+    }
+
+    /// Replaces every app at once; an invalid set changes nothing.
+    pub fn replace(&self, apps: impl IntoIterator<Item = App>) -> Result<AppSetChanges, AppSetError> {
+        let next = AppSet::new(apps)?;
+        let mut current = self.apps.write().unwrap_or_else(|p| p.into_inner());
+        let mut changes = AppSetChanges::default();
+        for (id, app) in &next.by_id {
+            match current.by_id.get(id) {
+                None => changes.added.push(id.clone()),
+                Some(old) if **old != **app => changes.changed.push(id.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = current.by_id.keys().filter(|id| !next.by_id.contains_key(*id)).cloned().collect();
+        for list in [&mut changes.added, &mut changes.removed, &mut changes.changed] {
+            list.sort();
+        }
+        *current = next;
+        Ok(changes)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, AppSet> {
+        self.apps.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl AppStore for MemoryAppStore {
     fn by_key(&self, key: &str) -> Option<Arc<App>> {
-        self.by_key.get(key).cloned()
+        self.read().by_key.get(key).cloned()
     }
 
     fn by_id(&self, id: &str) -> Option<Arc<App>> {
-        self.by_id.get(id).cloned()
+        self.read().by_id.get(id).cloned()
     }
 
     fn list(&self) -> Vec<Arc<App>> {
-        let mut apps: Vec<_> = self.by_id.values().cloned().collect();
+        let mut apps: Vec<_> = self.read().by_id.values().cloned().collect();
         apps.sort_by(|a, b| a.id.cmp(&b.id));
         apps
     }
@@ -351,5 +430,23 @@ mod tests {
             MemoryAppStore::new([App::new("1", "a", "")]),
             Err(AppSetError::Empty { field: "secret", .. })
         ));
+    }
+
+    #[test]
+    fn replacing_the_apps_reports_what_changed_and_refuses_a_bad_set_whole() {
+        let store = MemoryAppStore::new([App::new("1", "k1", "s1"), App::new("2", "k2", "s2")]).unwrap();
+        let mut rotated = App::new("2", "k2", "rotated");
+        rotated.enable_tokens = true;
+        let changes = store.replace([App::new("1", "k1", "s1"), rotated, App::new("3", "k3", "s3")]).unwrap();
+        assert_eq!(
+            changes,
+            AppSetChanges { added: vec!["3".into()], removed: vec![], changed: vec!["2".into()] }
+        );
+        assert_eq!(store.by_key("k2").unwrap().secret, "rotated");
+        let changes = store.replace([App::new("3", "k3", "s3")]).unwrap();
+        assert_eq!(changes.removed, vec!["1".to_string(), "2".to_string()]);
+        assert!(store.by_key("k1").is_none());
+        assert!(store.replace([App::new("4", "k", "s"), App::new("5", "k", "s")]).is_err());
+        assert_eq!(store.list().len(), 1, "a refused set leaves the old one in place");
     }
 }

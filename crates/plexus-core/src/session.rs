@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::{Duration, Instant};
 
-use crate::access::ApiKey;
+use crate::access::Grant;
 use crate::app::{App, WebhookKind};
 use crate::extension::ExtensionSession;
 use crate::hub::{AppHub, ConnectError, Connection, JoinError, Member};
@@ -142,8 +142,8 @@ pub struct Session {
     signed_in: Option<SignedIn>,
     /// Signed in, or holds a private or presence subscription (the "authorized connection" rule).
     authorized: bool,
-    /// The API key the connection was opened with, which limits what it may subscribe to.
-    api_key: Option<ApiKey>,
+    /// What the connection's API key or token grants, which limits what it may subscribe to.
+    grant: Option<Grant>,
     /// Where `plexus:*` frames go, when the server runs an extension.
     extension: Option<Box<dyn ExtensionSession>>,
 }
@@ -169,14 +169,14 @@ impl Session {
             client_events: RateWindow { started: now, count: 0 },
             signed_in: None,
             authorized: false,
-            api_key: None,
+            grant: None,
             extension: None,
         })
     }
 
-    /// Limits the session's subscriptions to what `key` grants.
-    pub fn restrict_to(&mut self, key: ApiKey) {
-        self.api_key = Some(key);
+    /// Limits the session's subscriptions to what its credential grants.
+    pub fn restrict_to(&mut self, grant: Grant) {
+        self.grant = Some(grant);
     }
 
     /// Hands this connection's `plexus:*` frames to `extension` from now on.
@@ -263,8 +263,8 @@ impl Session {
         if let Some(filter) = &request.filter {
             filter.validate().map_err(SubscribeError::InvalidFilter)?;
         }
-        if let Some(key) = &self.api_key {
-            key.permits(&self.app, channel.as_str()).map_err(SubscribeError::NotGranted)?;
+        if let Some(grant) = &self.grant {
+            grant.permits(&self.app, channel.as_str()).map_err(SubscribeError::NotGranted)?;
         }
         let auth = request.auth.as_deref().unwrap_or("");
         let member_user: Option<(String, Option<Box<RawValue>>)> = match channel.kind() {

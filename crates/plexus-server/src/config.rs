@@ -290,9 +290,19 @@ impl Config {
                 let field = match field {
                     "webhooks.url" => "apps.webhooks.url",
                     "max_event_payload_kb" => "apps.max_event_payload_kb",
+                    "heartbeat_interval_secs" => "apps.heartbeat_interval_secs",
+                    "heartbeat_timeout_secs" => "apps.heartbeat_timeout_secs",
+                    "token_keys.algorithm" => "apps.token_keys.algorithm",
+                    "token_keys.public_key" => "apps.token_keys.public_key",
                     _ => "apps",
                 };
                 return Err(ConfigError::Invalid { field, reason: format!("app {:?}: {reason}", app.id) });
+            }
+            if let Err(reason) = crate::tokens::check_keys(app) {
+                return Err(ConfigError::Invalid {
+                    field: "apps.token_keys.public_key",
+                    reason: format!("app {:?}: {reason}", app.id),
+                });
             }
         }
         Ok(())

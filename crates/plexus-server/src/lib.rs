@@ -8,10 +8,10 @@
 //! (typed channels) is installed with [`ServerState::install_channels`].
 
 pub mod admin;
-pub mod api_keys;
 pub mod bridge;
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub mod http_api;
 pub mod introspect;
 pub mod logstream;
@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod sse;
 pub mod tls;
+pub mod tokens;
 pub mod webhooks;
 pub mod ws;
 
@@ -50,8 +51,8 @@ pub struct ServerState {
     pub webhooks: Option<WebhookService>,
     /// This node of a cluster (`[adapter]` other than local).
     pub cluster: Option<Arc<ClusterNode>>,
-    /// Connections per API key, for their limits.
-    pub key_leases: Arc<api_keys::KeyLeases>,
+    /// Live connections admitted with an API key or token: limits, expiry, revocation.
+    pub credentials: Arc<credentials::Credentials>,
     /// `[server.rate_limits]`.
     pub rate_limits: rate_limit::RateLimits,
     /// The protocol extension that gets `plexus:*` frames (typed channels), set once.
@@ -117,7 +118,7 @@ impl ServerState {
             hubs,
             webhooks,
             cluster,
-            key_leases: Arc::default(),
+            credentials: Arc::default(),
             extension: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
         })
@@ -149,6 +150,22 @@ impl ServerState {
 
     pub fn extension(&self) -> Option<&Arc<dyn ExtensionHandler>> {
         self.extension.get()
+    }
+
+    /// Acts on a change to app `app_id` in the app store: a disabled or removed app's
+    /// connections close with 4003; otherwise connections whose credential the change revoked
+    /// close (see [`credentials`]).
+    pub fn app_changed(&self, app_id: &str) {
+        match self.apps.by_id(app_id) {
+            Some(app) if app.enabled => {
+                self.credentials.recheck(&app);
+            }
+            _ => {
+                for hub in self.hubs.all().into_iter().filter(|hub| hub.app_id() == app_id) {
+                    hub.close_all(CloseCode::AppDisabled, "Application disabled");
+                }
+            }
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {

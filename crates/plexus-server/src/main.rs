@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use plexus_core::{App, AppStore, MemoryAppStore};
-use plexus_protocol::CloseCode;
 use plexus_server::config::{AppStoreDriver, Config, DEV_APP};
 use plexus_server::logstream::LogStream;
 use plexus_server::{webhook_sink, ServerState};
@@ -143,14 +142,16 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The app store `[app_store]` names, with its PostgreSQL handle (for the refresh) or its
+/// in-memory one (for SIGHUP reloads).
+type OpenedStore = (Arc<dyn AppStore>, Option<Arc<plexus_pg::PgAppStore>>, Option<Arc<MemoryAppStore>>);
+
 /// Opens the app store `[app_store]` names.
-async fn open_app_store(
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn AppStore>, Option<Arc<plexus_pg::PgAppStore>>)> {
+async fn open_app_store(config: &Config) -> anyhow::Result<OpenedStore> {
     match config.app_store.driver {
         AppStoreDriver::Config => {
-            let apps = MemoryAppStore::new(config.apps.clone()).context("invalid apps")?;
-            Ok((Arc::new(apps), None))
+            let apps = Arc::new(MemoryAppStore::new(config.apps.clone()).context("invalid apps")?);
+            Ok((apps.clone(), None, Some(apps)))
         }
         AppStoreDriver::Postgres => {
             let store = &config.app_store;
@@ -161,20 +162,22 @@ async fn open_app_store(
             let pg =
                 plexus_pg::PgAppStore::connect(url, &store.table).await.context("opening the app store")?;
             tracing::info!(table = %store.table, apps = pg.list().len(), "apps from PostgreSQL");
-            Ok((pg.clone(), Some(pg)))
+            Ok((pg.clone(), Some(pg), None))
         }
     }
 }
 
-/// Applies app changes read from the database: a disabled or deleted app's connections close.
+/// Applies app changes read from the database: a disabled or deleted app's connections close,
+/// a changed app's revoked credentials close theirs.
 fn on_app_changes(state: &Arc<ServerState>, changes: Vec<plexus_pg::AppChange>) {
     use plexus_pg::AppChange;
     for change in changes {
         tracing::info!(?change, "app store changed");
-        if let AppChange::Disabled(id) | AppChange::Removed(id) = change {
-            for hub in state.hubs.all().into_iter().filter(|hub| hub.app_id() == id) {
-                hub.close_all(CloseCode::AppDisabled, "Application disabled");
+        match change {
+            AppChange::Disabled(id) | AppChange::Removed(id) | AppChange::Updated(id) => {
+                state.app_changed(&id)
             }
+            AppChange::Added(_) | AppChange::Enabled(_) => {}
         }
     }
 }
@@ -249,41 +252,22 @@ fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
         config.server.port = port;
     }
     let from_database = config.app_store.driver == AppStoreDriver::Postgres;
-    if config.apps.is_empty() && !from_database {
-        let (id, key, secret) = DEV_APP;
-        let mut app = App::new(id, key, secret);
-        app.enable_client_messages = true;
-        config.apps.push(app);
-        if args.app_secret.is_none() {
-            tracing::warn!(
-                "no apps configured: serving the development app id={id} key={key} secret={secret}; \
-                 these are public development credentials, never use them in production"
-            );
-        }
+    let overrides = AppOverrides { id: args.app_id, key: args.app_key, secret: args.app_secret };
+    if !from_database {
+        config.apps = overrides.apply(std::mem::take(&mut config.apps), true);
     }
-    if let Some(first) = config.apps.first_mut() {
-        if let Some(id) = args.app_id {
-            first.id = id;
-        }
-        if let Some(key) = args.app_key {
-            first.key = key;
-        }
-        if let Some(secret) = args.app_secret {
-            first.secret = secret;
-        }
-    }
+    let config_path = args.config.clone();
 
     runtime()?.block_on(async move {
-        let (apps, database) = open_app_store(&config).await?;
+        let (apps, database, memory_apps) = open_app_store(&config).await?;
         // Before binding, so a bad certificate stops the start with the file named.
         let tls = match &config.server.tls {
-            Some(files) => {
-                let tls = plexus_server::tls::Tls::load(files)?;
-                reload_tls_on_sighup(tls.clone()).context("installing the SIGHUP handler")?;
-                Some(tls)
-            }
+            Some(files) => Some(plexus_server::tls::Tls::load(files)?),
             None => None,
         };
+        // Installed now so a SIGHUP during start-up is not fatal; it acts once the state exists.
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
         let listener = plexus_server::bind(&config.server)
             .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
         let addr = listener.local_addr()?;
@@ -324,6 +308,13 @@ fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
             });
         }
         plexus_server::bridge::start(&config.bridges, &state).await?;
+        let reload =
+            Reload { tls: tls.clone(), apps: memory_apps, config_path, overrides, state: state.clone() };
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                reload.run();
+            }
+        });
         // A stable line on stdout, printed last, that scripts and tests wait for.
         if config.admin.enabled {
             let token = match config.admin.token.as_str() {
@@ -351,20 +342,81 @@ fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
     })
 }
 
-/// On SIGHUP, reads the certificate files again: new handshakes get the new certificate,
-/// established connections keep theirs. A bad file is logged and the old certificate stays.
-fn reload_tls_on_sighup(tls: Arc<plexus_server::tls::Tls>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
+/// The command line's `--app-id`, `--app-key`, `--app-secret` (and their variables).
+#[derive(Debug)]
+struct AppOverrides {
+    id: Option<String>,
+    key: Option<String>,
+    secret: Option<String>,
+}
+
+impl AppOverrides {
+    /// The apps to serve from a config file's `[[apps]]`: the development app when it has none,
+    /// and the overrides applied to the first.
+    fn apply(&self, mut apps: Vec<App>, warn: bool) -> Vec<App> {
+        if apps.is_empty() {
+            let (id, key, secret) = DEV_APP;
+            let mut app = App::new(id, key, secret);
+            app.enable_client_messages = true;
+            apps.push(app);
+            if warn && self.secret.is_none() {
+                tracing::warn!(
+                    "no apps configured: serving the development app id={id} key={key} secret={secret}; \
+                     these are public development credentials, never use them in production"
+                );
+            }
+        }
+        if let Some(first) = apps.first_mut() {
+            for (field, value) in
+                [(&mut first.id, &self.id), (&mut first.key, &self.key), (&mut first.secret, &self.secret)]
+            {
+                if let Some(value) = value {
+                    field.clone_from(value);
+                }
+            }
+        }
+        apps
+    }
+}
+
+/// What SIGHUP re-reads: the TLS certificate files (new handshakes get the new certificate,
+/// established connections keep theirs) and, when apps come from the config file, its
+/// `[[apps]]`. Other settings need a restart. A bad file is logged and the old state stays.
+#[derive(Debug)]
+struct Reload {
+    tls: Option<Arc<plexus_server::tls::Tls>>,
+    apps: Option<Arc<MemoryAppStore>>,
+    config_path: Option<PathBuf>,
+    overrides: AppOverrides,
+    state: Arc<ServerState>,
+}
+
+impl Reload {
+    fn run(&self) {
+        if let Some(tls) = &self.tls {
             match tls.reload() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
                 Err(error) => tracing::error!(%error, "TLS reload failed; keeping the current certificate"),
             }
         }
-    });
-    Ok(())
+        let (Some(store), Some(path)) = (&self.apps, &self.config_path) else { return };
+        let apps = match Config::load(path) {
+            Ok(config) => self.overrides.apply(config.apps, false),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "reloading apps failed; keeping the current ones");
+                return;
+            }
+        };
+        match store.replace(apps) {
+            Ok(changes) => {
+                tracing::info!(?changes, "apps reloaded from {}", path.display());
+                for id in changes.removed.iter().chain(&changes.changed) {
+                    self.state.app_changed(id);
+                }
+            }
+            Err(error) => tracing::error!(%error, "reloading apps failed; keeping the current ones"),
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now, so a signal that arrives as soon as we report

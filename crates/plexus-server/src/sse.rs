@@ -9,8 +9,9 @@
 //! open. A consumer that falls behind by more than `max_queued_bytes` is dropped (its queue
 //! overflows, as for a socket) without slowing anyone else.
 //!
-//! Channels: `?channels=a,b` (public channels, or any channel the API key grants on apps with
-//! `[[apps.api_keys]]`; the key is checked exactly as at the WebSocket upgrade).
+//! Channels: `?channels=a,b` (public channels, or any channel the credential grants on apps with
+//! API keys or tokens; the credential is checked exactly as at the WebSocket upgrade, and a
+//! revoked key or an expired token ends the stream with `plexus:closed` 4009).
 //!
 //! On channels with a history (`[[apps.history]]`) every event carries `id:` = its position, and
 //! a client reconnecting with `Last-Event-ID` gets what it missed, then `plexus:resume` with
@@ -27,7 +28,7 @@ use plexus_core::outbound::Drained;
 use plexus_core::{App, AppHub, Connection};
 use plexus_protocol::{wsframe, ChannelKind, ChannelName};
 
-use crate::api_keys::{self, KeyLease, Refusal};
+use crate::credentials::{self, Admission, Refusal};
 use crate::ServerState;
 
 /// Most channels one stream may follow.
@@ -43,7 +44,7 @@ struct StreamGuard {
     hub: Arc<AppHub>,
     connection: Arc<Connection>,
     channels: Vec<ChannelName>,
-    _lease: Option<KeyLease>,
+    _admission: Option<Admission>,
 }
 
 impl Drop for StreamGuard {
@@ -93,8 +94,8 @@ pub async fn stream(
     let Some(app) = state.apps.by_id(&app_id).filter(|app| app.enabled) else {
         return refused(StatusCode::NOT_FOUND, format!("no enabled app with id {app_id:?}"));
     };
-    let lease = match api_keys::admit(&state.key_leases, &app, query.as_deref(), &headers) {
-        Ok(lease) => lease,
+    let mut admission = match credentials::admit(&state.credentials, &app, query.as_deref(), &headers) {
+        Ok(admission) => admission,
         Err(refusal) => return refusal.into_response(),
     };
     let requested: Vec<String> = query
@@ -116,9 +117,9 @@ pub async fn stream(
             Ok(channel) => channel,
             Err(error) => return refused(StatusCode::BAD_REQUEST, format!("{name:?}: {error}")),
         };
-        match &lease {
-            Some(lease) => {
-                if let Err(reason) = lease.key.permits(&app, channel.as_str()) {
+        match &admission {
+            Some(admission) => {
+                if let Err(reason) = admission.grant.permits(&app, channel.as_str()) {
                     return refused(StatusCode::FORBIDDEN, reason);
                 }
             }
@@ -126,7 +127,7 @@ pub async fn stream(
                 return refused(
                     StatusCode::FORBIDDEN,
                     format!(
-                        "{name:?} needs authorization; streams without an API key carry public channels only"
+                        "{name:?} needs authorization; streams without an API key or token carry public channels only"
                     ),
                 );
             }
@@ -149,7 +150,10 @@ pub async fn stream(
         }
     }
     metrics::gauge!("plexus_sse_streams").increment(1);
-    let guard = StreamGuard { app, hub, connection, channels, _lease: lease };
+    if let Some(admission) = &mut admission {
+        admission.attach(&connection);
+    }
+    let guard = StreamGuard { app, hub, connection, channels, _admission: admission };
     let heartbeat = Duration::from_secs(state.config.sse_heartbeat_secs);
     // State: the guard (dropping it leaves the hub), a reusable batch, and whether the stream
     // has said its last word.

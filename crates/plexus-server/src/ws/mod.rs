@@ -36,7 +36,7 @@ use plexus_protocol::{codec, CloseCode};
 use sha1::{Digest, Sha1};
 use tokio::time::Instant;
 
-use crate::api_keys::KeyLease;
+use crate::credentials::Admission;
 use crate::ServerState;
 
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -79,11 +79,11 @@ pub async fn upgrade(
     sha.update(client_key.as_bytes());
     sha.update(WEBSOCKET_GUID.as_bytes());
     let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
-    // Apps with API keys refuse over HTTP, before the upgrade: event-stream clients expect
-    // 401/403/429, and such apps do not serve pusher-js's retry-forever clients anyway.
-    let lease = match state.apps.by_key(&key) {
-        Some(app) => match crate::api_keys::admit(&state.key_leases, &app, query.as_deref(), headers) {
-            Ok(lease) => lease,
+    // Apps with API keys or tokens refuse over HTTP, before the upgrade: event-stream clients
+    // expect 401/403/429, and such apps do not serve pusher-js's retry-forever clients anyway.
+    let admission = match state.apps.by_key(&key) {
+        Some(app) => match crate::credentials::admit(&state.credentials, &app, query.as_deref(), headers) {
+            Ok(admission) => admission,
             Err(refusal) => return refusal.into_response(),
         },
         None => None,
@@ -94,7 +94,7 @@ pub async fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run_socket(state, upgraded, key, query, lease, throttled).await,
+            Ok(upgraded) => run_socket(state, upgraded, key, query, admission, throttled).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }
     });
@@ -113,18 +113,18 @@ async fn run_socket(
     upgraded: hyper::upgrade::Upgraded,
     key: String,
     query: Option<String>,
-    lease: Option<KeyLease>,
+    admission: Option<Admission>,
     throttled: bool,
 ) {
     #[cfg(feature = "tungstenite")]
     {
         let (reader, writer) = tungstenite::split(upgraded, state.config.max_frame_bytes).await;
-        run_connection(state, reader, writer, &key, query.as_deref(), lease, throttled).await;
+        run_connection(state, reader, writer, &key, query.as_deref(), admission, throttled).await;
     }
     #[cfg(not(feature = "tungstenite"))]
     {
         let (reader, writer) = shared_frames::split(upgraded, state.config.max_frame_bytes);
-        run_connection(state, reader, writer, &key, query.as_deref(), lease, throttled).await;
+        run_connection(state, reader, writer, &key, query.as_deref(), admission, throttled).await;
     }
 }
 
@@ -243,7 +243,7 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
     write: W,
     key: &str,
     query: Option<&str>,
-    lease: Option<KeyLease>,
+    admission: Option<Admission>,
     throttled: bool,
 ) {
     let config = &state.config;
@@ -262,11 +262,12 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
         }
     };
     let hub = state.hubs.hub(&app.id);
+    let heartbeat = Heartbeat::of(config, &app, admission.is_some());
     let started = Session::start(
         app,
         hub.clone(),
         config.max_queued_bytes,
-        config.activity_timeout_secs,
+        heartbeat.interval.as_secs(),
         Instant::now(),
     );
     let mut session = match started {
@@ -276,8 +277,12 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
             return Box::pin(refuse(write, CloseCode::OverConnectionQuota, &error.to_string())).await;
         }
     };
-    // Held (and the key's connection counted) until this function returns.
-    let _lease = lease.inspect(|lease| session.restrict_to(lease.key.clone()));
+    // Held (the key's connection counted, the token's expiry armed) until this function returns.
+    let _admission = admission.map(|mut admission| {
+        session.restrict_to(admission.grant.clone());
+        admission.attach(session.connection());
+        admission
+    });
     if let Some(extension) = state.extension() {
         let connect =
             ExtensionConnect { app: session.app(), hub: &hub, connection: session.connection(), query };
@@ -289,8 +294,8 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
     let mut writer = tokio::spawn(write_loop(connection.clone(), write, write_timeout));
     let frames_received = metrics::counter!("plexus_ws_frames_received_total");
     let mut liveness = Liveness::new(
-        Duration::from_secs(config.activity_timeout_secs),
-        Duration::from_secs(config.pong_timeout_secs),
+        heartbeat.interval,
+        heartbeat.pong_grace,
         // Apps with user authentication give a connection this long to sign in or join a
         // private or presence channel.
         session
@@ -359,6 +364,34 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
         tokio::select! {
             () = &mut timer => {}
             _ = &mut writer => {}
+        }
+    }
+}
+
+/// How long a connection may be silent before we ping it, and how long after that ping before
+/// we give up on it (close 4201). Connections with an API key or token default to 30 s / 90 s
+/// of silence in all (event-stream consumers behind proxies); Pusher connections to the server's
+/// `activity_timeout_secs` and `pong_timeout_secs`; an app's `heartbeat_*` settings override both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Heartbeat {
+    interval: Duration,
+    pong_grace: Duration,
+}
+
+impl Heartbeat {
+    fn of(config: &crate::config::ServerConfig, app: &plexus_core::App, keyed: bool) -> Heartbeat {
+        let (interval, timeout) = if keyed {
+            (30, 90)
+        } else {
+            (config.activity_timeout_secs, config.activity_timeout_secs + config.pong_timeout_secs)
+        };
+        let interval = app.heartbeat_interval_secs.unwrap_or(interval).max(1);
+        let timeout = app.heartbeat_timeout_secs.unwrap_or(timeout);
+        Heartbeat {
+            interval: Duration::from_secs(interval),
+            // App::validate keeps a configured timeout above the interval; a default timeout
+            // under a configured interval still leaves the client a second to answer.
+            pong_grace: Duration::from_secs(timeout.saturating_sub(interval).max(1)),
         }
     }
 }

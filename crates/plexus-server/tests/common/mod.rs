@@ -51,15 +51,23 @@ impl TestServer {
     }
 
     async fn start_full(
-        mut config: ServerConfig,
+        config: ServerConfig,
         apps: Vec<App>,
+        webhooks: Option<WebhooksConfig>,
+    ) -> TestServer {
+        Self::start_store(config, Arc::new(MemoryAppStore::new(apps).unwrap()), webhooks).await
+    }
+
+    /// A server over an app store the test keeps, e.g. to replace the apps while it runs.
+    pub async fn start_store(
+        mut config: ServerConfig,
+        apps: Arc<dyn plexus_core::AppStore>,
         webhooks: Option<WebhooksConfig>,
     ) -> TestServer {
         config.host = "127.0.0.1".into();
         config.port = 0;
         let listener = plexus_server::bind(&config).expect("bind loopback");
         let addr = listener.local_addr().unwrap();
-        let apps: Arc<dyn plexus_core::AppStore> = Arc::new(MemoryAppStore::new(apps).unwrap());
         let state = match webhooks {
             Some(webhooks) => {
                 let service = WebhookService::start(webhooks, apps.clone()).expect("webhook store opens");
