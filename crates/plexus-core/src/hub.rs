@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
@@ -255,6 +255,7 @@ pub struct AppHub {
     departures: Arc<Notify>,
     webhooks: Arc<dyn WebhookSink>,
     cluster: Option<Arc<dyn ClusterLink>>,
+    mirror: MirrorSlot,
     metrics: HubMetrics,
     /// The debug console's view of this app (one atomic load per hook while nobody watches).
     observer: Arc<Observer>,
@@ -262,6 +263,18 @@ pub struct AppHub {
     published_total: AtomicU64,
     delivered_total: AtomicU64,
 }
+
+/// Where the events published on this node also go, outside plexus (`[[mirrors]]`: NATS
+/// subjects). Called once per publish, never per subscriber, and only for events that entered
+/// the cluster here, so a cluster mirrors each event once. It must not block: implementations
+/// queue and return.
+pub trait EventMirror: Send + Sync + std::fmt::Debug {
+    /// `frame` is the event's WebSocket frame, as every subscriber gets it.
+    fn published(&self, app_id: &str, channel: &str, frame: &Bytes);
+}
+
+/// The server's mirror, set at most once and shared by every app's hub.
+type MirrorSlot = Arc<OnceLock<Arc<dyn EventMirror>>>;
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     // Hub sections do not panic midway through a change; if one did, the map is still a valid map.
@@ -321,6 +334,7 @@ impl AppHub {
             departures: Arc::default(),
             webhooks,
             cluster: None,
+            mirror: MirrorSlot::default(),
             metrics: HubMetrics::new(app_id),
             observer: Arc::default(),
             published_total: AtomicU64::new(0),
@@ -661,6 +675,9 @@ impl AppHub {
         self.metrics.events_published.increment(1);
         self.published_total.fetch_add(1, Ordering::Relaxed);
         self.announce(Update::Publish { channel, frame, except });
+        if let Some(mirror) = self.mirror.get() {
+            mirror.published(&self.app_id, channel, frame);
+        }
         self.deliver(app, channel, frame, except)
     }
 
@@ -1265,17 +1282,36 @@ pub struct Hubs {
     apps: RwLock<HashMap<String, Arc<AppHub>>>,
     webhooks: Arc<dyn WebhookSink>,
     cluster: Option<Arc<dyn ClusterLink>>,
+    mirror: MirrorSlot,
     departures: Arc<Notify>,
 }
 
 impl Hubs {
     pub fn new(webhooks: Arc<dyn WebhookSink>) -> Self {
-        Hubs { apps: RwLock::default(), webhooks, cluster: None, departures: Arc::default() }
+        Hubs {
+            apps: RwLock::default(),
+            webhooks,
+            cluster: None,
+            mirror: MirrorSlot::default(),
+            departures: Arc::default(),
+        }
     }
 
     /// Hubs that announce what they do to the rest of a cluster through `cluster`.
     pub fn clustered(webhooks: Arc<dyn WebhookSink>, cluster: Arc<dyn ClusterLink>) -> Self {
-        Hubs { apps: RwLock::default(), webhooks, cluster: Some(cluster), departures: Arc::default() }
+        Hubs {
+            apps: RwLock::default(),
+            webhooks,
+            cluster: Some(cluster),
+            mirror: MirrorSlot::default(),
+            departures: Arc::default(),
+        }
+    }
+
+    /// Sends every event published on this node, in every app, to `mirror` as well. There is
+    /// one mirror per server: a second call returns it back as the error.
+    pub fn set_mirror(&self, mirror: Arc<dyn EventMirror>) -> Result<(), Arc<dyn EventMirror>> {
+        self.mirror.set(mirror)
     }
 
     /// The hub of `app_id`, created if this is its first use.
@@ -1289,6 +1325,7 @@ impl Hubs {
                 let mut hub = AppHub::new(app_id, self.webhooks.clone());
                 hub.departures = self.departures.clone();
                 hub.cluster = self.cluster.clone();
+                hub.mirror = self.mirror.clone();
                 Arc::new(hub)
             })
             .clone()

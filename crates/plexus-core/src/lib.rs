@@ -29,6 +29,6 @@ pub mod webhook;
 
 pub use app::{App, AppStore, MemoryAppStore};
 pub use extension::{ExtensionConnect, ExtensionHandler, ExtensionSession};
-pub use hub::{AppHub, Connection, Hubs};
+pub use hub::{AppHub, Connection, EventMirror, Hubs};
 pub use outbound::Outbound;
 pub use session::Session;

@@ -169,6 +169,14 @@ fn rejected(subject: &str, reason: &str) {
     tracing::warn!(subject, reason, "bridge: message not published");
 }
 
+/// The event a bus message becomes, or why it is refused.
+fn bridged(rule: &SubjectRule, message: &async_nats::Message) -> Result<BridgedEvent, Rejection> {
+    if message.headers.as_ref().is_some_and(|h| h.get(crate::mirror::MIRROR_HEADER).is_some()) {
+        return Err("a plexus [[mirrors]] entry published it (its subject overlaps this bridge's)".into());
+    }
+    to_event(rule, &message.subject, &message.payload)
+}
+
 fn to_event(rule: &SubjectRule, subject: &str, payload: &[u8]) -> Result<BridgedEvent, Rejection> {
     let (channel, event) = rule.map(subject).ok_or("the subject does not match the rule")?;
     let data = std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8")?.to_owned();
@@ -203,8 +211,7 @@ pub async fn run(
             tracing::info!(%subject, "bridge: reading core NATS subjects");
             tokio::spawn(async move {
                 while let Some(message) = messages.next().await {
-                    let outcome =
-                        to_event(&rule, &message.subject, &message.payload).and_then(|e| deliver(e));
+                    let outcome = bridged(&rule, &message).and_then(|e| deliver(e));
                     if let Err(reason) = outcome {
                         rejected(&message.subject, &reason);
                     }
@@ -241,8 +248,7 @@ pub async fn run(
                             continue;
                         }
                     };
-                    let outcome =
-                        to_event(&rule, &message.subject, &message.payload).and_then(|e| deliver(e));
+                    let outcome = bridged(&rule, &message).and_then(|e| deliver(e));
                     // Acknowledged only now that the event sits in every subscriber's queue.
                     let ack = match &outcome {
                         Ok(()) => message.ack().await,

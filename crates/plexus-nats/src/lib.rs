@@ -18,6 +18,7 @@
 //!   cluster of several servers, interest still takes a moment to reach the other servers.)
 
 pub mod bridge;
+pub mod mirror;
 
 use std::fmt;
 use std::sync::Arc;

@@ -36,6 +36,9 @@ pub struct Config {
     pub app_store: AppStoreConfig,
     #[serde(default)]
     pub bridges: Vec<BridgeConfig>,
+    /// `[[mirrors]]`: channel events copied out to NATS subjects (see [`crate::mirror`]).
+    #[serde(default)]
+    pub mirrors: Vec<crate::mirror::MirrorConfig>,
     #[serde(default)]
     pub apps: Vec<App>,
     /// Typed channels served by HTTP backends: `[[action_proxy]]` with `app_id`, `channel`, `url`.
@@ -280,6 +283,11 @@ impl Config {
         for bridge in &self.bridges {
             if let Err(reason) = bridge.rule() {
                 return Err(ConfigError::Invalid { field: "bridges", reason });
+            }
+        }
+        for mirror in &self.mirrors {
+            if let Err(reason) = mirror.check() {
+                return Err(ConfigError::Invalid { field: "mirrors", reason });
             }
         }
         if let Err(error) = plexus_channels::proxy::channels(&self.action_proxy) {

@@ -16,6 +16,7 @@ pub mod http_api;
 pub mod introspect;
 pub mod logstream;
 pub mod metrics;
+pub mod mirror;
 pub mod rate_limit;
 pub mod sse;
 pub mod tls;

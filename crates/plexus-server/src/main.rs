@@ -308,6 +308,7 @@ fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
             });
         }
         plexus_server::bridge::start(&config.bridges, &state).await?;
+        plexus_server::mirror::start(&config.mirrors, &state).await?;
         let reload =
             Reload { tls: tls.clone(), apps: memory_apps, config_path, overrides, state: state.clone() };
         tokio::spawn(async move {
