@@ -429,6 +429,8 @@ impl fmt::Debug for PgAppStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plexus_core::access::ChannelScope;
+    use plexus_core::app::TokenKey;
 
     fn snapshot(apps: Vec<App>) -> Snapshot {
         build_from(apps.into_iter().map(|app| (app.id.clone(), Ok(app)))).0
@@ -472,6 +474,114 @@ mod tests {
             ]
         );
         assert!(diff(&new, &new).is_empty());
+    }
+
+    fn key(secret: &str, scopes: &[&str], channels: &[&str]) -> ApiKey {
+        ApiKey {
+            key: secret.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            channels: channels.iter().map(|s| s.to_string()).collect(),
+            max_connections: 10,
+        }
+    }
+
+    fn with_keys(keys: Vec<ApiKey>) -> App {
+        let mut app = App::new("1", "k", "s");
+        app.api_keys = keys;
+        app
+    }
+
+    #[test]
+    fn a_key_is_revoked_when_deleted_or_narrowed_and_not_when_widened() {
+        let old = with_keys(vec![
+            key("sk_deleted", &["events:read"], &["*"]),
+            key("sk_lost_scope", &["events:read", "chats:read"], &["*"]),
+            key("sk_narrowed", &["events:read"], &["a-*"]),
+            key("sk_widened", &["events:read"], &["a-b-*", "c"]),
+            key("sk_untouched", &["*"], &["*"]),
+        ]);
+        let new = with_keys(vec![
+            key("sk_untouched", &["*"], &["*"]),
+            key("sk_widened", &["events:read", "chats:read"], &["a-*", "c*"]),
+            key("sk_narrowed", &["events:read"], &["a-b-*"]),
+            key("sk_lost_scope", &["events:read"], &["*"]),
+            key("sk_added", &["events:read"], &["*"]),
+        ]);
+        assert_eq!(revoked_keys(&old, &new), ["sk_deleted", "sk_lost_scope", "sk_narrowed"]);
+        assert!(revoked_keys(&new, &new).is_empty());
+        // A key's `*` scope or channel is only honoured by `*`.
+        let star = with_keys(vec![key("sk", &["*"], &["*"])]);
+        assert_eq!(revoked_keys(&star, &with_keys(vec![key("sk", &["events:read"], &["*"])])), ["sk"]);
+        assert_eq!(revoked_keys(&star, &with_keys(vec![key("sk", &["*"], &["a*"])])), ["sk"]);
+    }
+
+    #[test]
+    fn new_channel_scope_rules_revoke_the_keys_that_lack_a_scope_they_name() {
+        let mut old = with_keys(vec![
+            key("sk_events", &["events:read"], &["*"]),
+            key("sk_both", &["events:read", "chats:read"], &["*"]),
+            key("sk_all", &["*"], &["*"]),
+        ]);
+        let mut new = old.clone();
+        new.channel_scopes = vec![ChannelScope { prefix: "chats-".into(), scope: "chats:read".into() }];
+        assert_eq!(revoked_keys(&old, &new), ["sk_events"]);
+        // Removing a rule can narrow too: the shorter prefix's rule takes over.
+        old.channel_scopes = vec![
+            ChannelScope { prefix: "a-".into(), scope: "chats:read".into() },
+            ChannelScope { prefix: "a-b-".into(), scope: "events:read".into() },
+        ];
+        new.channel_scopes = old.channel_scopes[..1].to_vec();
+        assert_eq!(revoked_keys(&old, &new), ["sk_events"]);
+    }
+
+    #[test]
+    fn token_changes_are_reported_only_for_apps_that_accepted_tokens() {
+        let plain = App::new("1", "k", "s");
+        let rotated = App { secret: "s2".into(), ..plain.clone() };
+        assert!(!tokens_changed(&plain, &rotated), "no token could have been signed with it");
+        let hs256 = App { enable_tokens: true, ..plain.clone() };
+        assert!(!tokens_changed(&plain, &hs256), "turning tokens on revokes nothing");
+        assert!(tokens_changed(&hs256, &App { secret: "s2".into(), ..hs256.clone() }));
+        assert!(tokens_changed(&hs256, &plain));
+        let rs256 = App {
+            token_keys: vec![TokenKey { algorithm: "RS256".into(), public_key: "pem".into(), kid: None }],
+            ..plain.clone()
+        };
+        assert!(tokens_changed(&rs256, &plain));
+        assert!(tokens_changed(&rs256, &App { secret: "s2".into(), ..rs256.clone() }));
+        assert!(!tokens_changed(&rs256, &App { max_connections: 5, ..rs256.clone() }));
+    }
+
+    #[test]
+    fn key_and_token_changes_follow_the_update_of_an_enabled_app_only() {
+        let old = App { enable_tokens: true, ..with_keys(vec![key("sk_gone_1234", &["*"], &["*"])]) };
+        let edited = App { secret: "s2".into(), ..with_keys(vec![]) };
+        assert_eq!(
+            diff(&snapshot(vec![old.clone()]), &snapshot(vec![edited.clone()])),
+            [
+                AppChange::Updated("1".into()),
+                AppChange::KeysRevoked { app_id: "1".into(), keys: vec!["sk_gone_1234".into()] },
+                AppChange::TokensChanged("1".into()),
+            ]
+        );
+        let disabled = App { enabled: false, ..edited.clone() };
+        assert_eq!(
+            diff(&snapshot(vec![old.clone()]), &snapshot(vec![disabled])),
+            [AppChange::Disabled("1".into())]
+        );
+        let (off, off_edited) = (App { enabled: false, ..old }, App { enabled: false, ..edited });
+        assert_eq!(diff(&snapshot(vec![off]), &snapshot(vec![off_edited])), [AppChange::Updated("1".into())]);
+    }
+
+    #[test]
+    fn debug_shows_no_more_than_four_characters_of_a_revoked_key() {
+        let change = AppChange::KeysRevoked {
+            app_id: "42".into(),
+            keys: vec!["sk_live_very_secret".into(), "short-12".into()],
+        };
+        let printed = format!("{change:?}");
+        assert!(printed.contains("\"42\"") && printed.contains("sk_l…"), "{printed}");
+        assert!(!printed.contains("sk_live") && !printed.contains("short"), "{printed}");
     }
 
     #[test]
