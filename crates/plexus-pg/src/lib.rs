@@ -3,8 +3,9 @@
 //! disabling or rotating an app reaches every node without a restart.
 //!
 //! This crate owns the table's schema and its migrations ([`migrate`]), the snapshot and its
-//! refresh ([`PgAppStore`]), and the report of what a refresh changed ([`AppChange`]). What to do
-//! about a change (closing a disabled app's connections) belongs to the server.
+//! refresh ([`PgAppStore`]), and the report of what a refresh changed ([`AppChange`]), precise
+//! enough to act on: which API keys were revoked, whether token settings changed. What to do
+//! about a change (closing a disabled app's connections, or a revoked key's) belongs to the server.
 //!
 //! # Connection
 //!
@@ -16,7 +17,9 @@
 //! # Schema
 //!
 //! [`migrate`] (run at start or by `plexus migrate`) creates the table (default name
-//! `plexus_apps`) from `migrations/0001_apps.sql`, shipped in this crate:
+//! `plexus_apps`) from the migrations shipped in this crate: `migrations/0001_apps.sql` (the
+//! table) and `0002_access.sql` (API keys, channel scopes, history, tokens, heartbeat). A table
+//! made by an older release is upgraded in place, its rows taking the new columns' defaults.
 //!
 //! | column | type | default |
 //! | --- | --- | --- |
@@ -35,8 +38,16 @@
 //! | `cache_ttl_secs` | bigint | 1800 |
 //! | `webhooks` | jsonb, `[{"url": "http://…", "events": ["channel_occupied", …]}]` | `[]` |
 //! | `created_at`, `updated_at` | timestamptz (a trigger keeps `updated_at` current) | now() |
+//! | `api_keys` | jsonb, `[{"key": "sk_…", "scopes": […], "channels": […], "max_connections": 10}]` | `[]` |
+//! | `channel_scopes` | jsonb, `[{"prefix": "chats-", "scope": "chats:read"}]` | `[]` |
+//! | `history` | jsonb, `[{"prefix": "feed-", "size": 100, "ttl_secs": 300}]` | `[]` |
+//! | `enable_tokens` | boolean | false |
+//! | `token_keys` | jsonb, `[{"algorithm": "RS256", "public_key": "-----BEGIN PUBLIC KEY-----…", "kid": …}]` | `[]` |
+//! | `heartbeat_interval_secs`, `heartbeat_timeout_secs` | integer, null = the server's default | null |
 //!
-//! Columns and defaults are those of the `[[apps]]` config entries (`plexus_core::App`). Applied
+//! Columns and defaults are those of the `[[apps]]` config entries (`plexus_core::App`); a jsonb
+//! column holds what the matching `[[apps.…]]` tables hold, as an array of objects, and is read
+//! with the same types, so defaults and refused fields are the same in both stores. Applied
 //! migrations are recorded per table in `plexus_schema_migrations (app_table, version,
 //! applied_at)`; running [`migrate`] again changes nothing, and nodes migrating at once are
 //! serialised by an advisory lock.
@@ -55,14 +66,26 @@
 //! update plexus_apps set enabled = true where id = '42';
 //! -- rotate the secret (or the key)
 //! update plexus_apps set secret = 'new-secret' where id = '42';
+//! -- API keys: add one, narrow one, revoke one (connections with a revoked or narrowed key are
+//! -- reported in AppChange::KeysRevoked)
+//! update plexus_apps set api_keys = api_keys || '[{"key": "sk_live_2", "scopes": ["events:read"]}]'
+//! where id = '42';
+//! update plexus_apps set api_keys = jsonb_set(api_keys, '{0,channels}', '["instance-inst_1*"]')
+//! where id = '42';
+//! update plexus_apps set api_keys = (select coalesce(jsonb_agg(k), '[]') from jsonb_array_elements(api_keys) k
+//!                                    where k->>'key' <> 'sk_live_2')
+//! where id = '42';
 //! -- remove
 //! delete from plexus_apps where id = '42';
 //! ```
 //!
 //! A row that cannot be served (empty id, key or secret; a key already used by an app with a
 //! smaller id; webhooks that are not an array of `{url, events}` with known event kinds and
-//! `http://` URLs; a limit out of range) is skipped with a warning naming the reason, once, and
-//! the other rows are served. An app whose row turns bad is reported [`AppChange::Removed`].
+//! `http://` URLs; a jsonb column that is not an array of the objects its `[[apps.…]]` table
+//! allows, e.g. an unknown field or a wrong type; a limit out of range) is skipped with a warning
+//! naming the app, the column and the reason, once, and the other rows are served. The reason
+//! never quotes the app secret or an API key. An app whose row turns bad is reported
+//! [`AppChange::Removed`].
 //!
 //! # Refresh
 //!

@@ -2,16 +2,22 @@
 //!
 //! The checks are those the config file gets (non-empty credentials, known webhook event kinds,
 //! `http://` webhook URLs, a non-zero payload limit), plus the range checks that PostgreSQL's
-//! signed integers need. A row that fails is reported with a reason that never includes the secret.
+//! signed integers need. The jsonb columns are parsed with the config file's own serde types, so
+//! defaults and refused fields are the same in both stores. A row that fails is reported with a
+//! reason that names the column and never includes the app secret or an API key.
 
-use plexus_core::app::{App, WebhookTarget};
+use plexus_core::access::{ApiKey, ChannelScope};
+use plexus_core::app::{App, HistoryRule, TokenKey, WebhookTarget};
+use serde::de::DeserializeOwned;
 use tokio_postgres::Row;
 
 /// Selected in this order; jsonb comes back as text so no type integration feature is needed.
 pub(crate) const COLUMNS: &str = "id, key, secret, enabled, enable_client_messages, \
      enable_user_authentication, enable_subscription_count, max_connections, max_event_payload_kb, \
      max_presence_members, max_presence_member_size_kb, max_client_events_per_second, \
-     max_channel_name_length, user_authentication_timeout_secs, cache_ttl_secs, webhooks::text";
+     max_channel_name_length, user_authentication_timeout_secs, cache_ttl_secs, webhooks::text, \
+     api_keys::text, channel_scopes::text, history::text, enable_tokens, token_keys::text, \
+     heartbeat_interval_secs, heartbeat_timeout_secs";
 
 /// A row as PostgreSQL types it, before any check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +38,13 @@ pub(crate) struct RawApp {
     pub user_authentication_timeout_secs: i64,
     pub cache_ttl_secs: i64,
     pub webhooks: String,
+    pub api_keys: String,
+    pub channel_scopes: String,
+    pub history: String,
+    pub enable_tokens: bool,
+    pub token_keys: String,
+    pub heartbeat_interval_secs: Option<i32>,
+    pub heartbeat_timeout_secs: Option<i32>,
 }
 
 impl RawApp {
@@ -61,6 +74,13 @@ impl RawApp {
             user_authentication_timeout_secs: col(row, 13)?,
             cache_ttl_secs: col(row, 14)?,
             webhooks: col(row, 15)?,
+            api_keys: col(row, 16)?,
+            channel_scopes: col(row, 17)?,
+            history: col(row, 18)?,
+            enable_tokens: col(row, 19)?,
+            token_keys: col(row, 20)?,
+            heartbeat_interval_secs: col(row, 21)?,
+            heartbeat_timeout_secs: col(row, 22)?,
         })
     }
 
@@ -71,8 +91,15 @@ impl RawApp {
                 return Err(format!("{field} must not be empty"));
             }
         }
-        let webhooks: Vec<WebhookTarget> =
-            serde_json::from_str(&self.webhooks).map_err(|e| format!("webhooks: {e}"))?;
+        let webhooks: Vec<WebhookTarget> = json("webhooks", &self.webhooks)?;
+        let api_keys = api_keys(&self.api_keys)?;
+        let channel_scopes: Vec<ChannelScope> = json("channel_scopes", &self.channel_scopes)?;
+        let history: Vec<HistoryRule> = json("history", &self.history)?;
+        let token_keys: Vec<TokenKey> = json("token_keys", &self.token_keys)?;
+        let heartbeat_interval_secs =
+            self.heartbeat_interval_secs.map(|v| fit("heartbeat_interval_secs", v.into())).transpose()?;
+        let heartbeat_timeout_secs =
+            self.heartbeat_timeout_secs.map(|v| fit("heartbeat_timeout_secs", v.into())).transpose()?;
         let app = App {
             max_connections: fit("max_connections", self.max_connections)?,
             max_event_payload_kb: fit("max_event_payload_kb", self.max_event_payload_kb)?,
@@ -99,18 +126,57 @@ impl RawApp {
             enable_user_authentication: self.enable_user_authentication,
             enable_subscription_count: self.enable_subscription_count,
             webhooks,
-            // API keys for event streams are configured in the file only so far.
-            api_keys: Vec::new(),
-            channel_scopes: Vec::new(),
-            history: Vec::new(),
-            enable_tokens: false,
-            token_keys: Vec::new(),
-            heartbeat_interval_secs: None,
-            heartbeat_timeout_secs: None,
+            api_keys,
+            channel_scopes,
+            history,
+            enable_tokens: self.enable_tokens,
+            token_keys,
+            heartbeat_interval_secs,
+            heartbeat_timeout_secs,
         };
         app.validate().map_err(|(field, reason)| format!("{field} {reason}"))?;
         Ok(app)
     }
+}
+
+/// A jsonb column (as text) into the config file's type for it.
+fn json<T: DeserializeOwned>(column: &str, text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| format!("{column}: {e}"))
+}
+
+/// `api_keys` as [`json`] reads it, except that serde's message, which quotes the string it
+/// choked on, must not carry a key into the log: `["sk_live_…"]` (keys written as bare strings)
+/// would otherwise print the secret. Every string standing where a key could be (an element,
+/// the whole value, a `key` member) is blanked out of the message.
+fn api_keys(text: &str) -> Result<Vec<ApiKey>, String> {
+    let err = match serde_json::from_str(text) {
+        Ok(keys) => return Ok(keys),
+        Err(err) => err,
+    };
+    let mut reason = format!("api_keys: {err}");
+    // Not valid JSON at all: serde_json's syntax errors give a position, not the text.
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else { return Err(reason) };
+    let mut secrets = Vec::new();
+    let elements = match &value {
+        serde_json::Value::Array(items) => items.as_slice(),
+        other => std::slice::from_ref(other),
+    };
+    for element in elements {
+        match element {
+            serde_json::Value::String(s) => secrets.push(s.as_str()),
+            serde_json::Value::Object(fields) => {
+                if let Some(serde_json::Value::String(s)) = fields.get("key") {
+                    secrets.push(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
+        // serde quotes strings in its messages with Rust's Debug escaping.
+        reason = reason.replace(&format!("{secret:?}"), "\"<redacted>\"");
+    }
+    Err(reason)
 }
 
 /// A bigint column into the unsigned Rust field it stands for.
@@ -142,6 +208,13 @@ mod tests {
             user_authentication_timeout_secs: 30,
             cache_ttl_secs: 1800,
             webhooks: "[]".into(),
+            api_keys: "[]".into(),
+            channel_scopes: "[]".into(),
+            history: "[]".into(),
+            enable_tokens: false,
+            token_keys: "[]".into(),
+            heartbeat_interval_secs: None,
+            heartbeat_timeout_secs: None,
         }
     }
 
@@ -168,6 +241,15 @@ mod tests {
             webhooks: r#"[{"url":"http://hooks.local/x","events":["member_added","cache_miss"]},
                           {"url":"http://hooks.local/y"}]"#
                 .into(),
+            api_keys: r#"[{"key":"sk_1","scopes":["events:read"],"channels":["a-*"],"max_connections":3},
+                          {"key":"sk_2"}]"#
+                .into(),
+            channel_scopes: r#"[{"prefix":"a-","scope":"events:read"}]"#.into(),
+            history: r#"[{"prefix":"feed-","size":5}]"#.into(),
+            enable_tokens: true,
+            token_keys: r#"[{"algorithm":"ES256","public_key":"pem","kid":"k1"}]"#.into(),
+            heartbeat_interval_secs: Some(20),
+            heartbeat_timeout_secs: Some(0),
             ..defaults("7", "key7", "secret7")
         };
         let app = raw.into_app().unwrap();
@@ -191,7 +273,44 @@ mod tests {
             },
             WebhookTarget { url: "http://hooks.local/y".into(), events: vec![] },
         ];
+        want.api_keys = vec![
+            ApiKey {
+                key: "sk_1".into(),
+                scopes: vec!["events:read".into()],
+                channels: vec!["a-*".into()],
+                max_connections: 3,
+            },
+            // The config file's defaults: every channel, 10 connections.
+            ApiKey { key: "sk_2".into(), scopes: vec![], channels: vec!["*".into()], max_connections: 10 },
+        ];
+        want.channel_scopes = vec![ChannelScope { prefix: "a-".into(), scope: "events:read".into() }];
+        want.history = vec![HistoryRule { prefix: "feed-".into(), size: 5, ttl_secs: 300 }];
+        want.enable_tokens = true;
+        want.token_keys =
+            vec![TokenKey { algorithm: "ES256".into(), public_key: "pem".into(), kid: Some("k1".into()) }];
+        want.heartbeat_interval_secs = Some(20);
+        want.heartbeat_timeout_secs = Some(0);
         assert_eq!(app, want);
+    }
+
+    #[test]
+    fn a_malformed_api_key_list_never_quotes_a_key() {
+        for (json, key) in [
+            (r#"["topsecret-bare"]"#, "topsecret-bare"),
+            (r#""topsecret-whole""#, "topsecret-whole"),
+            (r#"[{"key":"topsecret-member","channels":"x"}]"#, "topsecret-member"),
+            (r#"[{"key":"k1"}, "topsecret-\"quoted"]"#, "topsecret-"),
+        ] {
+            let raw = RawApp { api_keys: json.into(), ..defaults("1", "k", "s") };
+            let reason = raw.into_app().unwrap_err();
+            assert!(reason.starts_with("api_keys: "), "{reason}");
+            assert!(!reason.contains(key), "{reason:?} quotes {key:?}");
+        }
+        // What is not a key is still quoted, so the reason stays useful.
+        let raw =
+            RawApp { api_keys: r#"[{"key":"k1","scopes":"events:read"}]"#.into(), ..defaults("1", "k", "s") };
+        let reason = raw.into_app().unwrap_err();
+        assert!(reason.contains(r#"invalid type: string "events:read", expected a sequence"#), "{reason}");
     }
 
     #[test]
@@ -207,6 +326,28 @@ mod tests {
             (hooks(r#"[{"url":"http://h","extra":1}]"#), "unknown field `extra`"),
             (hooks(r#"[{"url":"https://h"}]"#), "must be an http:// URL"),
             (RawApp { max_event_payload_kb: 0, ..ok() }, "max_event_payload_kb must be greater than 0"),
+            (RawApp { api_keys: "{}".into(), ..ok() }, "api_keys: invalid type: map, expected a sequence"),
+            (
+                RawApp { api_keys: r#"[{"key":"k","scope":[]}]"#.into(), ..ok() },
+                "api_keys: unknown field `scope`",
+            ),
+            (RawApp { api_keys: "[".into(), ..ok() }, "api_keys: EOF while parsing"),
+            (
+                RawApp { channel_scopes: r#"[{"prefix":"a"}]"#.into(), ..ok() },
+                "channel_scopes: missing field `scope`",
+            ),
+            (
+                RawApp { history: r#"[{"prefix":"a","size":-1}]"#.into(), ..ok() },
+                "history: invalid value: integer `-1`",
+            ),
+            (
+                RawApp { token_keys: r#"[{"algorithm":"RS256"}]"#.into(), ..ok() },
+                "token_keys: missing field `public_key`",
+            ),
+            (
+                RawApp { heartbeat_timeout_secs: Some(-5), ..ok() },
+                "heartbeat_timeout_secs = -5 is out of range",
+            ),
             (RawApp { max_connections: -1, ..ok() }, "max_connections = -1 is out of range"),
             (
                 RawApp { max_presence_members: 1 << 32, ..ok() },

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use plexus_core::access::{glob_match, ApiKey};
 use plexus_core::app::{App, AppStore};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -19,9 +20,17 @@ use crate::schema::Table;
 /// A hung server (half-open TCP, a lock on the table) must not stall the refresh loop forever.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What one refresh found different, by app id. One entry per app: an app that was disabled and
-/// edited in the same interval is reported `Disabled` only.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// What one refresh found different, by app id, ordered by id.
+///
+/// Each app gets at most one of `Added`, `Removed`, `Disabled`, `Enabled` and `Updated`: an app
+/// that was disabled and edited in the same interval is reported `Disabled` only (its connections
+/// close anyway). An `Updated` app that is enabled may also get, right after it, the variants
+/// that say which of its live connections the edit affects: [`AppChange::KeysRevoked`] and
+/// [`AppChange::TokensChanged`]. Changes not listed there (limits, flags, heartbeat settings,
+/// history rules, a key's `max_connections`) apply to new connections and subscriptions only.
+///
+/// `Debug` never prints an API key in full; see [`AppChange::KeysRevoked`].
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum AppChange {
     /// A row appeared (or a skipped row became valid).
     Added(String),
@@ -31,8 +40,28 @@ pub enum AppChange {
     Disabled(String),
     /// `enabled` went from false to true.
     Enabled(String),
-    /// Anything else about the app changed: key or secret rotated, flags, limits, webhooks.
+    /// Anything else about the app changed: key or secret rotated, flags, limits, webhooks, API
+    /// keys, token settings, heartbeat settings.
     Updated(String),
+    /// API keys (`api_keys[].key`, the secrets clients present) that the last snapshot accepted
+    /// and this one no longer honours as fully, in the order the app listed them: connections
+    /// opened with one of them should be closed, and may come back under the new grants. A key
+    /// is revoked when it was deleted, lost a scope, lost channel coverage (a pattern the new
+    /// patterns do not cover, e.g. `a-*` narrowed to `a-b-*`), or when the app's `channel_scopes`
+    /// changed and the key lacks a scope one of the new rules asks for. Widening a key (or adding
+    /// one) is not a revocation. The test is conservative: replacing `a-*` by `a-x*` plus `a-y*`
+    /// reports the key even if only those channels were ever used.
+    ///
+    /// Adding the first key to an app that had none (so connections now need one) revokes no
+    /// key; connections opened without a key are not reported here.
+    ///
+    /// `Debug` shows at most the first four characters of each key.
+    KeysRevoked { app_id: String, keys: Vec<String> },
+    /// The app accepted signed tokens (`enable_tokens`, or any `token_keys`) and `enable_tokens`,
+    /// `token_keys` or the secret (the HS256 key) changed: tokens accepted before may no longer
+    /// verify, so connections opened with a token should be checked again or closed. Turning
+    /// tokens on for an app that accepted none is only `Updated`: no live connection holds one.
+    TokensChanged(String),
 }
 
 impl AppChange {
@@ -42,7 +71,38 @@ impl AppChange {
             | AppChange::Removed(id)
             | AppChange::Disabled(id)
             | AppChange::Enabled(id)
-            | AppChange::Updated(id) => id,
+            | AppChange::Updated(id)
+            | AppChange::KeysRevoked { app_id: id, .. }
+            | AppChange::TokensChanged(id) => id,
+        }
+    }
+}
+
+/// The server logs every change; API keys are secrets, so only enough of one to recognise it
+/// is printed (nothing of a key of eight characters or fewer).
+impl fmt::Debug for AppChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppChange::Added(id) => f.debug_tuple("Added").field(id).finish(),
+            AppChange::Removed(id) => f.debug_tuple("Removed").field(id).finish(),
+            AppChange::Disabled(id) => f.debug_tuple("Disabled").field(id).finish(),
+            AppChange::Enabled(id) => f.debug_tuple("Enabled").field(id).finish(),
+            AppChange::Updated(id) => f.debug_tuple("Updated").field(id).finish(),
+            AppChange::TokensChanged(id) => f.debug_tuple("TokensChanged").field(id).finish(),
+            AppChange::KeysRevoked { app_id, keys } => {
+                let shown: Vec<String> = keys
+                    .iter()
+                    .map(|key| {
+                        let prefix: String = if key.chars().count() > 8 {
+                            key.chars().take(4).collect()
+                        } else {
+                            String::new()
+                        };
+                        format!("{prefix}…")
+                    })
+                    .collect();
+                f.debug_struct("KeysRevoked").field("app_id", app_id).field("keys", &shown).finish()
+            }
         }
     }
 }
@@ -260,7 +320,7 @@ fn build_from(
     (snapshot, skipped)
 }
 
-/// Changes from `old` to `new`, ordered by app id.
+/// Changes from `old` to `new`, ordered by app id (see [`AppChange`] for what goes with what).
 fn diff(old: &Snapshot, new: &Snapshot) -> Vec<AppChange> {
     let mut changes = Vec::new();
     for (id, app) in &new.by_id {
@@ -269,14 +329,75 @@ fn diff(old: &Snapshot, new: &Snapshot) -> Vec<AppChange> {
             Some(before) if before == app => {}
             Some(before) if before.enabled && !app.enabled => changes.push(AppChange::Disabled(id.clone())),
             Some(before) if !before.enabled && app.enabled => changes.push(AppChange::Enabled(id.clone())),
-            Some(_) => changes.push(AppChange::Updated(id.clone())),
+            Some(before) => {
+                changes.push(AppChange::Updated(id.clone()));
+                // A disabled app has no connections for these to act on.
+                if app.enabled {
+                    let keys = revoked_keys(before, app);
+                    if !keys.is_empty() {
+                        changes.push(AppChange::KeysRevoked { app_id: id.clone(), keys });
+                    }
+                    if tokens_changed(before, app) {
+                        changes.push(AppChange::TokensChanged(id.clone()));
+                    }
+                }
+            }
         }
     }
     changes.extend(
         old.by_id.keys().filter(|id| !new.by_id.contains_key(*id)).map(|id| AppChange::Removed(id.clone())),
     );
+    // Stable, so an app's details stay right after its `Updated`.
     changes.sort_by(|a, b| a.id().cmp(b.id()));
     changes
+}
+
+/// The keys of `old` that `new` honours less (the rules are on [`AppChange::KeysRevoked`]).
+fn revoked_keys(old: &App, new: &App) -> Vec<String> {
+    // A key is only ever checked against the scope the longest matching rule names, so when the
+    // rules change, a key that holds every scope they name is the only kind sure to lose nothing.
+    let rules_changed = old.channel_scopes != new.channel_scopes;
+    let mut revoked: Vec<String> = Vec::new();
+    for (i, before) in old.api_keys.iter().enumerate() {
+        // Lookups take the first key with a given secret; later duplicates were never used.
+        if old.api_keys[..i].iter().any(|k| k.key == before.key) {
+            continue;
+        }
+        let honoured = match new.api_keys.iter().find(|k| k.key == before.key) {
+            None => false,
+            Some(after) => {
+                before.scopes.iter().all(|scope| holds(after, scope))
+                    && before.channels.iter().all(|pattern| covers(&after.channels, pattern))
+                    && !(rules_changed && new.channel_scopes.iter().any(|rule| !holds(after, &rule.scope)))
+            }
+        };
+        if !honoured {
+            revoked.push(before.key.clone());
+        }
+    }
+    revoked
+}
+
+/// Whether `key` holds `scope` (`*` holds every scope, and only `*` holds `*`).
+fn holds(key: &ApiKey, scope: &str) -> bool {
+    key.scopes.iter().any(|s| s == "*" || s == scope)
+}
+
+/// Whether every channel `pattern` matches is matched by one of `patterns`. Sufficient, not
+/// exact: `pattern` is matched as text, its `*`s as literal characters. Since `*` never occurs
+/// in a channel name, a literal `*` can only be consumed by a `*` of the covering pattern, which
+/// then consumes whatever the original `*` stands for just as well.
+fn covers(patterns: &[String], pattern: &str) -> bool {
+    patterns.iter().any(|p| glob_match(p, pattern))
+}
+
+/// Whether tokens accepted under `old` may not verify under `new`.
+fn tokens_changed(old: &App, new: &App) -> bool {
+    let accepts_tokens = old.enable_tokens || !old.token_keys.is_empty();
+    accepts_tokens
+        && (old.enable_tokens != new.enable_tokens
+            || old.token_keys != new.token_keys
+            || old.secret != new.secret)
 }
 
 impl AppStore for PgAppStore {
@@ -308,6 +429,8 @@ impl fmt::Debug for PgAppStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plexus_core::access::ChannelScope;
+    use plexus_core::app::TokenKey;
 
     fn snapshot(apps: Vec<App>) -> Snapshot {
         build_from(apps.into_iter().map(|app| (app.id.clone(), Ok(app)))).0
@@ -351,6 +474,114 @@ mod tests {
             ]
         );
         assert!(diff(&new, &new).is_empty());
+    }
+
+    fn key(secret: &str, scopes: &[&str], channels: &[&str]) -> ApiKey {
+        ApiKey {
+            key: secret.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            channels: channels.iter().map(|s| s.to_string()).collect(),
+            max_connections: 10,
+        }
+    }
+
+    fn with_keys(keys: Vec<ApiKey>) -> App {
+        let mut app = App::new("1", "k", "s");
+        app.api_keys = keys;
+        app
+    }
+
+    #[test]
+    fn a_key_is_revoked_when_deleted_or_narrowed_and_not_when_widened() {
+        let old = with_keys(vec![
+            key("sk_deleted", &["events:read"], &["*"]),
+            key("sk_lost_scope", &["events:read", "chats:read"], &["*"]),
+            key("sk_narrowed", &["events:read"], &["a-*"]),
+            key("sk_widened", &["events:read"], &["a-b-*", "c"]),
+            key("sk_untouched", &["*"], &["*"]),
+        ]);
+        let new = with_keys(vec![
+            key("sk_untouched", &["*"], &["*"]),
+            key("sk_widened", &["events:read", "chats:read"], &["a-*", "c*"]),
+            key("sk_narrowed", &["events:read"], &["a-b-*"]),
+            key("sk_lost_scope", &["events:read"], &["*"]),
+            key("sk_added", &["events:read"], &["*"]),
+        ]);
+        assert_eq!(revoked_keys(&old, &new), ["sk_deleted", "sk_lost_scope", "sk_narrowed"]);
+        assert!(revoked_keys(&new, &new).is_empty());
+        // A key's `*` scope or channel is only honoured by `*`.
+        let star = with_keys(vec![key("sk", &["*"], &["*"])]);
+        assert_eq!(revoked_keys(&star, &with_keys(vec![key("sk", &["events:read"], &["*"])])), ["sk"]);
+        assert_eq!(revoked_keys(&star, &with_keys(vec![key("sk", &["*"], &["a*"])])), ["sk"]);
+    }
+
+    #[test]
+    fn new_channel_scope_rules_revoke_the_keys_that_lack_a_scope_they_name() {
+        let mut old = with_keys(vec![
+            key("sk_events", &["events:read"], &["*"]),
+            key("sk_both", &["events:read", "chats:read"], &["*"]),
+            key("sk_all", &["*"], &["*"]),
+        ]);
+        let mut new = old.clone();
+        new.channel_scopes = vec![ChannelScope { prefix: "chats-".into(), scope: "chats:read".into() }];
+        assert_eq!(revoked_keys(&old, &new), ["sk_events"]);
+        // Removing a rule can narrow too: the shorter prefix's rule takes over.
+        old.channel_scopes = vec![
+            ChannelScope { prefix: "a-".into(), scope: "chats:read".into() },
+            ChannelScope { prefix: "a-b-".into(), scope: "events:read".into() },
+        ];
+        new.channel_scopes = old.channel_scopes[..1].to_vec();
+        assert_eq!(revoked_keys(&old, &new), ["sk_events"]);
+    }
+
+    #[test]
+    fn token_changes_are_reported_only_for_apps_that_accepted_tokens() {
+        let plain = App::new("1", "k", "s");
+        let rotated = App { secret: "s2".into(), ..plain.clone() };
+        assert!(!tokens_changed(&plain, &rotated), "no token could have been signed with it");
+        let hs256 = App { enable_tokens: true, ..plain.clone() };
+        assert!(!tokens_changed(&plain, &hs256), "turning tokens on revokes nothing");
+        assert!(tokens_changed(&hs256, &App { secret: "s2".into(), ..hs256.clone() }));
+        assert!(tokens_changed(&hs256, &plain));
+        let rs256 = App {
+            token_keys: vec![TokenKey { algorithm: "RS256".into(), public_key: "pem".into(), kid: None }],
+            ..plain.clone()
+        };
+        assert!(tokens_changed(&rs256, &plain));
+        assert!(tokens_changed(&rs256, &App { secret: "s2".into(), ..rs256.clone() }));
+        assert!(!tokens_changed(&rs256, &App { max_connections: 5, ..rs256.clone() }));
+    }
+
+    #[test]
+    fn key_and_token_changes_follow_the_update_of_an_enabled_app_only() {
+        let old = App { enable_tokens: true, ..with_keys(vec![key("sk_gone_1234", &["*"], &["*"])]) };
+        let edited = App { secret: "s2".into(), ..with_keys(vec![]) };
+        assert_eq!(
+            diff(&snapshot(vec![old.clone()]), &snapshot(vec![edited.clone()])),
+            [
+                AppChange::Updated("1".into()),
+                AppChange::KeysRevoked { app_id: "1".into(), keys: vec!["sk_gone_1234".into()] },
+                AppChange::TokensChanged("1".into()),
+            ]
+        );
+        let disabled = App { enabled: false, ..edited.clone() };
+        assert_eq!(
+            diff(&snapshot(vec![old.clone()]), &snapshot(vec![disabled])),
+            [AppChange::Disabled("1".into())]
+        );
+        let (off, off_edited) = (App { enabled: false, ..old }, App { enabled: false, ..edited });
+        assert_eq!(diff(&snapshot(vec![off]), &snapshot(vec![off_edited])), [AppChange::Updated("1".into())]);
+    }
+
+    #[test]
+    fn debug_shows_no_more_than_four_characters_of_a_revoked_key() {
+        let change = AppChange::KeysRevoked {
+            app_id: "42".into(),
+            keys: vec!["sk_live_very_secret".into(), "short-12".into()],
+        };
+        let printed = format!("{change:?}");
+        assert!(printed.contains("\"42\"") && printed.contains("sk_l…"), "{printed}");
+        assert!(!printed.contains("sk_live") && !printed.contains("short"), "{printed}");
     }
 
     #[test]

@@ -136,13 +136,22 @@ async fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
             "webhooks",
             "created_at",
             "updated_at",
+            "api_keys",
+            "channel_scopes",
+            "history",
+            "enable_tokens",
+            "token_keys",
+            "heartbeat_interval_secs",
+            "heartbeat_timeout_secs",
         ]
     );
-    let webhooks = columns.iter().find(|(name, _, _)| name == "webhooks").unwrap();
-    assert_eq!(webhooks.1, "jsonb");
-    assert_eq!(webhooks.2.as_deref(), Some("'[]'::jsonb"));
+    for jsonb in ["webhooks", "api_keys", "channel_scopes", "history", "token_keys"] {
+        let column = columns.iter().find(|(name, _, _)| name == jsonb).unwrap();
+        assert_eq!(column.1, "jsonb", "{jsonb}");
+        assert_eq!(column.2.as_deref(), Some("'[]'::jsonb"), "{jsonb}");
+    }
     let records = scratch.migration_records().await;
-    assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), [1]);
+    assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
 
     // The key is unique and the trigger keeps updated_at current.
     scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
@@ -186,7 +195,7 @@ async fn concurrent_migrations_all_succeed_and_apply_once() {
     a.expect("first");
     b.expect("second");
     c.expect("third");
-    assert_eq!(scratch.migration_records().await.len(), 1);
+    assert_eq!(scratch.migration_records().await.len(), 2);
     scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
 }
 
@@ -196,7 +205,7 @@ async fn migrate_recreates_a_table_that_was_dropped_by_hand() {
     scratch.sql("drop table {t}").await;
     migrate(URL, &scratch.table).await.expect("migrate after drop");
     scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
-    assert_eq!(scratch.migration_records().await.len(), 1);
+    assert_eq!(scratch.migration_records().await.len(), 2);
 }
 
 #[tokio::test]
@@ -516,4 +525,246 @@ async fn the_refresh_loop_stops_when_the_store_is_dropped() {
     let task = store.spawn_refresh(Duration::from_millis(10), |_| {});
     drop(store);
     tokio::time::timeout(PATIENCE, task).await.expect("loop should end").unwrap();
+}
+
+/// The apps of a config file snippet, parsed the way the server parses `[[apps]]`.
+fn apps_from_toml(text: &str) -> Vec<App> {
+    let file: toml::Table = toml::from_str(text).expect("valid TOML");
+    file["apps"].clone().try_into().expect("valid [[apps]]")
+}
+
+#[tokio::test]
+async fn a_version_1_table_is_upgraded_in_place_and_its_rows_keep_their_values() {
+    let scratch = Scratch::new().await;
+    // The table exactly as a release that knew only migration 1 left it, made under the lock
+    // `migrate` takes (0x706c_6578_7573_0001), since its `create or replace function` fails when
+    // another test's migration runs it at the same moment. The bookkeeping table's definition is
+    // repeated because that release created it the same way.
+    let version_1 = include_str!("../migrations/0001_apps.sql")
+        .replace("{table}", &format!("\"{}\"", scratch.table))
+        .replace("{trigger}", &format!("\"{}_touch_updated_at\"", scratch.table));
+    scratch
+        .admin
+        .batch_execute(&format!(
+            "begin;
+             select pg_advisory_xact_lock({lock});
+             create table if not exists plexus_schema_migrations (
+                 app_table text not null, version integer not null,
+                 applied_at timestamptz not null default now(), primary key (app_table, version));
+             {version_1};
+             insert into plexus_schema_migrations (app_table, version) values ('{table}', 1);
+             commit;",
+            lock = 0x706c_6578_7573_0001_i64,
+            table = scratch.table,
+        ))
+        .await
+        .unwrap();
+    scratch
+        .sql(
+            r#"insert into {t} (id, key, secret, enable_client_messages, max_connections, webhooks) values
+                 ('1', 'k1', 's1', true, 77, '[{"url": "http://h/", "events": ["member_added"]}]'),
+                 ('2', 'k2', 's2', false, 0, '[]')"#,
+        )
+        .await;
+    // A node of the new release that does not migrate says what to do.
+    let err = PgAppStore::connect(URL, &scratch.table).await.unwrap_err();
+    assert!(matches!(err, PgStoreError::OutdatedSchema { .. }), "{err:?}");
+    assert!(err.to_string().contains("run `plexus migrate`"), "{err}");
+
+    migrate(URL, &scratch.table).await.expect("upgrade");
+    assert_eq!(scratch.migration_records().await.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
+    let store = scratch.connect().await;
+    let mut first = App::new("1", "k1", "s1");
+    first.enable_client_messages = true;
+    first.max_connections = 77;
+    first.webhooks = vec![WebhookTarget { url: "http://h/".into(), events: vec![WebhookKind::MemberAdded] }];
+    assert_eq!(*store.by_id("1").unwrap(), first, "old values kept, new settings at their defaults");
+    assert_eq!(*store.by_id("2").unwrap(), App::new("2", "k2", "s2"));
+
+    // The new columns are there to be set, and the trigger survived.
+    scratch.sql(r#"update {t} set api_keys = '[{"key": "sk_new_key_1"}]', heartbeat_timeout_secs = 45 where id = '2'"#).await;
+    assert_eq!(store.refresh().await.unwrap(), [AppChange::Updated("2".into())]);
+    let second = store.by_id("2").unwrap();
+    assert_eq!(second.api_keys[0].key, "sk_new_key_1");
+    assert_eq!(second.heartbeat_timeout_secs, Some(45));
+    let touched: bool = scratch
+        .admin
+        .query_one(&format!("select updated_at > created_at from {} where id = '2'", scratch.table), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(touched, "updated_at should be set by the trigger");
+}
+
+const ACCESS_TOML: &str = r#"
+[[apps]]
+id = "5"
+key = "key-5"
+secret = "secret-5"
+enable_tokens = true
+heartbeat_interval_secs = 20
+heartbeat_timeout_secs = 60
+
+[[apps.api_keys]]
+key = "sk_live_one"
+scopes = ["events:read"]
+channels = ["instance-inst_1*"]
+max_connections = 3
+
+[[apps.api_keys]]
+key = "sk_live_two"
+
+[[apps.channel_scopes]]
+prefix = "chats-"
+scope = "chats:read"
+
+[[apps.history]]
+prefix = "feed-"
+size = 50
+
+[[apps.token_keys]]
+algorithm = "ES256"
+public_key = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+kid = "2024"
+"#;
+
+#[tokio::test]
+async fn a_row_with_keys_scopes_history_tokens_and_heartbeat_is_the_app_the_config_file_describes() {
+    let scratch = Scratch::migrated().await;
+    scratch
+        .sql(
+            r#"insert into {t} (id, key, secret, enable_tokens, heartbeat_interval_secs, heartbeat_timeout_secs,
+                 api_keys, channel_scopes, history, token_keys)
+               values ('5', 'key-5', 'secret-5', true, 20, 60,
+                 '[{"key": "sk_live_one", "scopes": ["events:read"], "channels": ["instance-inst_1*"], "max_connections": 3},
+                   {"key": "sk_live_two"}]',
+                 '[{"prefix": "chats-", "scope": "chats:read"}]',
+                 '[{"prefix": "feed-", "size": 50}]',
+                 '[{"algorithm": "ES256", "kid": "2024",
+                    "public_key": "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"}]')"#,
+        )
+        .await;
+    let store = scratch.connect().await;
+    let from_file = apps_from_toml(ACCESS_TOML);
+    assert_eq!(from_file.len(), 1);
+    let from_row = store.by_key("key-5").expect("served");
+    assert_eq!(*from_row, from_file[0]);
+    // Defaults filled in the same way by both: the second key's channels and limit, the rule's ttl.
+    assert_eq!(from_row.api_keys[1].channels, ["*"]);
+    assert_eq!(from_row.api_keys[1].max_connections, 10);
+    assert_eq!(from_row.history[0].ttl_secs, 300);
+}
+
+/// The log line that says why `app` was skipped, if any.
+fn skip_line(logs: &Logs, app: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(&logs.0 .0.lock().unwrap()).into_owned();
+    text.lines()
+        .find(|line| line.contains("skipping app row") && line.contains(&format!("app={app}")))
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn malformed_access_columns_skip_the_row_with_a_reason_and_the_others_load() {
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let scratch = Scratch::migrated().await;
+    scratch
+        .sql(
+            r#"insert into {t} (id, key, secret, api_keys, channel_scopes, history, token_keys) values
+                 ('good', 'k-good', 's', '[{"key": "sk_fine_key"}]', '[]', '[]', '[]'),
+                 ('keys-object', 'k-1', 's', '{"key": "sk_x"}', '[]', '[]', '[]'),
+                 ('keys-unknown', 'k-2', 's', '[{"key": "sk_x", "scope": ["events:read"]}]', '[]', '[]', '[]'),
+                 ('keys-bare', 'k-3', 's', '["sk_live_must_not_be_logged"]', '[]', '[]', '[]'),
+                 ('scopes-type', 'k-4', 's', '[]', '[{"prefix": 1, "scope": "chats:read"}]', '[]', '[]'),
+                 ('history-type', 'k-5', 's', '[]', '[]', '[{"prefix": "feed-", "size": "big"}]', '[]'),
+                 ('tokens-shape', 'k-6', 's', '[]', '[]', '[]', '"-----BEGIN PUBLIC KEY-----"')"#,
+        )
+        .await;
+    let store = scratch.connect().await;
+    assert_eq!(store.list().iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["good"]);
+    for (app, reason) in [
+        ("keys-object", "api_keys: invalid type: map, expected a sequence"),
+        ("keys-unknown", "api_keys: unknown field `scope`"),
+        ("keys-bare", "api_keys: invalid type: string \"<redacted>\""),
+        ("scopes-type", "channel_scopes: invalid type: integer `1`, expected a string"),
+        ("history-type", "history: invalid type: string \"big\""),
+        ("tokens-shape", "token_keys: invalid type: string"),
+    ] {
+        let line = skip_line(&logs, app).unwrap_or_else(|| panic!("no skip logged for {app}"));
+        assert!(line.contains(reason), "{line:?} should contain {reason:?}");
+    }
+    assert_eq!(logs.count("sk_live_must_not_be_logged"), 0, "an API key reached the log");
+
+    // Fixing a row brings it in, and the good row was served throughout.
+    scratch.sql(r#"update {t} set api_keys = '[{"key": "sk_x"}]' where id = 'keys-object'"#).await;
+    assert_eq!(store.refresh().await.unwrap(), [added("keys-object")]);
+    assert_eq!(store.by_key("k-1").unwrap().api_keys[0].key, "sk_x");
+    assert_eq!(store.by_key("k-good").unwrap().api_keys[0].key, "sk_fine_key");
+}
+
+fn updated(id: &str) -> AppChange {
+    AppChange::Updated(id.into())
+}
+
+fn revoked(id: &str, keys: &[&str]) -> AppChange {
+    AppChange::KeysRevoked { app_id: id.into(), keys: keys.iter().map(|k| k.to_string()).collect() }
+}
+
+#[tokio::test]
+async fn refresh_reports_revoked_keys_and_token_changes_and_nothing_for_added_keys() {
+    let scratch = Scratch::migrated().await;
+    scratch
+        .sql(
+            r#"insert into {t} (id, key, secret, api_keys) values ('1', 'k', 's',
+                 '[{"key": "sk_a_0000000", "scopes": ["events:read"], "channels": ["a-*"]},
+                   {"key": "sk_b_0000000", "scopes": ["*"]}]')"#,
+        )
+        .await;
+    let store = scratch.connect().await;
+
+    // Added or widened keys take nothing away.
+    scratch.sql(r#"update {t} set api_keys = api_keys || '[{"key": "sk_c_0000000"}]'"#).await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1")]);
+    scratch.sql(r#"update {t} set api_keys = jsonb_set(api_keys, '{0,channels}', '["a-*", "b-*"]')"#).await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1")]);
+    assert_eq!(store.by_id("1").unwrap().api_keys[0].channels, ["a-*", "b-*"]);
+
+    // Narrowed channels, then a deleted key.
+    scratch.sql(r#"update {t} set api_keys = jsonb_set(api_keys, '{0,channels}', '["a-1-*"]')"#).await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1"), revoked("1", &["sk_a_0000000"])]);
+    scratch
+        .sql(
+            r#"update {t} set api_keys = (select jsonb_agg(k) from jsonb_array_elements(api_keys) k
+                                           where k->>'key' <> 'sk_b_0000000')"#,
+        )
+        .await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1"), revoked("1", &["sk_b_0000000"])]);
+    // A scope rule the remaining keys do not hold, then every key at once.
+    scratch.sql(r#"update {t} set channel_scopes = '[{"prefix": "chats-", "scope": "chats:read"}]'"#).await;
+    assert_eq!(
+        store.refresh().await.unwrap(),
+        [updated("1"), revoked("1", &["sk_a_0000000", "sk_c_0000000"])]
+    );
+    scratch.sql("update {t} set api_keys = '[]'").await;
+    assert_eq!(
+        store.refresh().await.unwrap(),
+        [updated("1"), revoked("1", &["sk_a_0000000", "sk_c_0000000"])]
+    );
+
+    // Tokens: turning them on affects no live connection; after that every token setting does.
+    let tokens = |id: &str| AppChange::TokensChanged(id.into());
+    scratch.sql("update {t} set enable_tokens = true").await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1")]);
+    scratch.sql("update {t} set secret = 's2'").await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1"), tokens("1")]);
+    scratch
+        .sql(r#"update {t} set token_keys = '[{"algorithm": "RS256", "public_key": "-----BEGIN PUBLIC KEY-----"}]'"#)
+        .await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1"), tokens("1")]);
+    scratch.sql("update {t} set enable_tokens = false").await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1"), tokens("1")]);
+    // Other settings are only an update.
+    scratch.sql("update {t} set heartbeat_interval_secs = 10, history = '[{\"prefix\": \"feed-\"}]'").await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1")]);
+    assert_eq!(store.by_id("1").unwrap().heartbeat_interval_secs, Some(10));
 }
