@@ -257,5 +257,5 @@ fn tags(value: &Value) -> String {
 
 /// `a,b` for a JSON array of strings (empty for none).
 fn list(value: &Value) -> String {
-    value.as_array().into_iter().flatten().map(|v| text(v)).collect::<Vec<_>>().join(",")
+    value.as_array().into_iter().flatten().map(text).collect::<Vec<_>>().join(",")
 }
