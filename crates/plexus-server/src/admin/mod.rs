@@ -10,7 +10,8 @@
 //! and presence members), `GET /api/apps/{id}/observe?channel=` (SSE: the debug console, from
 //! `plexus_core::observe`), `POST /api/apps/{id}/events` (a test event, checked like the HTTP
 //! API's trigger), `GET /api/logs?level=&target=` (SSE: [`crate::logstream`]) and
-//! `GET /api/info` (what `plexus info --url` prints; see [`crate::introspect`]).
+//! `GET /api/info` (what `plexus info --url` prints, also shown on the dashboard: typed channels
+//! and bridges; see [`crate::introspect`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
