@@ -7,6 +7,8 @@
 //!   state, logger, session, services, event hub.
 //! - [`middleware`]: around actions, and on outgoing events.
 //! - [`hub`]: [`EventHub`], topics delivered through plexus channels (cluster-wide).
+//! - [`describe`]: [`ChannelDescription`], what is wired (actions, types, auth, tags, topics),
+//!   and selection by tag.
 //! - [`runtime`]: [`Channels`], the set of wirings installed into a server, and the per-connection
 //!   worker. [`envelope`]: the `plexus:*` frames (`docs/typed-channels.md` describes the protocol).
 //! - [`proxy`]: the HTTP action proxy, typed channels served by a backend in any language.
@@ -42,6 +44,7 @@
 //! ```
 
 pub mod context;
+pub mod describe;
 pub mod envelope;
 pub mod error;
 pub mod hub;
@@ -53,39 +56,9 @@ pub mod typescript;
 pub mod wire;
 
 pub use context::{ChannelState, Ctx};
+pub use describe::{ActionDescription, ChannelDescription, ProxyTarget, TopicDescription};
 pub use error::{codes, ActionError};
 pub use hub::EventHub;
 pub use middleware::{around, ActionInfo, EventInfo, Next};
 pub use runtime::{Channels, Installed};
 pub use wire::{check, check_sync, Action, Channel, Check, Message, OpeningData, Permissions, TypeNames};
-
-/// What one wired channel offers, for introspection (`tags`) and client generation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelDescription {
-    pub name: String,
-    pub tags: Vec<String>,
-    pub auth: bool,
-    /// Rust type of the opening data.
-    pub opening: &'static str,
-    /// Action name → whether it needs a session, and its Rust input and output types.
-    pub actions: Vec<(String, bool, TypeNames)>,
-    /// Topic name → Rust type of its events.
-    pub topics: Vec<(String, &'static str)>,
-}
-
-impl ChannelDescription {
-    fn of<S, U>(wiring: &wire::Wiring<S, U>) -> Self {
-        ChannelDescription {
-            name: wiring.name.clone(),
-            tags: wiring.tags.clone(),
-            auth: wiring.auth,
-            opening: wiring.opening_type,
-            actions: wiring
-                .actions
-                .iter()
-                .map(|(name, entry)| (name.clone(), entry.auth.unwrap_or(wiring.auth), entry.types.clone()))
-                .collect(),
-            topics: wiring.topics.iter().map(|(name, ty)| (name.clone(), *ty)).collect(),
-        }
-    }
-}

@@ -1,5 +1,6 @@
 //! The HTTP action proxy: typed channels served by a backend in any language. `plexus serve`
-//! installs it from `[[action_proxy]]` routes (app id, channel, URL).
+//! installs it from `[[action_proxy]]` routes (app id, channel, URL, tags); with `--tags` only
+//! the routes carrying a selected tag are given to [`channels`].
 //!
 //! Opening a proxied channel succeeds when the connection's app has a route for it. Every
 //! action on it (any name, through `on_message`) becomes `POST url` with the JSON body
@@ -32,6 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::context::Ctx;
+use crate::describe::ProxyTarget;
 use crate::error::ActionError;
 use crate::runtime::Channels;
 use crate::wire::{Action, Channel, Message, OpeningData};
@@ -48,6 +50,9 @@ pub struct ProxyRoute {
     pub channel: String,
     /// `http://…`
     pub url: String,
+    /// Labels for introspection and selection (`plexus serve --tags`).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// Why the routes cannot be served.
@@ -104,9 +109,20 @@ pub fn channels(routes: &[ProxyRoute]) -> Result<Channels<Proxy, Value>, ProxyEr
     let proxy = Proxy { routes: table, client: Client::builder(TokioExecutor::new()).build_http() };
     let mut channels = Channels::new(proxy);
     for name in names {
+        let mine: Vec<&ProxyRoute> = routes.iter().filter(|r| r.channel == name).collect();
+        // The channel carries every tag of its routes; selecting routes by tag happens before
+        // this (a route left out is not in `routes`), so the union decides nothing on its own.
+        let mut tags: Vec<&str> = mine.iter().flat_map(|r| r.tags.iter().map(String::as_str)).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        let targets = mine
+            .iter()
+            .map(|r| ProxyTarget { app_id: r.app_id.clone(), url: r.url.clone(), tags: r.tags.clone() })
+            .collect();
         let channel = Channel::<Proxy, Value, OpeningData>::new(name)
             .auth(false)
-            .tags(["proxy"])
+            .tags(tags)
+            .proxied(targets)
             .on_connect(|ctx: ProxyCtx| async move {
                 route(&ctx)?;
                 Ok(())

@@ -81,6 +81,30 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Channels<S, U> {
         self
     }
 
+    /// Keeps only the channels tagged with at least one of `tags`, so one build can run as
+    /// several deployments (`--tags events` on one node, `--tags chat` on another). The channels
+    /// left out are logged; none kept is legal (the node then serves the Pusher protocol only).
+    ///
+    /// ```
+    /// # use plexus_channels::{Channel, Channels};
+    /// let channels = Channels::<(), ()>::new(())
+    ///     .wire(Channel::<(), ()>::new("chat").tags(["chat"]))
+    ///     .wire(Channel::<(), ()>::new("feed").tags(["events", "feed"]))
+    ///     .only_tags(["events"]);
+    /// assert_eq!(channels.describe().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["feed"]);
+    /// ```
+    pub fn only_tags<T: AsRef<str>>(mut self, tags: impl IntoIterator<Item = T>) -> Self {
+        let wanted: Vec<T> = tags.into_iter().collect();
+        self.wirings.retain(|name, wiring| {
+            let keep = crate::describe::tagged_with_any(&wiring.tags, &wanted);
+            if !keep {
+                tracing::info!(channel = %name, tags = ?wiring.tags, "typed channel left out: none of its tags is selected");
+            }
+            keep
+        });
+        self
+    }
+
     /// Middleware around every action of every channel (before each wiring's own).
     pub fn middleware(mut self, middleware: ActionMiddleware<U>) -> Self {
         self.middleware.push(middleware);
@@ -104,7 +128,7 @@ impl<S: Send + Sync + 'static, U: Send + Sync + 'static> Channels<S, U> {
         wirings
     }
 
-    /// What is wired, for introspection and client generation.
+    /// What is wired, in name order (see [`describe`](crate::describe)).
     pub fn describe(&self) -> Vec<crate::ChannelDescription> {
         let mut out: Vec<_> = self.wirings.values().map(|w| crate::ChannelDescription::of(w)).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -154,6 +178,7 @@ impl Installed {
         EventHub::new(self.hubs.hub(app_id), self.shared.clone())
     }
 
+    /// What was wired when these channels were installed, in name order.
     pub fn describe(&self) -> &[crate::ChannelDescription] {
         &self.described
     }

@@ -126,11 +126,18 @@ pub(crate) struct ActionEntry<S, U> {
     pub(crate) auth: Option<bool>,
     pub(crate) run: ErasedAction<S, U>,
     pub(crate) types: TypeNames,
+    /// Names of the permission groups, for introspection (the checks are inside `run`).
+    pub(crate) permissions: Vec<String>,
 }
 
 impl<S, U> Clone for ActionEntry<S, U> {
     fn clone(&self) -> Self {
-        ActionEntry { auth: self.auth, run: self.run.clone(), types: self.types.clone() }
+        ActionEntry {
+            auth: self.auth,
+            run: self.run.clone(),
+            types: self.types.clone(),
+            permissions: self.permissions.clone(),
+        }
     }
 }
 
@@ -194,6 +201,7 @@ where
 
     fn erase(self) -> ActionEntry<S, U> {
         let Action { handler, auth, permissions } = self;
+        let groups = permissions.iter().flat_map(|p| &p.groups).map(|(name, _)| name.clone()).collect();
         let permissions = permissions.map(Arc::new);
         let run: ErasedAction<S, U> = Arc::new(move |raw: RawCtx<S, U>, input: Value| {
             let handler = handler.clone();
@@ -209,7 +217,7 @@ where
             })
         });
         let types = TypeNames { input: std::any::type_name::<In>(), output: std::any::type_name::<Out>() };
-        ActionEntry { auth, run, types }
+        ActionEntry { auth, run, types, permissions: groups }
     }
 }
 
@@ -253,6 +261,8 @@ pub(crate) struct Wiring<S, U> {
     pub(crate) topics: BTreeMap<String, &'static str>,
     pub(crate) parse_opening: ParseOpening,
     pub(crate) opening_type: &'static str,
+    /// Set by the HTTP action proxy: where its actions go, for introspection.
+    pub(crate) proxied: Vec<crate::describe::ProxyTarget>,
     #[cfg(feature = "typescript")]
     pub(crate) ts: crate::typescript::TsChannel,
 }
@@ -328,6 +338,7 @@ where
                 topics: BTreeMap::new(),
                 parse_opening: parse_opening::<O>,
                 opening_type: std::any::type_name::<O>(),
+                proxied: Vec::new(),
                 #[cfg(feature = "typescript")]
                 ts: Default::default(),
             },
@@ -341,7 +352,8 @@ where
         self
     }
 
-    /// Labels for introspection (e.g. which deployment serves the channel).
+    /// Labels for introspection and selection: a process can run only the channels of some tags
+    /// ([`Channels::only_tags`](crate::Channels::only_tags), `plexus serve --tags`).
     pub fn tags<T: Into<String>>(mut self, tags: impl IntoIterator<Item = T>) -> Self {
         self.wiring.tags.extend(tags.into_iter().map(Into::into));
         self
@@ -424,6 +436,11 @@ where
     #[cfg(feature = "typescript")]
     pub(crate) fn ts_mut(&mut self) -> &mut crate::typescript::TsChannel {
         &mut self.wiring.ts
+    }
+
+    pub(crate) fn proxied(mut self, targets: Vec<crate::describe::ProxyTarget>) -> Self {
+        self.wiring.proxied = targets;
+        self
     }
 
     pub(crate) fn into_wiring(self) -> Wiring<S, U> {

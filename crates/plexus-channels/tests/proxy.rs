@@ -87,12 +87,13 @@ async fn actions_are_proxied_with_signed_identity_and_the_backend_answers() {
         format!("http://{}/gone", listener.local_addr().unwrap())
     };
     let routes = vec![
-        ProxyRoute { app_id: APP_ID.into(), channel: "todos".into(), url },
-        ProxyRoute { app_id: APP_ID.into(), channel: "down".into(), url: dead },
+        ProxyRoute { app_id: APP_ID.into(), channel: "todos".into(), url, tags: vec![] },
+        ProxyRoute { app_id: APP_ID.into(), channel: "down".into(), url: dead, tags: vec![] },
         ProxyRoute {
             app_id: "other-app".into(),
             channel: "elsewhere".into(),
             url: "http://127.0.0.1:9/x".into(),
+            tags: vec![],
         },
     ];
     let server = TestServer::start(proxy::channels(&routes).unwrap()).await;
@@ -146,6 +147,7 @@ fn bad_routes_are_refused() {
         app_id: "a".into(),
         channel: channel.into(),
         url: url.into(),
+        tags: vec![],
     };
     assert!(proxy::channels(&[route("t", "https://x/")]).is_err());
     assert!(proxy::channels(&[route("t:x", "http://x/")]).is_err());

@@ -33,6 +33,10 @@ pub struct BridgeConfig {
     /// Queue group for core subjects, so each message is taken by one node of a cluster.
     #[serde(default = "default_group")]
     pub group: String,
+    /// Labels for introspection and selection: `plexus serve --tags` runs only the bridges
+    /// carrying a selected tag.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 fn default_url() -> String {

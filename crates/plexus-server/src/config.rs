@@ -41,7 +41,8 @@ pub struct Config {
     pub mirrors: Vec<crate::mirror::MirrorConfig>,
     #[serde(default)]
     pub apps: Vec<App>,
-    /// Typed channels served by HTTP backends: `[[action_proxy]]` with `app_id`, `channel`, `url`.
+    /// Typed channels served by HTTP backends: `[[action_proxy]]` with `app_id`, `channel`, `url`
+    /// and optional `tags` (`plexus serve --tags` starts only the routes carrying a selected one).
     #[serde(default)]
     pub action_proxy: Vec<plexus_channels::proxy::ProxyRoute>,
 }
@@ -349,7 +350,13 @@ events = ["channel_occupied", "channel_vacated", "member_added", "member_removed
         )
         .unwrap();
         assert_eq!(config.action_proxy[0].channel, "todos");
+        assert!(config.action_proxy[0].tags.is_empty(), "tags default to none");
         config.validate().unwrap();
+        let tagged: Config = toml::from_str(
+            "[[action_proxy]]\napp_id=\"a\"\nchannel=\"t\"\nurl=\"http://x/\"\ntags=[\"events\"]\n",
+        )
+        .unwrap();
+        assert_eq!(tagged.action_proxy[0].tags, ["events"]);
         let bad: Config =
             toml::from_str("[[action_proxy]]\napp_id=\"a\"\nchannel=\"t\"\nurl=\"https://x/\"\n").unwrap();
         let e = bad.validate().unwrap_err().to_string();
@@ -439,6 +446,13 @@ events = ["channel_occupied", "channel_vacated", "member_added", "member_removed
         .unwrap();
         assert_eq!(config.bridges[0].durable, "plexus-bridge");
         assert_eq!(config.bridges[0].url, "nats://127.0.0.1:4222");
+        assert!(config.bridges[0].tags.is_empty(), "tags default to none");
+        let tagged = Config::parse(
+            "[[bridges]]\napp = \"1\"\nsubject = \"a.{x}\"\nchannel = \"c-{x}\"\nevent = \"e\"\ntags = [\"events\", \"ops\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(tagged.bridges[0].tags, ["events", "ops"]);
         let e =
             error_of("[[bridges]]\napp = \"1\"\nsubject = \"a.{x}\"\nchannel = \"c-{y}\"\nevent = \"e\"\n");
         assert!(e.contains("bridges") && e.contains("{y}"), "{e}");

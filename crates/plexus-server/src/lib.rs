@@ -58,6 +58,8 @@ pub struct ServerState {
     pub rate_limits: rate_limit::RateLimits,
     /// The protocol extension that gets `plexus:*` frames (typed channels), set once.
     extension: OnceLock<Arc<dyn ExtensionHandler>>,
+    /// What [`ServerState::install_channels`] installed, for introspection.
+    typed_channels: OnceLock<Vec<plexus_channels::ChannelDescription>>,
     shutting_down: AtomicBool,
 }
 
@@ -121,6 +123,7 @@ impl ServerState {
             cluster,
             credentials: Arc::default(),
             extension: OnceLock::new(),
+            typed_channels: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -146,7 +149,13 @@ impl ServerState {
         if self.set_extension(handler).is_err() {
             panic!("this server already has a plexus extension installed");
         }
+        let _ = self.typed_channels.set(installed.describe().to_vec());
         installed
+    }
+
+    /// The typed channels [`install_channels`](Self::install_channels) installed (none before).
+    pub fn typed_channels(&self) -> &[plexus_channels::ChannelDescription] {
+        self.typed_channels.get().map_or(&[], Vec::as_slice)
     }
 
     pub fn extension(&self) -> Option<&Arc<dyn ExtensionHandler>> {

@@ -1,4 +1,5 @@
-//! The `plexus` command: `plexus serve` runs the server.
+//! The `plexus` command: `plexus serve` runs the server (`--tags` picks which wirings start),
+//! `plexus migrate` prepares the app store, `plexus info` shows what a server is wired with.
 
 use std::path::PathBuf;
 
@@ -50,6 +51,9 @@ struct InfoArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Show only the wirings `plexus serve --tags` would start with these tags (with --config).
+    #[arg(long, value_delimiter = ',')]
+    tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +95,10 @@ struct ServeArgs {
     /// Port of the admin listener (overrides [admin] port; 0 picks a free one).
     #[arg(long, env = "PLEXUS_ADMIN_PORT")]
     admin_port: Option<u16>,
+    /// Start only the wirings ([[action_proxy]] routes, [[bridges]]) tagged with at least one of
+    /// these, e.g. `--tags events,chat`; the Pusher protocol always runs. Without it, all run.
+    #[arg(long, env = "PLEXUS_TAGS", value_delimiter = ',')]
+    tags: Option<Vec<String>>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -200,7 +208,16 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
                 let (id, key, secret) = DEV_APP;
                 config.apps.push(App::new(id, key, secret));
             }
-            plexus_server::introspect::describe_apps(&config.apps, &[])
+            if let Some(tags) = &args.tags {
+                select_by_tags(&mut config, tags);
+            }
+            // The same wiring `plexus serve` installs, described rather than served.
+            let proxied = plexus_channels::proxy::channels(&config.action_proxy).context("action_proxy")?;
+            plexus_server::introspect::describe_apps(
+                &config.apps,
+                &plexus_server::introspect::typed_channels(&proxied.describe()),
+                &plexus_server::introspect::bridges(&config.bridges),
+            )
         }
     };
     if args.json {
@@ -209,6 +226,39 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
         print!("{}", plexus_server::introspect::render(&info));
     }
     Ok(())
+}
+
+/// Keeps the `[[action_proxy]]` routes and `[[bridges]]` tagged with at least one of `tags`
+/// and logs the others. Selecting nothing is legal: the node serves the Pusher protocol only.
+fn select_by_tags(config: &mut Config, tags: &[String]) {
+    use plexus_channels::describe::tagged_with_any;
+    let tags: Vec<&str> = tags.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).collect();
+    config.action_proxy.retain(|route| {
+        let keep = tagged_with_any(&route.tags, &tags);
+        if !keep {
+            tracing::info!(app_id = %route.app_id, channel = %route.channel, tags = ?route.tags,
+                "action_proxy route left out: none of its tags is selected");
+        }
+        keep
+    });
+    config.bridges.retain(|bridge| {
+        let keep = tagged_with_any(&bridge.tags, &tags);
+        if !keep {
+            tracing::info!(app = %bridge.app, subject = %bridge.subject, tags = ?bridge.tags,
+                "bridge left out: none of its tags is selected");
+        }
+        keep
+    });
+    if config.action_proxy.is_empty() && config.bridges.is_empty() {
+        tracing::info!(?tags, "no wiring carries a selected tag: serving the Pusher protocol only");
+    } else {
+        tracing::info!(
+            ?tags,
+            action_proxy = config.action_proxy.len(),
+            bridges = config.bridges.len(),
+            "wirings selected by tags"
+        );
+    }
 }
 
 /// `GET {url}/api/info` with the admin token, over plain HTTP (the admin listener is local).
@@ -250,6 +300,9 @@ fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
     }
     if let Some(port) = args.port {
         config.server.port = port;
+    }
+    if let Some(tags) = &args.tags {
+        select_by_tags(&mut config, tags);
     }
     let from_database = config.app_store.driver == AppStoreDriver::Postgres;
     let overrides = AppOverrides { id: args.app_id, key: args.app_key, secret: args.app_secret };
@@ -326,7 +379,7 @@ fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
                 server: state.clone(),
                 logs,
                 token: token.clone(),
-                typed: Vec::new(),
+                bridges: plexus_server::introspect::bridges(&config.bridges),
             });
             let admin_addr = plexus_server::admin::start(&config.admin, admin).await.with_context(|| {
                 format!("cannot serve the admin listener on {}:{}", config.admin.host, config.admin.port)

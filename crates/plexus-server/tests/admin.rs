@@ -19,7 +19,7 @@ async fn start_admin(server: &TestServer) -> std::net::SocketAddr {
         server: server.state.clone(),
         logs: LogStream::new(),
         token: TOKEN.into(),
-        typed: Vec::new(),
+        bridges: Vec::new(),
     });
     let config = AdminConfig { enabled: true, port: 0, ..AdminConfig::default() };
     plexus_server::admin::start(&config, admin).await.expect("admin listener binds")

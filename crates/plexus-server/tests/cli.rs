@@ -29,6 +29,8 @@ fn help_documents_serve_and_its_flags() {
         "PLEXUS_APP_ID",
         "PLEXUS_APP_KEY",
         "PLEXUS_APP_SECRET",
+        "--tags",
+        "PLEXUS_TAGS",
     ] {
         assert!(help.contains(flag), "help lacks {flag}:\n{help}");
     }

@@ -8,6 +8,8 @@
 //! - Middleware: every action is timed in the log; outgoing events get a `sent_at` timestamp.
 //! - `GET /todos` (the application's own route) lists them over HTTP; `POST /todos/clear` clears
 //!   them and tells every connection through the event hub.
+//! - `PLEXUS_TAGS=chat` leaves the `todos` channel (tags `todos`, `events`) out, as
+//!   `plexus serve --tags` does for its wirings: the node then serves the Pusher protocol only.
 
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -195,6 +197,11 @@ async fn main() -> anyhow::Result<()> {
             Some(event)
         })
         .wire(todos_channel());
+    // `PLEXUS_TAGS=a,b`, as for `plexus serve --tags`: only the channels carrying one of them.
+    let channels = match std::env::var("PLEXUS_TAGS") {
+        Ok(tags) => channels.only_tags(tags.split(',').map(str::trim).filter(|t| !t.is_empty())),
+        Err(_) => channels,
+    };
     let installed = state.install_channels(channels);
 
     let http = Http { todos, channels: installed };

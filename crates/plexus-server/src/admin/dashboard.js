@@ -59,6 +59,19 @@ async function refreshChannels() {
     row([c.name, c.subscription_count, c.members ? `${c.user_count}: ${c.members.join(', ')}` : '—'])));
 }
 
+// What is wired does not change while the server runs: read once.
+async function showWiring() {
+  const response = await api('/api/info');
+  if (!response.ok) return;
+  const info = await response.json();
+  const tags = (list) => (list.length ? list.join(', ') : '—');
+  $('typed').tBodies[0].replaceChildren(...info.typed_channels.map((c) => row([c.channel, tags(c.tags), c.auth,
+    c.actions.map((a) => `${a.name}(${a.input}) → ${a.output} ${a.auth}${a.permissions.length ? ` [${a.permissions.join('|')}]` : ''}`)
+      .concat(c.proxied.map((p) => `forwarded for ${p.app_id} to ${p.url}`)).join('; ') || '—'])));
+  $('bridges').tBodies[0].replaceChildren(...info.bridges.map((b) =>
+    row([b.subject, b.app, b.channel, b.event, tags(b.tags)])));
+}
+
 function describe(o) {
   const d = o.detail || {};
   switch (o.kind) {
@@ -130,5 +143,6 @@ $('publish-form').addEventListener('submit', async (e) => {
 });
 
 streamLogs();
+showWiring();
 refresh();
 setInterval(refresh, 1000);

@@ -10,7 +10,8 @@
 //! and presence members), `GET /api/apps/{id}/observe?channel=` (SSE: the debug console, from
 //! `plexus_core::observe`), `POST /api/apps/{id}/events` (a test event, checked like the HTTP
 //! API's trigger), `GET /api/logs?level=&target=` (SSE: [`crate::logstream`]) and
-//! `GET /api/info` (what `plexus info --url` prints; see [`crate::introspect`]).
+//! `GET /api/info` (what `plexus info --url` prints, also shown on the dashboard: typed channels
+//! and bridges; see [`crate::introspect`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,8 +62,9 @@ pub struct Admin {
     pub server: Arc<ServerState>,
     pub logs: Arc<LogStream>,
     pub token: String,
-    /// Typed channels wired into this server, for `GET /api/info` (none in this build).
-    pub typed: Vec<crate::introspect::TypedChannel>,
+    /// The NATS bridges this server runs, for `GET /api/info` (its typed channels come from
+    /// `server`, where `install_channels` keeps them).
+    pub bridges: Vec<crate::introspect::Bridge>,
 }
 
 /// A random token: 128 bits from the OS generator, as hex.
@@ -160,7 +162,7 @@ async fn overview(State(admin): State<Arc<Admin>>) -> Json<Value> {
 }
 
 async fn info(State(admin): State<Arc<Admin>>) -> Json<Value> {
-    Json(crate::introspect::describe(&admin.server, &admin.typed))
+    Json(crate::introspect::describe(&admin.server, &admin.bridges))
 }
 
 /// `GET /api/apps/{id}/channels`: occupied channels, with members of presence channels.
