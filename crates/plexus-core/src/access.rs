@@ -75,6 +75,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+fn holds(scopes: &[String], scope: &str) -> bool {
+    scopes.iter().any(|s| s == "*" || s == scope)
+}
+
 /// What one connection's credential allows: scopes and channel patterns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -90,6 +94,11 @@ impl ApiKey {
         self.scopes.iter().any(|s| s == "*" || s.ends_with(":read"))
     }
 
+    /// Whether the key holds `scope` (`*` holds every scope).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        holds(&self.scopes, scope)
+    }
+
     /// What a connection opened with this key may subscribe to.
     pub fn grant(&self) -> Grant {
         Grant { source: "the API key", scopes: self.scopes.clone(), channels: self.channels.clone() }
@@ -102,8 +111,9 @@ impl ApiKey {
 }
 
 impl Grant {
-    fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == "*" || s == scope)
+    /// Whether the grant holds `scope` (`*` holds every scope).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        holds(&self.scopes, scope)
     }
 
     /// Whether the grant allows subscribing to `channel` of `app`; the error names what is

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use plexus_core::access::{glob_match, ApiKey};
+use plexus_core::access::glob_match;
 use plexus_core::app::{App, AppStore};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -366,9 +366,9 @@ fn revoked_keys(old: &App, new: &App) -> Vec<String> {
         let honoured = match new.api_keys.iter().find(|k| k.key == before.key) {
             None => false,
             Some(after) => {
-                before.scopes.iter().all(|scope| holds(after, scope))
+                before.scopes.iter().all(|scope| after.has_scope(scope))
                     && before.channels.iter().all(|pattern| covers(&after.channels, pattern))
-                    && !(rules_changed && new.channel_scopes.iter().any(|rule| !holds(after, &rule.scope)))
+                    && !(rules_changed && new.channel_scopes.iter().any(|rule| !after.has_scope(&rule.scope)))
             }
         };
         if !honoured {
@@ -376,11 +376,6 @@ fn revoked_keys(old: &App, new: &App) -> Vec<String> {
         }
     }
     revoked
-}
-
-/// Whether `key` holds `scope` (`*` holds every scope, and only `*` holds `*`).
-fn holds(key: &ApiKey, scope: &str) -> bool {
-    key.scopes.iter().any(|s| s == "*" || s == scope)
 }
 
 /// Whether every channel `pattern` matches is matched by one of `patterns`. Sufficient, not
@@ -429,7 +424,7 @@ impl fmt::Debug for PgAppStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plexus_core::access::ChannelScope;
+    use plexus_core::access::{ApiKey, ChannelScope};
     use plexus_core::app::TokenKey;
 
     fn snapshot(apps: Vec<App>) -> Snapshot {

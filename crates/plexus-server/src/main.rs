@@ -185,6 +185,9 @@ fn on_app_changes(state: &Arc<ServerState>, changes: Vec<plexus_pg::AppChange>) 
             AppChange::Disabled(id) | AppChange::Removed(id) | AppChange::Updated(id) => {
                 state.app_changed(&id)
             }
+            // `Updated` precedes these and already re-checks every live credential of the app;
+            // the precise report (which keys) is for the log.
+            AppChange::KeysRevoked { .. } | AppChange::TokensChanged(_) => {}
             AppChange::Added(_) | AppChange::Enabled(_) => {}
         }
     }
