@@ -273,10 +273,11 @@ export class EventStream<E extends EventMap> {
     const state = channel === undefined ? undefined : this.channels.get(channel);
     const event = String(frame.event ?? "");
     if (event === "pusher:error") {
-      const data = parseData(frame.data) as { code?: number | null; message?: string; channel?: string } | undefined;
+      const data = parseData(frame.data) as { code?: number | null; message?: string } | undefined;
       // A refused subscription is also announced as a pusher:error; it was reported already.
-      if (data?.channel !== undefined && this.channels.get(data.channel)?.refused) return;
-      this.fail(new PlexusError("server_error", `${data?.code ?? "error"}: ${data?.message ?? "unknown"}`));
+      if (state?.refused) return;
+      const message = String(data?.message ?? "unknown error");
+      this.fail(new PlexusError("server_error", typeof data?.code === "number" ? `${data.code}: ${message}` : message));
       return;
     }
     if (!state || channel === undefined) return;
