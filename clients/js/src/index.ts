@@ -1,5 +1,7 @@
 /**
- * @plexus/channels — the runtime of the generated typed client for plexus typed channels.
+ * @plexus/channels — the TypeScript SDK: this module is the runtime of the generated typed client
+ * for plexus typed channels (`Client`); `realtime.ts` is the event-stream face (`createClient`),
+ * `connection.ts` the reconnecting Pusher socket both stand on.
  *
  * One WebSocket (the Pusher endpoint `/app/{key}`) carries every typed channel; the wire format is
  * docs/typed-channels.md. The client
