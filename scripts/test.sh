@@ -27,7 +27,7 @@ fi
 (
   cd clients/js
   [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund
-  CHAT_BIN="$(pwd)/../../target/release/chat-example" npm test
+  CHAT_BIN="$(pwd)/../../target/release/chat-example" PLEXUS_BIN="$(pwd)/../../target/release/plexus" npm test
 )
 
 (

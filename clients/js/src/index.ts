@@ -1,5 +1,7 @@
 /**
- * @plexus/channels — the runtime of the generated typed client for plexus typed channels.
+ * @plexus/channels — the TypeScript SDK: this module is the runtime of the generated typed client
+ * for plexus typed channels (`Client`); `realtime.ts` is the event-stream face (`createClient`),
+ * `connection.ts` the reconnecting Pusher socket both stand on.
  *
  * One WebSocket (the Pusher endpoint `/app/{key}`) carries every typed channel; the wire format is
  * docs/typed-channels.md. The client
@@ -7,13 +9,28 @@
  * - sends actions as `plexus:action` with a ref and settles the promise with the `plexus:reply`
  *   (output, or a `PlexusError` with the server's code), or `timeout` after `requestTimeoutMs`;
  * - reconnects with exponential backoff and jitter (1 s doubling to a 30 s cap, each delay drawn
- *   from its upper half), except after a close the server marks final (4000–4099);
- * - answers the server's `pusher:ping`;
+ *   from its upper half), at once after 4200–4299, never after a close the server marks final
+ *   (4000–4099), and answers the server's `pusher:ping` (all of it `Connection`'s, shared with
+ *   the `realtime` event streams of `createClient`);
  * - on `close()`, settles everything pending, clears every timer and resolves once the socket has
  *   closed, so nothing keeps a Node process alive.
  *
  * The session is the connection's: after a reconnect, authenticate again (listen for `connected`).
  */
+
+import { Connection, socketFactory, type Frame, type SocketFactory } from "./connection.js";
+import { PlexusError } from "./errors.js";
+
+export {
+  backoffCeiling,
+  backoffDelay,
+  type ConnectionStatus,
+  type Frame,
+  type SocketFactory,
+  type SocketLike,
+} from "./connection.js";
+export { PlexusError, SubscriptionError } from "./errors.js";
+export * from "./realtime.js";
 
 /** One action's types. */
 export interface ActionSpec {
@@ -31,32 +48,6 @@ export interface ChannelSpec {
 
 export type ChannelMap = Record<string, ChannelSpec>;
 
-/** An error reply from the server (`code` is e.g. `unauthenticated`, `forbidden`, `invalid_input`),
- * or a client-side failure: `timeout`, `disconnected` (the socket dropped before the reply),
- * `closed` (the client was closed). */
-export class PlexusError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = "PlexusError";
-  }
-}
-
-/** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or the `ws` package). */
-export interface SocketLike {
-  readyState: number;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
-}
-
-export type SocketFactory = new (url: string) => SocketLike;
-
 export interface ClientOptions {
   /** WebSocket constructor; default `globalThis.WebSocket`. */
   WebSocket?: SocketFactory;
@@ -68,13 +59,6 @@ export interface ClientOptions {
   random?: () => number;
 }
 
-/** The delay before reconnect attempt `attempt` (0-based): doubling from `initialMs` to `maxMs`,
- * then drawn from the upper half of that so a crowd of clients spreads out. */
-export function backoffDelay(attempt: number, initialMs: number, maxMs: number, random: () => number): number {
-  const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
-  return ceiling / 2 + random() * (ceiling / 2);
-}
-
 type InputArgs<I> = [I] extends [void] ? [input?: null] : [input: I];
 type Listener = (data: unknown) => void;
 
@@ -82,7 +66,7 @@ interface Pending {
   resolve: (data: ReplyData) => void;
   reject: (error: PlexusError) => void;
   timer: ReturnType<typeof setTimeout>;
-  frame: string;
+  frame: Frame;
   /** Sent on the current socket (a drop rejects it); queued ones wait for the next connection. */
   sent: boolean;
 }
@@ -99,43 +83,51 @@ type ClientEvent = "connected" | "disconnected";
 
 /** A typed-channel client over one WebSocket. */
 export class Client<C extends ChannelMap> {
-  private readonly url: string;
-  private readonly Socket: SocketFactory;
+  private readonly connection: Connection;
   private readonly timeoutMs: number;
-  private readonly initialMs: number;
-  private readonly maxMs: number;
-  private readonly random: () => number;
-  private socket: SocketLike | null = null;
-  private established = false;
   private closing = false;
-  private attempt = 0;
-  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   private nextRef = 0;
   private readonly pending = new Map<string, Pending>();
   /** Requests waiting for a connection, in order. */
   private queue: string[] = [];
   private readonly channels = new Map<string, TypedChannel<ChannelSpec>>();
   private readonly listeners = new Map<ClientEvent, Set<() => void>>();
-  private closed: Promise<void> | null = null;
-  private socketClosed: (() => void) | null = null;
 
   constructor(url: string, options: ClientOptions = {}) {
-    const Socket = options.WebSocket ?? (globalThis as { WebSocket?: SocketFactory }).WebSocket;
-    if (!Socket) {
-      throw new Error("no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package)");
-    }
-    this.url = url;
-    this.Socket = Socket;
     this.timeoutMs = options.requestTimeoutMs ?? 10_000;
-    this.initialMs = options.backoff?.initialMs ?? 1_000;
-    this.maxMs = options.backoff?.maxMs ?? 30_000;
-    this.random = options.random ?? Math.random;
-    this.connect();
+    this.connection = new Connection(
+      {
+        url: () => url,
+        Socket: socketFactory(options.WebSocket),
+        initialMs: options.backoff?.initialMs ?? 1_000,
+        maxMs: options.backoff?.maxMs ?? 30_000,
+        jitter: true,
+        random: options.random ?? Math.random,
+        activityTimeoutMs: Infinity,
+        pongTimeoutMs: 30_000,
+        retryFinal: () => false,
+      },
+      {
+        open: () => this.opened(),
+        frame: (frame) => this.receive(frame),
+        drop: (wasOpen) => this.dropped(wasOpen),
+        status: (status) => {
+          if (status.state === "closed" && !this.closing) {
+            // The server says reconnecting cannot help (unknown app key, app disabled, …).
+            this.closing = true;
+            const message = `the server refused the connection: ${status.code} ${status.reason}`;
+            this.failPending(() => true, "closed", message);
+          }
+        },
+        error: () => {},
+      },
+    );
+    this.connection.start();
   }
 
   /** Whether the server has accepted the current connection. */
   get connected(): boolean {
-    return this.established;
+    return this.connection.open;
   }
 
   /** The channel `name`, opened with `params` now and after every reconnect. Calling it again
@@ -145,7 +137,7 @@ export class Client<C extends ChannelMap> {
     if (!channel) {
       channel = new TypedChannel<ChannelSpec>(this as unknown as Client<ChannelMap>, name, params ?? {});
       this.channels.set(name, channel);
-      if (this.established) {
+      if (this.connection.open) {
         channel.open();
       }
     }
@@ -167,35 +159,10 @@ export class Client<C extends ChannelMap> {
   /** Stops for good: pending requests fail with `closed`, timers are cleared, and the promise
    * resolves once the socket is closed. */
   close(): Promise<void> {
-    if (this.closed) {
-      return this.closed;
-    }
     this.closing = true;
-    if (this.reconnectTimer) {
-      clearTimeout(this.reconnectTimer);
-      this.reconnectTimer = null;
-    }
     this.failPending(() => true, "closed", "the client was closed");
     this.queue = [];
-    const socket = this.socket;
-    this.closed = new Promise<void>((resolve) => {
-      if (!socket || socket.readyState === 3 /* CLOSED */) {
-        resolve();
-        return;
-      }
-      if (socket.readyState === 0 /* CONNECTING */) {
-        // Aborts the attempt. Some implementations (Node 20's) report nothing until the attempt
-        // fails on its own, so do not wait for them; no handler of ours runs after this.
-        socket.onclose = socket.onmessage = socket.onerror = null;
-        this.socket = null;
-        socket.close();
-        resolve();
-        return;
-      }
-      this.socketClosed = resolve;
-      socket.close(1000, "client closed");
-    });
-    return this.closed;
+    return this.connection.close();
   }
 
   /** @internal Sends a request and settles with its reply. */
@@ -204,7 +171,7 @@ export class Client<C extends ChannelMap> {
       return Promise.reject(new PlexusError("closed", "the client was closed"));
     }
     const ref = String(++this.nextRef);
-    const frame = JSON.stringify({ event, data: { ...data, ref } });
+    const frame = { event, data: { ...data, ref } };
     return new Promise<ReplyData>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(ref);
@@ -212,7 +179,7 @@ export class Client<C extends ChannelMap> {
         reject(new PlexusError("timeout", `no reply to ${event} within ${this.timeoutMs} ms`));
       }, this.timeoutMs);
       this.pending.set(ref, { resolve, reject, timer, frame, sent: false });
-      if (this.established) {
+      if (this.connection.open) {
         this.transmit(ref);
       } else {
         this.queue.push(ref);
@@ -222,9 +189,8 @@ export class Client<C extends ChannelMap> {
 
   private transmit(ref: string): void {
     const pending = this.pending.get(ref);
-    if (pending && this.socket) {
+    if (pending && this.connection.send(pending.frame)) {
       pending.sent = true;
-      this.socket.send(pending.frame);
     }
   }
 
@@ -244,66 +210,30 @@ export class Client<C extends ChannelMap> {
     }
   }
 
-  private connect(): void {
-    this.reconnectTimer = null;
-    const socket = new this.Socket(this.url);
-    this.socket = socket;
-    socket.onmessage = (event) => this.receive(String(event.data));
-    socket.onerror = () => {
-      // A close event follows; reconnecting is decided there.
-    };
-    socket.onclose = (event) => {
-      if (this.socket === socket) {
-        this.socket = null;
-      }
-      const wasEstablished = this.established;
-      this.established = false;
-      // What was sent on this socket may or may not have run: the caller decides to retry.
-      this.failPending((p) => p.sent, "disconnected", "the connection dropped before the reply");
-      for (const channel of this.channels.values()) {
-        channel.dropped();
-      }
-      if (wasEstablished) {
-        this.emit("disconnected");
-      }
-      if (this.closing) {
-        this.socketClosed?.();
-        return;
-      }
-      if (event.code >= 4000 && event.code < 4100) {
-        // The server says reconnecting cannot help (unknown app key, app disabled, …).
-        this.closing = true;
-        this.failPending(() => true, "closed", `the server refused the connection: ${event.code} ${event.reason}`);
-        return;
-      }
-      const delay = backoffDelay(this.attempt++, this.initialMs, this.maxMs, this.random);
-      this.reconnectTimer = setTimeout(() => this.connect(), delay);
-    };
+  private opened(): void {
+    // Opens first, then what waited: the server serves a connection's requests in order.
+    for (const channel of this.channels.values()) {
+      channel.open();
+    }
+    for (const ref of this.queue.splice(0)) {
+      this.transmit(ref);
+    }
+    this.emit("connected");
   }
 
-  private receive(text: string): void {
-    let frame: { event?: string; data?: unknown };
-    try {
-      frame = JSON.parse(text);
-    } catch {
-      return;
+  private dropped(wasOpen: boolean): void {
+    // What was sent on this socket may or may not have run: the caller decides to retry.
+    this.failPending((p) => p.sent, "disconnected", "the connection dropped before the reply");
+    for (const channel of this.channels.values()) {
+      channel.dropped();
     }
+    if (wasOpen) {
+      this.emit("disconnected");
+    }
+  }
+
+  private receive(frame: Frame): void {
     switch (frame.event) {
-      case "pusher:connection_established":
-        this.established = true;
-        this.attempt = 0;
-        // Opens first, then what waited: the server serves a connection's requests in order.
-        for (const channel of this.channels.values()) {
-          channel.open();
-        }
-        for (const ref of this.queue.splice(0)) {
-          this.transmit(ref);
-        }
-        this.emit("connected");
-        break;
-      case "pusher:ping":
-        this.socket?.send(JSON.stringify({ event: "pusher:pong", data: {} }));
-        break;
       case "plexus:reply": {
         const data = frame.data as ReplyData;
         const pending = this.pending.get(String(data.ref));
