@@ -11,23 +11,11 @@ import { fileURLToPath } from "node:url";
 
 import { connect, type ChatMessage } from "./generated/chat.js";
 import { backoffDelay, PlexusError } from "../src/index.js";
+import { within } from "./util.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHAT_BIN = process.env.CHAT_BIN ?? path.join(here, "..", "..", "..", "..", "target", "release", "chat-example");
 const WAIT = 10_000;
-
-/** Rejects with `what` if `promise` is not settled within `ms`. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 interface Chat {
   port: number;

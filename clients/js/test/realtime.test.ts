@@ -12,6 +12,7 @@ import { once } from "node:events";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { within } from "./util.js";
 
 import {
   createClient,
@@ -73,19 +74,6 @@ type Events = {
   typing: { chat: { id: string } };
   item: { i: number };
 };
-
-/** Rejects with `what` if `promise` is not settled within `ms`. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Resolves once `check()` holds, checking after each call of the returned `poke`. */
 function until(what: string, check: () => boolean): { poke: () => void; done: Promise<void> } {
