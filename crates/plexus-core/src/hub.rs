@@ -264,6 +264,28 @@ pub struct AppHub {
     delivered_total: AtomicU64,
 }
 
+/// The name and data of an event frame, as filters read them.
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Whether one event frame passes `filter` (for replays; fan-out reads each event once for all
+/// its subscribers' filters instead).
+fn frame_passes(filter: &SubscriptionFilter, frame: &Bytes) -> bool {
+    let payload = plexus_protocol::wsframe::server_frame_payload(frame);
+    let parsed: Option<Event<'_>> = serde_json::from_slice(&payload).ok();
+    let name = parsed.as_ref().map_or("", |e| &*e.event);
+    let data = filter
+        .needs_data()
+        .then(|| parsed.as_ref().and_then(|e| e.data.as_deref()).and_then(|d| serde_json::from_str(d).ok()))
+        .flatten();
+    filter.matches(name, data.as_ref())
+}
+
 /// Where the events published on this node also go, outside plexus (`[[mirrors]]`: NATS
 /// subjects). Called once per publish, never per subscriber, and only for events that entered
 /// the cluster here, so a cluster mirrors each event once. It must not block: implementations
@@ -427,11 +449,12 @@ impl AppHub {
         channel: &ChannelName,
         member: Option<Member<'_>>,
     ) -> Result<(), JoinError> {
-        self.subscribe_from(app, connection, channel, member, None)
+        self.subscribe_from(app, connection, channel, member, None, None)
     }
 
-    /// [`AppHub::subscribe`], then (under the same lock, so nothing slips in between) the events
-    /// since `position` from the channel's history.
+    /// [`AppHub::subscribe`] with the subscription's server-side `filter` (replacing any earlier
+    /// one), then (under the same lock, so nothing slips in between) the events since `position`
+    /// from the channel's history, through the same filter.
     pub fn subscribe_from(
         &self,
         app: &App,
@@ -439,6 +462,7 @@ impl AppHub {
         channel: &ChannelName,
         member: Option<Member<'_>>,
         position: Option<&str>,
+        filter: Option<SubscriptionFilter>,
     ) -> Result<(), JoinError> {
         let mut guard = write(self.shard(channel.as_str()));
         let shard = &mut *guard;
@@ -478,6 +502,15 @@ impl AppHub {
             connection.outbound.push(codec::subscription_succeeded(channel.as_str()));
         }
 
+        let filter = filter.map(Arc::new);
+        match &filter {
+            Some(filter) => {
+                entry.filters.insert(connection.socket_id, filter.clone());
+            }
+            None => {
+                entry.filters.remove(&connection.socket_id);
+            }
+        }
         if !already {
             self.metrics.subscriptions.increment(1);
             // The share before the member, so every node sees occupancy before membership.
@@ -532,7 +565,7 @@ impl AppHub {
             self.replay_cache(app, &mut shard.cache, channel, connection);
         }
         if let Some(position) = position {
-            self.resume(app, &mut shard.histories, channel, connection, position);
+            self.resume(app, &mut shard.histories, channel, connection, position, filter.as_deref());
         }
         if !already {
             if let Some(entry) = shard.channels.get_mut(channel) {
@@ -748,6 +781,7 @@ impl AppHub {
         channel: &ChannelName,
         connection: &Connection,
         from: &str,
+        filter: Option<&SubscriptionFilter>,
     ) {
         let rule = app.history_rule(channel.as_str());
         let history = rule.map(|rule| {
@@ -763,7 +797,9 @@ impl AppHub {
                 let oldest = history.events.front().map_or(history.next, |(o, _, _)| *o);
                 if offset + 1 >= oldest {
                     for (_, _, frame) in history.events.iter().filter(|(o, _, _)| *o > offset) {
-                        connection.outbound.push(frame.clone());
+                        if filter.is_none_or(|filter| frame_passes(filter, frame)) {
+                            connection.outbound.push(frame.clone());
+                        }
                     }
                     (true, last(history))
                 } else {
@@ -785,13 +821,6 @@ impl AppHub {
     /// Fan-out to a channel where some subscribers filter: the event's name and data are read
     /// once, and each filter is checked against them.
     fn deliver_filtered(&self, entry: &Channel, frame: &Bytes, except: Option<SocketId>) -> usize {
-        #[derive(serde::Deserialize)]
-        struct Event<'a> {
-            #[serde(borrow)]
-            event: std::borrow::Cow<'a, str>,
-            #[serde(default, borrow)]
-            data: Option<std::borrow::Cow<'a, str>>,
-        }
         let payload = plexus_protocol::wsframe::server_frame_payload(frame);
         let parsed: Option<Event<'_>> = serde_json::from_slice(&payload).ok();
         let name = parsed.as_ref().map_or("", |e| &*e.event);

@@ -316,6 +316,7 @@ impl Session {
                 &channel,
                 Some(member),
                 request.position.as_deref(),
+                request.filter,
             )?;
         } else {
             self.hub.subscribe_from(
@@ -324,9 +325,9 @@ impl Session {
                 &channel,
                 None,
                 request.position.as_deref(),
+                request.filter,
             )?;
         }
-        self.hub.set_filter(channel.as_str(), self.connection.socket_id, request.filter);
         self.subscriptions.insert(channel, member_user.map(|(id, _)| id.into_boxed_str()));
         Ok(())
     }

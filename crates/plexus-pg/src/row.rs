@@ -247,7 +247,8 @@ mod tests {
             channel_scopes: r#"[{"prefix":"a-","scope":"events:read"}]"#.into(),
             history: r#"[{"prefix":"feed-","size":5}]"#.into(),
             enable_tokens: true,
-            token_keys: r#"[{"algorithm":"ES256","public_key":"-----BEGIN PUBLIC KEY-----","kid":"k1"}]"#.into(),
+            token_keys: r#"[{"algorithm":"ES256","public_key":"-----BEGIN PUBLIC KEY-----","kid":"k1"}]"#
+                .into(),
             heartbeat_interval_secs: Some(20),
             heartbeat_timeout_secs: Some(60),
             ..defaults("7", "key7", "secret7")
@@ -286,8 +287,11 @@ mod tests {
         want.channel_scopes = vec![ChannelScope { prefix: "a-".into(), scope: "events:read".into() }];
         want.history = vec![HistoryRule { prefix: "feed-".into(), size: 5, ttl_secs: 300 }];
         want.enable_tokens = true;
-        want.token_keys =
-            vec![TokenKey { algorithm: "ES256".into(), public_key: "-----BEGIN PUBLIC KEY-----".into(), kid: Some("k1".into()) }];
+        want.token_keys = vec![TokenKey {
+            algorithm: "ES256".into(),
+            public_key: "-----BEGIN PUBLIC KEY-----".into(),
+            kid: Some("k1".into()),
+        }];
         want.heartbeat_interval_secs = Some(20);
         want.heartbeat_timeout_secs = Some(60);
         assert_eq!(app, want);

@@ -144,7 +144,8 @@ pub async fn stream(
     // A reconnecting EventSource sends the id of the last event it saw: resume from there.
     let resume_from = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     for channel in &channels {
-        if let Err(error) = hub.subscribe_from(&app, &connection, channel, None, resume_from.as_deref()) {
+        if let Err(error) = hub.subscribe_from(&app, &connection, channel, None, resume_from.as_deref(), None)
+        {
             hub.disconnect(connection.socket_id);
             return refused(StatusCode::FORBIDDEN, error.to_string());
         }

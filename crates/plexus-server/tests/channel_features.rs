@@ -83,3 +83,28 @@ async fn subscription_counts_reach_subscribers_when_enabled() {
     server.trigger(&counted, "presence-x", "marker", "x").await;
     assert_eq!(first.recv().await["event"], "marker");
 }
+
+#[tokio::test]
+async fn a_resumed_subscription_replays_only_the_events_its_filter_passes() {
+    let mut app = app(1);
+    app.history = vec![plexus_core::app::HistoryRule { prefix: "feed-".into(), size: 100, ttl_secs: 300 }];
+    let server = TestServer::start(vec![app.clone()]).await;
+    let mut watcher = server.connect(&app.key).await;
+    watcher.subscribe("feed-1").await;
+    for (name, data) in [("a", r#"{"n":1}"#), ("b", r#"{"n":2}"#), ("a", r#"{"n":3}"#), ("b", r#"{"n":4}"#)] {
+        assert_eq!(server.trigger(&app, "feed-1", name, data).await.0, 200);
+    }
+    let first = watcher.expect("a").await;
+    let position = first["position"].as_str().expect("history events carry a position").to_owned();
+
+    let mut resumed = server.connect(&app.key).await;
+    resumed
+        .send(json!({"event": "pusher:subscribe", "data": {"channel": "feed-1", "position": position,
+            "filter": {"events": ["b"], "where": {"n": 4}}}}))
+        .await;
+    resumed.expect("pusher_internal:subscription_succeeded").await;
+    let replayed = resumed.expect("b").await;
+    assert_eq!(data_of(&replayed)["n"], 4, "only the event passing both terms is replayed");
+    let resume = resumed.expect("plexus:resume").await;
+    assert_eq!(data_of(&resume)["recovered"], true);
+}
