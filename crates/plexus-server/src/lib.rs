@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod cluster;
 pub mod config;
 pub mod credentials;
+pub mod docs;
 pub mod http_api;
 pub mod introspect;
 pub mod logstream;
@@ -211,6 +212,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/up", get(http_api::up))
         .route("/health", get(http_api::up))
         .route("/ready", get(http_api::ready))
+        .merge(docs::router())
         .fallback(http_api::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_api))
         .layer(axum::middleware::from_fn(metrics::record_http))
