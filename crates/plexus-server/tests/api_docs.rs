@@ -741,7 +741,7 @@ async fn every_documented_admin_and_metrics_route_is_served_as_documented() {
         server: server.state.clone(),
         logs: LogStream::new(),
         token: ADMIN_TOKEN.into(),
-        typed: Vec::new(),
+        bridges: Vec::new(),
     });
     let config = AdminConfig { enabled: true, port: 0, ..AdminConfig::default() };
     let admin_addr = plexus_server::admin::start(&config, admin).await.expect("admin listener binds");
