@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
   startServer, ClientPool, sdkFor, subscribe, record, unique, sdkAuthorizer, apiGet, waitUntil, withTimeout,
-  APP1,
+  clusterNodeConfig, APP1,
 } from './helpers.js';
 
 function freePort() {
@@ -52,26 +52,6 @@ function privateBus(driver, port, dir) {
   };
 }
 
-function nodeConfig(bus, prefix) {
-  return `
-[server]
-host = "127.0.0.1"
-port = 0
-
-[adapter]
-driver = "${bus.driver}"
-url = "${bus.url}"
-prefix = "${prefix}"
-heartbeat_ms = 500
-lease_ms = 2000
-
-[[apps]]
-id = "${APP1.id}"
-key = "${APP1.key}"
-secret = "${APP1.secret}"
-`;
-}
-
 for (const driver of ['nats', 'redis']) {
   describe(`a cluster over ${driver} heals after the bus comes back`, () => {
     const nodes = [];
@@ -86,7 +66,7 @@ for (const driver of ['nats', 'redis']) {
       await bus.start();
       const prefix = `heal${process.pid}`;
       for (let i = 0; i < 2; i += 1) {
-        const server = await startServer({ config: nodeConfig({ driver, url: bus.url }, prefix) });
+        const server = await startServer({ config: clusterNodeConfig({ driver, url: bus.url }, prefix, { leaseMs: 2000 }) });
         nodes.push(server);
         pools.push(new ClientPool(server));
         sdks.push(sdkFor(server));

@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import {
   startServer, ClientPool, sdkFor, subscribe, record, unique, sdkAuthorizer, apiGet, waitUntil,
   startWebhookReceiver, signedInClient, transportClosed, withTimeout, PusherServer, APP1, TIMEOUT,
+  clusterNodeConfig,
 } from './helpers.js';
 
 
@@ -20,27 +21,7 @@ import {
 const LEASE_MS = 3000;
 
 function nodeConfig(bus, prefix, receiverUrl) {
-  return `
-[server]
-host = "127.0.0.1"
-port = 0
-
-[adapter]
-driver = "${bus.driver}"
-url = "${bus.url}"
-prefix = "${prefix}"
-heartbeat_ms = 500
-lease_ms = ${LEASE_MS}
-
-[webhooks]
-data_dir = "@SERVER_DIR@"
-batch_window_ms = 20
-vacate_delay_ms = 0
-
-[[apps]]
-id = "${APP1.id}"
-key = "${APP1.key}"
-secret = "${APP1.secret}"
+  return `${clusterNodeConfig(bus, prefix, { leaseMs: LEASE_MS })}
 enable_client_messages = true
 enable_user_authentication = true
 enable_subscription_count = true
@@ -48,6 +29,11 @@ enable_subscription_count = true
 [[apps.webhooks]]
 url = "${receiverUrl}"
 events = ["channel_occupied", "channel_vacated", "member_added", "member_removed"]
+
+[webhooks]
+data_dir = "@SERVER_DIR@"
+batch_window_ms = 20
+vacate_delay_ms = 0
 `;
 }
 

@@ -445,6 +445,31 @@ export async function expectHttpError(promise, status, what) {
   return body;
 }
 
+/**
+ * The start of a cluster node's config: the server on any free port, the `[adapter]` joining
+ * `bus` ({driver, url}) under `prefix`, and APP1 (its `[[apps]]` table left open, so a caller
+ * appends app settings and sub-tables).
+ */
+export function clusterNodeConfig(bus, prefix, { leaseMs = 3000 } = {}) {
+  return `
+[server]
+host = "127.0.0.1"
+port = 0
+
+[adapter]
+driver = "${bus.driver}"
+url = "${bus.url}"
+prefix = "${prefix}"
+heartbeat_ms = 500
+lease_ms = ${leaseMs}
+
+[[apps]]
+id = "${APP1.id}"
+key = "${APP1.key}"
+secret = "${APP1.secret}"
+`;
+}
+
 /** A name unique within this process, for channels and events. */
 let seq = 0;
 export function unique(prefix) {
