@@ -125,13 +125,39 @@ struct Shard {
     histories: HashMap<ChannelName, History>,
 }
 
-/// A channel's last events as delivered here, each stamped with its `position`
-/// (`"{epoch}:{offset}"`). The epoch is random per history, so positions from another node or
-/// from before a restart never match and a resume says `recovered: false` instead of guessing.
+/// Where an event stands in a history channel: `"{epoch}:{offset}"` on the wire. Offsets count
+/// from 1 within an epoch; the epoch is random, so a position from another numbering (a restart,
+/// a new sequencer in a cluster) never matches and a resume says `recovered: false` instead of
+/// guessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: u32,
+    pub offset: u64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.offset)
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (epoch, offset) = text.split_once(':').ok_or(())?;
+        Ok(Position { epoch: epoch.parse().map_err(|_| ())?, offset: offset.parse().map_err(|_| ())? })
+    }
+}
+
+/// A channel's last events as delivered here, each stamped with its position. This node either
+/// numbers them itself (`numbered_here`: one node, or the channel's sequencer in a cluster) or
+/// records them at the positions the sequencer gave.
 #[derive(Debug)]
 struct History {
     epoch: u32,
     next: u64,
+    numbered_here: bool,
     events: std::collections::VecDeque<(u64, Instant, Bytes)>,
 }
 
@@ -139,11 +165,38 @@ impl History {
     fn new() -> Self {
         let mut bytes = [0u8; 4];
         getrandom::fill(&mut bytes).expect("the OS random source is available");
-        History { epoch: u32::from_le_bytes(bytes), next: 1, events: Default::default() }
+        History { epoch: u32::from_le_bytes(bytes), next: 1, numbered_here: true, events: Default::default() }
     }
 
-    fn position(&self, offset: u64) -> String {
-        format!("{}:{offset}", self.epoch)
+    fn position(&self, offset: u64) -> Position {
+        Position { epoch: self.epoch, offset }
+    }
+
+    /// The position for the next event numbered here. Numbering cannot continue another node's
+    /// epoch (this node may lack its last events), so taking over starts a new one.
+    fn number_next(&mut self) -> Position {
+        if !self.numbered_here {
+            *self = History::new();
+        }
+        self.next += 1;
+        self.position(self.next - 1)
+    }
+
+    /// Records an event another node numbered. Another epoch, or a gap in this one, starts the
+    /// history afresh from this event: what came before cannot be resumed across the gap, and a
+    /// resume from there must say `recovered: false`. An event already past is ignored.
+    fn record_numbered(&mut self, position: Position, now: Instant, frame: Bytes) -> bool {
+        if position.epoch == self.epoch && position.offset < self.next {
+            return false;
+        }
+        if position.epoch != self.epoch || position.offset != self.next {
+            self.events.clear();
+            self.epoch = position.epoch;
+            self.numbered_here = false;
+        }
+        self.next = position.offset + 1;
+        self.events.push_back((position.offset, now, frame));
+        true
     }
 
     /// Drops what is past the rule's size or age.
@@ -703,24 +756,63 @@ impl AppHub {
     }
 
     /// Fans one encoded frame out to every subscriber of `channel` except `except`; returns how
-    /// many queues received it. The frame's bytes are shared, never copied.
+    /// many queues on this node received it. The frame's bytes are shared, never copied. In a
+    /// cluster, an event of a history channel that another node numbers goes to that node, which
+    /// publishes it to everyone (this node too); it reaches nobody here before then.
     pub fn publish(&self, app: &App, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         self.metrics.events_published.increment(1);
         self.published_total.fetch_add(1, Ordering::Relaxed);
-        self.announce(Update::Publish { channel, frame, except });
+        if let Some(rule) = app.history_rule(channel) {
+            if let Some(by) = self.cluster.as_ref().and_then(|c| c.sequencer(&self.app_id, channel)) {
+                self.announce(Update::Sequence { channel, frame, except, by });
+                return 0;
+            }
+            return self.deliver_recorded(rule, channel, frame, except, None);
+        }
+        self.announce(Update::Publish { channel, frame, except, position: None });
+        self.mirror(channel, frame);
+        self.deliver(app, channel, frame, except, None)
+    }
+
+    /// Publishes an event another node handed over for this node to number (it chose this node
+    /// as the channel's sequencer). Counted where it was published, not again here.
+    pub fn publish_numbered(
+        &self,
+        app: &App,
+        channel: &str,
+        frame: &Bytes,
+        except: Option<SocketId>,
+    ) -> usize {
+        match app.history_rule(channel) {
+            Some(rule) => self.deliver_recorded(rule, channel, frame, except, None),
+            None => {
+                self.announce(Update::Publish { channel, frame, except, position: None });
+                self.mirror(channel, frame);
+                self.deliver(app, channel, frame, except, None)
+            }
+        }
+    }
+
+    fn mirror(&self, channel: &str, frame: &Bytes) {
         if let Some(mirror) = self.mirror.get() {
             mirror.published(&self.app_id, channel, frame);
         }
-        self.deliver(app, channel, frame, except)
     }
 
-    /// Fans a frame out to this node's subscribers only (an event another node published).
-    /// Channels with a history rule record the event and deliver it stamped with its position.
-    pub fn deliver(&self, app: &App, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
-        self.observer.emit(|| event_observation(channel, frame, except.map(|id| id.to_string())));
+    /// Fans a frame out to this node's subscribers only (an event another node published, at
+    /// `position` when that node numbered it for a history channel).
+    pub fn deliver(
+        &self,
+        app: &App,
+        channel: &str,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        position: Option<Position>,
+    ) -> usize {
         if let Some(rule) = app.history_rule(channel) {
-            return self.deliver_recorded(rule, channel, frame, except);
+            return self.deliver_recorded(rule, channel, frame, except, Some(position));
         }
+        self.observer.emit(|| event_observation(channel, frame, except.map(|id| id.to_string())));
         let shard = read(self.shard(channel));
         match shard.channels.get(channel) {
             Some(entry) => self.fan_out(entry, frame, except),
@@ -748,25 +840,51 @@ impl AppHub {
         delivered
     }
 
+    /// Records an event of a history channel and fans it out, under the shard's write lock so
+    /// positions and deliveries keep one order. `from_peer` is `None` for an event this node
+    /// numbers (stamped with its position, then announced and mirrored as such) and
+    /// `Some(position)` for one a peer published (`Some(None)`: a peer that did not number it,
+    /// numbered here for this node's history only).
     fn deliver_recorded(
         &self,
         rule: &HistoryRule,
         channel: &str,
         frame: &Bytes,
         except: Option<SocketId>,
+        from_peer: Option<Option<Position>>,
     ) -> usize {
         let Ok(name) = ChannelName::parse(channel) else { return 0 };
         let mut guard = write(self.shard(channel));
         let shard = &mut *guard;
         let now = Instant::now();
         let history = shard.histories.entry(name).or_insert_with(History::new);
-        let offset = history.next;
-        history.next += 1;
-        let stamped = stamp(frame, &history.position(offset));
-        history.events.push_back((offset, now, stamped.clone()));
+        let frame = match from_peer {
+            Some(Some(position)) => {
+                if !history.record_numbered(position, now, frame.clone()) {
+                    return 0;
+                }
+                frame.clone()
+            }
+            _ => {
+                let position = history.number_next();
+                let stamped = stamp(frame, &position.to_string());
+                history.events.push_back((position.offset, now, stamped.clone()));
+                if from_peer.is_none() {
+                    self.announce(Update::Publish {
+                        channel,
+                        frame: &stamped,
+                        except,
+                        position: Some(position),
+                    });
+                    self.mirror(channel, &stamped);
+                }
+                stamped
+            }
+        };
         history.trim(rule, now);
+        self.observer.emit(|| event_observation(channel, &frame, except.map(|id| id.to_string())));
         match shard.channels.get(channel) {
-            Some(entry) => self.fan_out(entry, &stamped, except),
+            Some(entry) => self.fan_out(entry, &frame, except),
             None => 0,
         }
     }
@@ -789,11 +907,12 @@ impl AppHub {
             history.trim(rule, Instant::now());
             &*history
         });
-        let last = |h: &History| h.position(h.next - 1);
-        let parsed =
-            from.split_once(':').and_then(|(e, o)| Some((e.parse::<u32>().ok()?, o.parse::<u64>().ok()?)));
+        let last = |h: &History| h.position(h.next - 1).to_string();
+        let parsed = from.parse::<Position>().ok();
         let (recovered, position) = match (history, parsed) {
-            (Some(history), Some((epoch, offset))) if epoch == history.epoch && offset < history.next => {
+            (Some(history), Some(Position { epoch, offset }))
+                if epoch == history.epoch && offset < history.next =>
+            {
                 let oldest = history.events.front().map_or(history.next, |(o, _, _)| *o);
                 if offset + 1 >= oldest {
                     for (_, _, frame) in history.events.iter().filter(|(o, _, _)| *o > offset) {
@@ -1395,5 +1514,65 @@ impl Hubs {
                 _ = tokio::time::sleep_until(deadline) => return self.connection_count(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u64) -> Bytes {
+        Bytes::from(n.to_string())
+    }
+
+    fn offsets(history: &History) -> Vec<u64> {
+        history.events.iter().map(|(offset, _, _)| *offset).collect()
+    }
+
+    #[test]
+    fn positions_read_back_as_written() {
+        let position = Position { epoch: 7, offset: 42 };
+        assert_eq!(position.to_string(), "7:42");
+        assert_eq!("7:42".parse::<Position>(), Ok(position));
+        for bad in ["", "7", "7:", ":1", "x:1", "1:-1", "4294967296:1"] {
+            assert!(bad.parse::<Position>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn events_numbered_elsewhere_are_kept_at_their_positions_and_a_gap_restarts_the_history() {
+        let now = Instant::now();
+        let mut history = History::new();
+        let epoch = history.epoch.wrapping_add(1);
+        for offset in 5..8 {
+            assert!(history.record_numbered(Position { epoch, offset }, now, frame(offset)));
+        }
+        assert_eq!((history.epoch, history.next, offsets(&history)), (epoch, 8, vec![5, 6, 7]));
+        assert!(!history.record_numbered(Position { epoch, offset: 6 }, now, frame(6)), "already held");
+        assert_eq!(offsets(&history), vec![5, 6, 7]);
+
+        // Offset 8 never arrived: nothing before 9 may be replayed past the hole.
+        assert!(history.record_numbered(Position { epoch, offset: 9 }, now, frame(9)));
+        assert_eq!((history.next, offsets(&history)), (10, vec![9]));
+
+        // The numbering moved to a node with another epoch.
+        let other = epoch.wrapping_add(1);
+        assert!(history.record_numbered(Position { epoch: other, offset: 1 }, now, frame(1)));
+        assert_eq!((history.epoch, history.next, offsets(&history)), (other, 2, vec![1]));
+    }
+
+    #[test]
+    fn numbering_continues_its_own_epoch_but_never_another_nodes() {
+        let mut history = History::new();
+        let own = history.epoch;
+        assert_eq!(history.number_next(), Position { epoch: own, offset: 1 });
+        assert_eq!(history.number_next(), Position { epoch: own, offset: 2 });
+
+        let theirs = own.wrapping_add(1);
+        history.record_numbered(Position { epoch: theirs, offset: 30 }, Instant::now(), frame(30));
+        let taken_over = history.number_next();
+        assert_ne!(taken_over.epoch, theirs, "this node may lack the other's last events");
+        assert_eq!(taken_over.offset, 1);
+        assert!(history.events.is_empty());
     }
 }

@@ -9,8 +9,9 @@
 //! - [`transport`]: the seam a bus implements (`plexus-nats`, `plexus-redis`), and
 //!   [`backlog`], the bounded outgoing queue both use.
 //! - [`wire`]: how updates and control messages are encoded on the bus.
-//! - [`node`]: sequencing, heartbeats and leases, state sync after a gap, and the leader that
-//!   alone sends state webhooks so each fires once per cluster.
+//! - [`node`]: sequencing, heartbeats and leases, state sync after a gap, the leader that
+//!   alone sends state webhooks so each fires once per cluster, and the node that numbers each
+//!   history channel's events so positions mean the same on every node.
 
 pub mod backlog;
 pub mod node;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use plexus_protocol::SocketId;
 
+pub use crate::hub::Position;
 pub use node::{ClusterNode, ClusterOptions};
 pub use transport::{redact_url, Inbound, InboundSender, NodeId, Route, Transport, TransportError};
 
@@ -31,8 +33,12 @@ pub use transport::{redact_url, Inbound, InboundSender, NodeId, Route, Transport
 #[derive(Debug, Clone, Copy)]
 pub enum Update<'a> {
     /// An event to deliver to the channel's subscribers on every other node. `frame` is the
-    /// complete WebSocket frame as delivered here.
-    Publish { channel: &'a str, frame: &'a Bytes, except: Option<SocketId> },
+    /// complete WebSocket frame as delivered here; on a history channel it carries the `position`
+    /// this node gave it as the channel's numbering node, and peers record it at that position.
+    Publish { channel: &'a str, frame: &'a Bytes, except: Option<SocketId>, position: Option<Position> },
+    /// An event for a history channel that node `by` numbers: `by` gives it the channel's next
+    /// position and publishes it to everyone, this node included; the other nodes ignore this.
+    Sequence { channel: &'a str, frame: &'a Bytes, except: Option<SocketId>, by: NodeId },
     /// A cache channel's last event, kept for `ttl`.
     Remember { channel: &'a str, data: &'a str, frame: &'a Bytes, ttl: Duration },
     /// An event for every connection signed in as `user_id`.
@@ -51,4 +57,13 @@ pub enum Update<'a> {
 /// still locked, so a node's updates leave in the order its state changed.
 pub trait ClusterLink: Send + Sync + fmt::Debug {
     fn announce(&self, app_id: &str, update: Update<'_>);
+
+    /// The node that numbers the events of history channel `channel`, when that is another node
+    /// (`None`: this one). One node per channel gives out positions, so a position read on any
+    /// node resumes on any other; the choice is a rendezvous hash over the live nodes, so a node
+    /// joining or leaving moves only the channels it wins or held.
+    fn sequencer(&self, app_id: &str, channel: &str) -> Option<NodeId> {
+        let _ = (app_id, channel);
+        None
+    }
 }

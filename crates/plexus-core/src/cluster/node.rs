@@ -15,10 +15,17 @@
 //!   its peers) sends state webhooks; the others hold theirs for one lease, and a node that takes
 //!   over from a dead leader sends what it held, so a transition the dead leader never reported
 //!   is not lost (a few may be reported twice around a failover).
+//! - **History numbering:** each history channel's events are numbered by one node, chosen by
+//!   a rendezvous hash of the channel over the live nodes ([`ClusterNode::sequencer`]). Another
+//!   node sends such an event to that node ([`Update::Sequence`]) instead of delivering it; the
+//!   sequencer gives it the next position and publishes it to everyone, so every node records
+//!   the same event at the same position and a client can resume on any of them. A new
+//!   sequencer (a node joined or died) starts a new epoch: positions from before resume with
+//!   `recovered: false`, never with a hole.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::wire::{self, AppSnapshot, Body, CacheState, Envelope, ShareState};
-use super::{ClusterLink, Inbound, NodeId, Route, Transport, Update};
+use super::{ClusterLink, Inbound, NodeId, Position, Route, Transport, Update};
 use crate::app::{App, AppStore};
 use crate::hub::{LocalShare, Member};
 use crate::webhook::{WebhookEvent, WebhookSink};
@@ -82,6 +89,8 @@ pub struct ClusterNode {
     options: ClusterOptions,
     /// True once this node has listened for a heartbeat period and synced every peer it heard.
     ready: tokio::sync::watch::Sender<bool>,
+    /// The live peers, as the receive loop last saw them (for choosing history sequencers).
+    peers: RwLock<Vec<NodeId>>,
 }
 
 impl ClusterLink for ClusterNode {
@@ -89,6 +98,31 @@ impl ClusterLink for ClusterNode {
         let (body, payload) = wire::update_body(app_id, &update);
         self.broadcast(body, &payload);
     }
+
+    fn sequencer(&self, app_id: &str, channel: &str) -> Option<NodeId> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let best = peers
+            .iter()
+            .copied()
+            .chain([self.id])
+            .max_by_key(|node| (rendezvous_score(*node, app_id, channel), *node))?;
+        (best != self.id).then_some(best)
+    }
+}
+
+/// A node's weight for a channel: every node computes the same number for the same inputs
+/// (FNV-1a, then a 64-bit finaliser to spread it), so all agree on the highest.
+fn rendezvous_score(node: NodeId, app_id: &str, channel: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = node.to_le_bytes().into_iter().chain(app_id.bytes()).chain([0]).chain(channel.bytes());
+    for byte in bytes {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
 }
 
 impl ClusterNode {
@@ -109,6 +143,7 @@ impl ClusterNode {
             gate,
             options,
             ready,
+            peers: RwLock::default(),
         })
     }
 
@@ -321,6 +356,19 @@ impl Receiver {
         } else {
             self.broadcast(envelope);
         }
+        self.share_peers();
+    }
+
+    /// Tells the node which peers are live when that changed (cheap to check: clusters are small).
+    fn share_peers(&self) {
+        let same = {
+            let known = self.node.peers.read().unwrap_or_else(|p| p.into_inner());
+            known.len() == self.peers.len() && known.iter().all(|id| self.peers.contains_key(id))
+        };
+        if !same {
+            *self.node.peers.write().unwrap_or_else(|p| p.into_inner()) =
+                self.peers.keys().copied().collect();
+        }
     }
 
     fn ask_for_snapshot(&self, peer: NodeId) {
@@ -485,9 +533,16 @@ impl Receiver {
 
     fn apply_event(&self, body: Body, payload: &Bytes) {
         match body {
-            Body::Publish { app, channel, except } => {
+            Body::Publish { app, channel, except, position } => {
                 let except = except.and_then(|id| id.parse::<SocketId>().ok());
-                self.hubs.hub(&app).deliver(&self.app(&app), &channel, &wire::frame_of(payload), except);
+                let position = position.map(|(epoch, offset)| Position { epoch, offset });
+                let frame = wire::frame_of(payload);
+                self.hubs.hub(&app).deliver(&self.app(&app), &channel, &frame, except, position);
+            }
+            Body::Sequence { app, channel, except, by } if by == self.node.id => {
+                let except = except.and_then(|id| id.parse::<SocketId>().ok());
+                let frame = wire::frame_of(payload);
+                self.hubs.hub(&app).publish_numbered(&self.app(&app), &channel, &frame, except);
             }
             Body::Remember { app, channel, data, ttl_ms } => {
                 let Ok(channel) = ChannelName::parse(&channel) else { return };
@@ -533,6 +588,7 @@ impl Receiver {
             self.peers.remove(&peer);
             self.forget(peer);
         }
+        self.share_peers();
         metrics::gauge!("plexus_cluster_peers").set(self.peers.len() as f64);
     }
 
@@ -622,5 +678,33 @@ impl WebhookSink for LeaderGate {
             }
         }
         state.held.push_back((now, app_id.to_owned(), event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rendezvous_score;
+
+    fn winner(nodes: &[u64], channel: &str) -> u64 {
+        *nodes.iter().max_by_key(|n| (rendezvous_score(**n, "app", channel), **n)).unwrap()
+    }
+
+    #[test]
+    fn every_node_picks_the_same_sequencer_and_a_departure_moves_only_its_channels() {
+        let nodes = [11, 22, 33];
+        let channels: Vec<String> = (0..600).map(|i| format!("feed-{i}")).collect();
+        let mut won = [0usize; 3];
+        for channel in &channels {
+            let pick = winner(&nodes, channel);
+            assert_eq!(pick, winner(&[33, 11, 22], channel), "order of the peer list does not matter");
+            won[nodes.iter().position(|n| *n == pick).unwrap()] += 1;
+            let survivors = [11, 22];
+            if pick != 33 {
+                assert_eq!(winner(&survivors, channel), pick, "{channel} moved although its node stayed");
+            }
+        }
+        assert!(won.iter().all(|w| *w > 100), "channels spread over the nodes: {won:?}");
+        assert_eq!(rendezvous_score(5, "app", "feed-1"), rendezvous_score(5, "app", "feed-1"));
+        assert_ne!(rendezvous_score(5, "app", "feed-1"), rendezvous_score(5, "app2", "feed-1"));
     }
 }

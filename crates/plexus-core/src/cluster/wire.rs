@@ -52,6 +52,17 @@ pub enum Body {
         channel: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         except: Option<String>,
+        /// `[epoch, offset]` on a history channel, as numbered by the channel's sequencer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<(u32, u64)>,
+    },
+    /// An event of a history channel for node `by` to number and publish.
+    Sequence {
+        app: String,
+        channel: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except: Option<String>,
+        by: NodeId,
     },
     Remember {
         app: String,
@@ -161,8 +172,17 @@ pub fn decode(message: &Bytes) -> Result<Envelope, WireError> {
 pub fn update_body(app: &str, update: &Update<'_>) -> (Body, Bytes) {
     let app = app.to_owned();
     match *update {
-        Update::Publish { channel, frame, except } => (
-            Body::Publish { app, channel: channel.to_owned(), except: except.map(|id| id.to_string()) },
+        Update::Publish { channel, frame, except, position } => (
+            Body::Publish {
+                app,
+                channel: channel.to_owned(),
+                except: except.map(|id| id.to_string()),
+                position: position.map(|p| (p.epoch, p.offset)),
+            },
+            wsframe::server_frame_payload(frame),
+        ),
+        Update::Sequence { channel, frame, except, by } => (
+            Body::Sequence { app, channel: channel.to_owned(), except: except.map(|id| id.to_string()), by },
             wsframe::server_frame_payload(frame),
         ),
         Update::Remember { channel, data, frame, ttl } => (
@@ -211,14 +231,22 @@ mod tests {
     fn a_published_event_crosses_the_bus_byte_for_byte() {
         let frame = ServerEvent::new("greet").channel("room").data(Data::Str("{\"a\":\"\\n\"}")).to_frame();
         let except = "123.456".parse().unwrap();
-        let (body, payload) =
-            update_body("app", &Update::Publish { channel: "room", frame: &frame, except: Some(except) });
+        let position = Some(crate::hub::Position { epoch: 9, offset: 3 });
+        let (body, payload) = update_body(
+            "app",
+            &Update::Publish { channel: "room", frame: &frame, except: Some(except), position },
+        );
         let bytes = encode(7, 42, body, &payload);
         let envelope = decode(&bytes).unwrap();
         assert_eq!((envelope.from, envelope.seq), (7, 42));
         assert_eq!(
             envelope.body,
-            Body::Publish { app: "app".into(), channel: "room".into(), except: Some("123.456".into()) }
+            Body::Publish {
+                app: "app".into(),
+                channel: "room".into(),
+                except: Some("123.456".into()),
+                position: Some((9, 3)),
+            }
         );
         assert_eq!(frame_of(&envelope.payload), frame, "the frame rebuilt on the other node is identical");
     }
