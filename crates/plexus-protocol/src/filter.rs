@@ -17,16 +17,46 @@ use serde_json::Value;
 /// Most conditions one filter may carry (each is checked per event for this subscriber).
 pub const MAX_FILTER_TERMS: usize = 32;
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// The server checks it per subscriber; clients (`plexus-client`) build it, send it and check it
+/// again on what they receive, so both sides apply one rule.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionFilter {
+    /// Keep only these event names (`None`: every name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
+    /// Keep only events whose JSON data has each dotted field (`"chat.id"`) equal to the value.
     #[serde(default, rename = "where", skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, Value>,
 }
 
 impl SubscriptionFilter {
+    /// A filter that keeps everything.
+    pub fn new() -> Self {
+        SubscriptionFilter::default()
+    }
+
+    /// Keeps only these event names.
+    pub fn events<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.events = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Keeps only events whose data has the dotted `path` equal to `value`.
+    pub fn where_eq(mut self, path: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.fields.insert(path.into(), value.into());
+        self
+    }
+
+    /// Whether it keeps everything (and so need not be sent).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_none() && self.fields.is_empty()
+    }
+
     /// Refuses filters too large to check per event.
     pub fn validate(&self) -> Result<(), String> {
         let terms = self.events.as_ref().map_or(0, Vec::len) + self.fields.len();
@@ -79,6 +109,19 @@ mod tests {
         assert!(!filter.matches("message.received", None));
         let events_only: SubscriptionFilter = serde_json::from_value(json!({"events": ["a"]})).unwrap();
         assert!(events_only.matches("a", None) && !events_only.needs_data());
+        assert!(SubscriptionFilter::new().matches("anything", None));
+        assert!(!SubscriptionFilter::new().events(Vec::<String>::new()).matches("anything", None));
+    }
+
+    #[test]
+    fn the_builder_sends_only_what_is_set() {
+        let built = SubscriptionFilter::new().events(["message.received"]).where_eq("chat.id", "c1");
+        assert_eq!(
+            serde_json::to_value(&built).unwrap(),
+            json!({"events": ["message.received"], "where": {"chat.id": "c1"}})
+        );
+        assert_eq!(serde_json::to_value(SubscriptionFilter::new()).unwrap(), json!({}));
+        assert!(SubscriptionFilter::new().is_empty() && !built.is_empty());
     }
 
     #[test]
