@@ -139,11 +139,13 @@ pub struct Session {
     /// Channel → presence user id (for presence channels).
     subscriptions: HashMap<ChannelName, Option<Box<str>>>,
     client_events: RateWindow,
-    signed_in: Option<SignedIn>,
+    /// Boxed, like `grant`: most connections never sign in, and the session lives inside every
+    /// connection's task (see BENCHMARKS.md, memory per idle connection).
+    signed_in: Option<Box<SignedIn>>,
     /// Signed in, or holds a private or presence subscription (the "authorized connection" rule).
     authorized: bool,
     /// What the connection's API key or token grants, which limits what it may subscribe to.
-    grant: Option<Grant>,
+    grant: Option<Box<Grant>>,
     /// Where `plexus:*` frames go, when the server runs an extension.
     extension: Option<Box<dyn ExtensionSession>>,
 }
@@ -176,7 +178,7 @@ impl Session {
 
     /// Limits the session's subscriptions to what its credential grants.
     pub fn restrict_to(&mut self, grant: Grant) {
-        self.grant = Some(grant);
+        self.grant = Some(Box::new(grant));
     }
 
     /// Hands this connection's `plexus:*` frames to `extension` from now on.
@@ -377,7 +379,7 @@ impl Session {
         }
         self.connection.outbound.push(codec::signin_success(user_data));
         self.hub.sign_in(&self.connection, &user_id, &watchlist);
-        self.signed_in = Some(SignedIn { user_id, user_info: data.user_info, watchlist });
+        self.signed_in = Some(Box::new(SignedIn { user_id, user_info: data.user_info, watchlist }));
         self.authorized = true;
         Ok(())
     }

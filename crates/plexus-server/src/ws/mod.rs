@@ -81,9 +81,11 @@ pub async fn upgrade(
     let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
     // Apps with API keys or tokens refuse over HTTP, before the upgrade: event-stream clients
     // expect 401/403/429, and such apps do not serve pusher-js's retry-forever clients anyway.
+    // Boxed: the admission rides along every nested future of the connection's task, and most
+    // connections (pusher-js) have none.
     let admission = match state.apps.by_key(&key) {
         Some(app) => match crate::credentials::admit(&state.credentials, &app, query.as_deref(), headers) {
-            Ok(admission) => admission,
+            Ok(admission) => admission.map(Box::new),
             Err(refusal) => return refusal.into_response(),
         },
         None => None,
@@ -113,7 +115,7 @@ async fn run_socket(
     upgraded: hyper::upgrade::Upgraded,
     key: String,
     query: Option<String>,
-    admission: Option<Admission>,
+    admission: Option<Box<Admission>>,
     throttled: bool,
 ) {
     #[cfg(feature = "tungstenite")]
@@ -243,7 +245,7 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
     write: W,
     key: &str,
     query: Option<&str>,
-    admission: Option<Admission>,
+    admission: Option<Box<Admission>>,
     throttled: bool,
 ) {
     let config = &state.config;
