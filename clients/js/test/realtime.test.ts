@@ -6,7 +6,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, createHmac, randomBytes } from "node:crypto";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { createServer, connect as tcpConnect, type Server, type Socket } from "node:net";
 import { once } from "node:events";
 import { tmpdir } from "node:os";
@@ -31,43 +31,8 @@ const WAIT = 10_000;
 const APP = { id: "stream-app", key: "stream-key", secret: "stream-secret" };
 const READER = "sk_test_reader_0123456789";
 
-const CONFIG = `
-[server]
-host = "127.0.0.1"
-port = 0
-shutdown_grace_secs = 1
-
-[metrics]
-enabled = false
-
-[[apps]]
-id = "${APP.id}"
-key = "${APP.key}"
-secret = "${APP.secret}"
-
-[[apps.api_keys]]
-key = "${READER}"
-scopes = ["events:read"]
-channels = ["feed-*", "news-*"]
-max_connections = 100
-
-[[apps.channel_scopes]]
-prefix = "news-"
-scope = "news:read"
-
-[[apps.history]]
-prefix = "feed-"
-size = 100
-ttl_secs = 600
-
-# Closes connections that neither sign in nor join a private channel within 1 s with 4009.
-[[apps]]
-id = "signin-app"
-key = "signin-key"
-secret = "signin-secret"
-enable_user_authentication = true
-user_authentication_timeout_secs = 1
-`;
+/** The server both SDKs' realtime tests use (the Rust client's tests read the same file). */
+const CONFIG = readFileSync(path.join(here, "..", "..", "..", "..", "tests", "fixtures", "realtime-server.toml"), "utf8");
 
 type Events = {
   "message.received": { chat: { id: string }; text: string };

@@ -28,43 +28,8 @@ pub const APP_KEY: &str = "stream-key";
 pub const APP_SECRET: &str = "stream-secret";
 pub const READER: &str = "sk_test_reader_0123456789";
 
-const CONFIG: &str = r#"
-[server]
-host = "127.0.0.1"
-port = 0
-shutdown_grace_secs = 1
-
-[metrics]
-enabled = false
-
-[[apps]]
-id = "stream-app"
-key = "stream-key"
-secret = "stream-secret"
-
-[[apps.api_keys]]
-key = "sk_test_reader_0123456789"
-scopes = ["events:read"]
-channels = ["feed-*", "news-*"]
-max_connections = 100
-
-[[apps.channel_scopes]]
-prefix = "news-"
-scope = "news:read"
-
-[[apps.history]]
-prefix = "feed-"
-size = 100
-ttl_secs = 600
-
-# Closes connections that neither sign in nor join a private channel within 1 s with 4009.
-[[apps]]
-id = "signin-app"
-key = "signin-key"
-secret = "signin-secret"
-enable_user_authentication = true
-user_authentication_timeout_secs = 1
-"#;
+/// The server both SDKs' realtime tests use (the TypeScript one reads the same file).
+const CONFIG: &str = include_str!("../../../../tests/fixtures/realtime-server.toml");
 
 /// `PLEXUS_BIN`, else the workspace's release build (`cargo test --workspace --release` builds
 /// it before the tests run).
