@@ -108,6 +108,15 @@ pub struct CachedEvent {
     pub ttl: Duration,
 }
 
+/// A history channel's events as this node holds them, for a peer that joins or re-syncs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySnapshot {
+    pub channel: ChannelName,
+    pub epoch: u32,
+    /// `(offset, age, frame)`, oldest first, offsets consecutive.
+    pub events: Vec<(u64, Duration, Bytes)>,
+}
+
 /// What a shard knows about a cache channel.
 #[derive(Debug)]
 enum CacheSlot {
@@ -197,6 +206,31 @@ impl History {
         self.next = position.offset + 1;
         self.events.push_back((position.offset, now, frame));
         true
+    }
+
+    /// Takes a peer's copy of this channel's history (a node that joined, or re-synced after a
+    /// gap): in full when this node holds no events and is not numbering the channel itself, or
+    /// the older events it lacks when the copy is of the same epoch and reaches up to its own.
+    /// `events` are `(offset, recorded at, frame)`, oldest first, offsets consecutive.
+    fn adopt(&mut self, epoch: u32, events: Vec<(u64, Instant, Bytes)>) {
+        let Some(last) = events.last().map(|(offset, _, _)| *offset) else { return };
+        if self.events.is_empty() {
+            if self.numbered_here && self.next > 1 {
+                return;
+            }
+            self.epoch = epoch;
+            self.numbered_here = false;
+            self.next = last + 1;
+            self.events = events.into();
+            return;
+        }
+        let first_held = self.events.front().map_or(self.next, |(offset, _, _)| *offset);
+        if epoch != self.epoch || last + 1 < first_held {
+            return;
+        }
+        for event in events.into_iter().rev().filter(|(offset, _, _)| *offset < first_held) {
+            self.events.push_front(event);
+        }
     }
 
     /// Drops what is past the rule's size or age.
@@ -1254,6 +1288,41 @@ impl AppHub {
         shares
     }
 
+    /// Every history this node holds events of, for a peer that syncs.
+    pub fn histories(&self) -> Vec<HistorySnapshot> {
+        let now = Instant::now();
+        let mut histories = Vec::new();
+        for shard in self.shards.iter() {
+            for (name, history) in read(shard).histories.iter().filter(|(_, h)| !h.events.is_empty()) {
+                histories.push(HistorySnapshot {
+                    channel: name.clone(),
+                    epoch: history.epoch,
+                    events: history
+                        .events
+                        .iter()
+                        .map(|(offset, at, frame)| (*offset, now.duration_since(*at), frame.clone()))
+                        .collect(),
+                });
+            }
+        }
+        histories
+    }
+
+    /// Takes a peer's copy of a history channel's events (see [`AppHub::histories`]), so a
+    /// client can resume here from a position published before this node joined.
+    pub fn adopt_history(&self, app: &App, snapshot: HistorySnapshot) {
+        let Some(rule) = app.history_rule(snapshot.channel.as_str()) else { return };
+        let now = Instant::now();
+        let events = snapshot
+            .events
+            .into_iter()
+            .map(|(offset, age, frame)| (offset, now.checked_sub(age).unwrap_or(now), frame));
+        let mut shard = write(self.shard(snapshot.channel.as_str()));
+        let history = shard.histories.entry(snapshot.channel).or_insert_with(History::new);
+        history.adopt(snapshot.epoch, events.collect());
+        history.trim(rule, now);
+    }
+
     /// Every cache channel's live event, for a peer that syncs.
     pub fn cached_events(&self) -> Vec<CachedEvent> {
         let now = Instant::now();
@@ -1559,6 +1628,46 @@ mod tests {
         let other = epoch.wrapping_add(1);
         assert!(history.record_numbered(Position { epoch: other, offset: 1 }, now, frame(1)));
         assert_eq!((history.epoch, history.next, offsets(&history)), (other, 2, vec![1]));
+    }
+
+    #[test]
+    fn a_peers_copy_fills_an_empty_history_or_the_older_events_of_the_same_epoch() {
+        let now = Instant::now();
+        let copy = |epoch, offsets: std::ops::Range<u64>| {
+            (epoch, offsets.map(|o| (o, now, frame(o))).collect::<Vec<_>>())
+        };
+
+        let mut joined = History::new();
+        let (epoch, events) = copy(9, 3..7);
+        joined.adopt(epoch, events);
+        assert_eq!((joined.epoch, joined.next, offsets(&joined)), (9, 7, vec![3, 4, 5, 6]));
+        assert!(!joined.numbered_here);
+
+        // Live events arrived before the copy: it supplies the older ones, once.
+        let mut resynced = History::new();
+        resynced.record_numbered(Position { epoch: 9, offset: 6 }, now, frame(6));
+        resynced.record_numbered(Position { epoch: 9, offset: 7 }, now, frame(7));
+        let (epoch, events) = copy(9, 3..7);
+        resynced.adopt(epoch, events);
+        assert_eq!(offsets(&resynced), vec![3, 4, 5, 6, 7]);
+
+        // A copy that ends before what is held would leave a hole; another epoch is not ours.
+        let (epoch, events) = copy(9, 1..4);
+        let mut holed = History::new();
+        holed.record_numbered(Position { epoch: 9, offset: 6 }, now, frame(6));
+        holed.adopt(epoch, events);
+        assert_eq!(offsets(&holed), vec![6]);
+        let (epoch, events) = copy(8, 1..6);
+        holed.adopt(epoch, events);
+        assert_eq!((holed.epoch, offsets(&holed)), (9, vec![6]));
+
+        // The node that numbers the channel keeps its own numbering.
+        let mut numbering = History::new();
+        numbering.number_next();
+        let own = numbering.epoch;
+        let (epoch, events) = copy(own.wrapping_add(1), 1..3);
+        numbering.adopt(epoch, events);
+        assert_eq!((numbering.epoch, numbering.next, offsets(&numbering)), (own, 2, vec![]));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 // 27. History across a cluster, over the real NATS (127.0.0.1:4222) and Redis (127.0.0.1:6379)
 //     servers. One node numbers each history channel's events, so every node records the same
 //     event at the same position: subscribers on different nodes see one sequence, and a client
-//     resumes on any node from a position it read on another. When the numbering node dies, a
+//     resumes on any node from a position it read on another, including a node that joined
+//     after the position was given. When the numbering node dies, a
 //     survivor takes over; a resume from before then gets exactly the missed events or
 //     `recovered: false` — never a silent hole.
 import { describe, it, before, after } from 'node:test';
@@ -97,6 +98,23 @@ for (const bus of [
       assert.equal(resumed.recovered, true, `resume on node 2 from ${last}: ${JSON.stringify(resumed)}`);
       assert.deepEqual(items(again, ch), missed, 'exactly the missed events, in order, at their positions');
       assert.equal(resumed.position, missed[3][1]);
+    });
+
+    it('a node that joins later learns the histories from its peers and resumes clients from before', async () => {
+      const ch = unique('feed-');
+      const first = await subscribed(0, ch);
+      for (let i = 0; i < 4; i += 1) await sdks[i % 3].trigger(ch, 'item', { i });
+      await waitItems(first, ch, 4, 'four items on node 0');
+      const seen = items(first, ch);
+
+      // Its listening line comes once it holds its peers' state, histories included.
+      const joined = await startServer({ config: CONFIG(bus, prefix) });
+      nodes.push(joined);
+      sdks.push(sdkFor(joined));
+      const again = await subscribed(3, ch, seen[1][1]);
+      const resumed = JSON.parse((await again.waitEvent('plexus:resume', ch, 10_000)).msg.data);
+      assert.equal(resumed.recovered, true, `resume on the new node from ${seen[1][1]}: ${JSON.stringify(resumed)}`);
+      assert.deepEqual(items(again, ch), seen.slice(2), 'the events after that position, as first delivered');
     });
 
     it('after the numbering node dies, a resume from before gets the missed events or recovered: false', async () => {

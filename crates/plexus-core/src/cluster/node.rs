@@ -33,10 +33,10 @@ use plexus_protocol::{ChannelName, SocketId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::wire::{self, AppSnapshot, Body, CacheState, Envelope, ShareState};
+use super::wire::{self, AppSnapshot, Body, CacheState, Envelope, HistoryEvent, HistoryState, ShareState};
 use super::{ClusterLink, Inbound, NodeId, Position, Route, Transport, Update};
 use crate::app::{App, AppStore};
-use crate::hub::{LocalShare, Member};
+use crate::hub::{HistorySnapshot, LocalShare, Member};
 use crate::webhook::{WebhookEvent, WebhookSink};
 use crate::Hubs;
 
@@ -244,14 +244,20 @@ impl ClusterNode {
         for hub in hubs.all() {
             let users = hub.local_users();
             size += users.iter().map(|u| u.len() + 4).sum::<usize>();
-            let mut current =
-                AppSnapshot { app: hub.app_id().to_owned(), shares: Vec::new(), cache: Vec::new(), users };
+            let mut current = AppSnapshot {
+                app: hub.app_id().to_owned(),
+                shares: Vec::new(),
+                cache: Vec::new(),
+                users,
+                histories: Vec::new(),
+            };
             let flush = |current: &mut AppSnapshot, parts: &mut Vec<Vec<AppSnapshot>>, size: &mut usize| {
                 let full = AppSnapshot {
                     app: current.app.clone(),
                     shares: Vec::new(),
                     cache: Vec::new(),
                     users: Vec::new(),
+                    histories: Vec::new(),
                 };
                 parts.last_mut().expect("one part").push(std::mem::replace(current, full));
                 parts.push(Vec::new());
@@ -282,6 +288,30 @@ impl ClusterNode {
                     data: event.data,
                     ttl_ms: event.ttl.as_millis() as u64,
                     payload: String::from_utf8_lossy(&payload).into_owned(),
+                });
+                if size > SNAPSHOT_PART_BYTES {
+                    flush(&mut current, &mut parts, &mut size);
+                }
+            }
+            for history in hub.histories() {
+                let events: Vec<HistoryEvent> = history
+                    .events
+                    .iter()
+                    .map(|(offset, age, frame)| HistoryEvent {
+                        offset: *offset,
+                        age_ms: age.as_millis() as u64,
+                        payload: String::from_utf8_lossy(&plexus_protocol::wsframe::server_frame_payload(
+                            frame,
+                        ))
+                        .into_owned(),
+                    })
+                    .collect();
+                size += history.channel.as_str().len()
+                    + events.iter().map(|e| e.payload.len() + 32).sum::<usize>();
+                current.histories.push(HistoryState {
+                    channel: history.channel.to_string(),
+                    epoch: history.epoch,
+                    events,
                 });
                 if size > SNAPSHOT_PART_BYTES {
                     flush(&mut current, &mut parts, &mut size);
@@ -479,6 +509,7 @@ impl Receiver {
                     whole.shares.extend(part.shares);
                     whole.cache.extend(part.cache);
                     whole.users.extend(part.users);
+                    whole.histories.extend(part.histories);
                 }
             }
         }
@@ -509,6 +540,17 @@ impl Receiver {
                     let frame = wire::frame_of(event.payload.as_bytes());
                     hub.remember_here(&channel, &event.data, &frame, Duration::from_millis(event.ttl_ms));
                 }
+            }
+            for history in snapshot.histories {
+                let Ok(channel) = ChannelName::parse(&history.channel) else { continue };
+                let events = history
+                    .events
+                    .into_iter()
+                    .map(|e| {
+                        (e.offset, Duration::from_millis(e.age_ms), wire::frame_of(e.payload.as_bytes()))
+                    })
+                    .collect();
+                hub.adopt_history(&app, HistorySnapshot { channel, epoch: history.epoch, events });
             }
         }
     }

@@ -116,6 +116,27 @@ pub struct AppSnapshot {
     /// Users signed in on the sender.
     #[serde(default)]
     pub users: Vec<String>,
+    /// The sender's copy of each history channel (every node holds the same events at the same
+    /// positions), so a node that joins can resume clients from before it joined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub histories: Vec<HistoryState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryState {
+    pub channel: String,
+    pub epoch: u32,
+    /// Oldest first, offsets consecutive.
+    pub events: Vec<HistoryEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub offset: u64,
+    /// How long ago the sender recorded it (its TTL runs on from there).
+    pub age_ms: u64,
+    /// The event frame's payload (Pusher JSON text, with its `position`).
+    pub payload: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +300,11 @@ mod tests {
                 }],
                 cache: vec![],
                 users: vec!["u1".into()],
+                histories: vec![HistoryState {
+                    channel: "feed-1".into(),
+                    epoch: 4,
+                    events: vec![HistoryEvent { offset: 2, age_ms: 50, payload: "{\"event\":\"x\"}".into() }],
+                }],
             }],
         };
         let envelope = decode(&encode(1, 0, body.clone(), b"")).unwrap();
