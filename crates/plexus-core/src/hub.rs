@@ -1234,6 +1234,15 @@ impl AppHub {
                 channel: channel.to_string(),
                 user_id: member.user_id.to_owned(),
             });
+            self.observer.emit(|| {
+                let info: Value =
+                    member.info.and_then(|i| serde_json::from_str(i).ok()).unwrap_or(Value::Null);
+                Observation::new(
+                    channel.as_str(),
+                    "member_added",
+                    json!({"user_id": member.user_id, "user_info": info, "node": node.to_string()}),
+                )
+            });
         }
     }
 
@@ -1263,6 +1272,13 @@ impl AppHub {
             self.webhook(app, WebhookKind::MemberRemoved, || WebhookEvent::MemberRemoved {
                 channel: channel.to_string(),
                 user_id: user_id.to_owned(),
+            });
+            self.observer.emit(|| {
+                Observation::new(
+                    channel.as_str(),
+                    "member_removed",
+                    json!({"user_id": user_id, "node": node.to_string()}),
+                )
             });
         }
     }
@@ -1596,6 +1612,38 @@ mod tests {
 
     fn offsets(history: &History) -> Vec<u64> {
         history.events.iter().map(|(offset, _, _)| *offset).collect()
+    }
+
+    #[derive(Debug)]
+    struct NoWebhooks;
+
+    impl WebhookSink for NoWebhooks {
+        fn submit(&self, _app_id: &str, _event: WebhookEvent) {}
+    }
+
+    #[tokio::test]
+    async fn the_debug_console_sees_members_join_and_leave_on_other_nodes() {
+        let hub = AppHub::new("app", Arc::new(NoWebhooks));
+        let app = App::new("app", "key", "secret");
+        let channel = ChannelName::parse("presence-room").unwrap();
+        let mut watch = hub.observer().watch();
+        let member = Member { user_id: "ann", info: Some("{\"name\":\"Ann\"}") };
+        hub.set_remote_member(&app, 7, &channel, member, true);
+        hub.set_remote_member(&app, 7, &channel, member, false);
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            match watch.next().await {
+                crate::observe::Seen::Observed(o) => seen.push((o.kind, o.detail.clone())),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("member_added", json!({"user_id": "ann", "user_info": {"name": "Ann"}, "node": "7"})),
+                ("member_removed", json!({"user_id": "ann", "node": "7"})),
+            ]
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ function describe(o) {
   switch (o.kind) {
     case 'event': case 'client_event': return `${d.event} ${typeof d.data === 'string' ? d.data : JSON.stringify(d.data)}`;
     case 'subscribed': case 'unsubscribed': return `socket ${d.socket_id}${d.user_id ? ` user ${d.user_id}` : ''}`;
-    case 'member_added': case 'member_removed': return `user ${d.user_id}`;
+    case 'member_added': case 'member_removed': return `user ${d.user_id}${d.node ? ` (on node ${d.node})` : ''}`;
     case 'webhook': return `${d.event && d.event.name} → ${d.url}: ${d.outcome} (attempt ${d.attempt})`;
     default: return JSON.stringify(d);
   }
