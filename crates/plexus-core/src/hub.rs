@@ -246,6 +246,19 @@ impl History {
     }
 }
 
+/// Who gives a history event its position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Numbering {
+    /// This node (alone, or as the channel's sequencer): the stamped event is then announced to
+    /// the cluster and mirrored.
+    Here,
+    /// A peer that numbered it, at this position.
+    At(Position),
+    /// A peer that did not (it keeps no history for the channel): numbered for this node's
+    /// history only.
+    Unnumbered,
+}
+
 /// The frame with `"position":"…"` added to its JSON object (one copy per event, not per
 /// subscriber).
 fn stamp(frame: &Bytes, position: &str) -> Bytes {
@@ -415,6 +428,25 @@ fn random_socket_id() -> SocketId {
         u64::from_le_bytes(a.try_into().unwrap()),
         u64::from_le_bytes(b.try_into().unwrap()),
     )
+}
+
+/// A presence member joining, for the debug console; `node` when it joined on another node.
+fn member_added_observation(channel: &ChannelName, member: Member<'_>, node: Option<NodeId>) -> Observation {
+    let info: Value = member.info.and_then(|i| serde_json::from_str(i).ok()).unwrap_or(Value::Null);
+    let mut detail = json!({"user_id": member.user_id, "user_info": info});
+    if let Some(node) = node {
+        detail["node"] = json!(node.to_string());
+    }
+    Observation::new(channel.as_str(), "member_added", detail)
+}
+
+/// A presence member leaving, for the debug console; `node` when it left on another node.
+fn member_removed_observation(channel: &ChannelName, user_id: &str, node: Option<NodeId>) -> Observation {
+    let mut detail = json!({"user_id": user_id});
+    if let Some(node) = node {
+        detail["node"] = json!(node.to_string());
+    }
+    Observation::new(channel.as_str(), "member_removed", detail)
 }
 
 /// `pusher_internal:watchlist_events` with one online or offline entry.
@@ -638,15 +670,7 @@ impl AppHub {
             });
         }
         if let (true, Some(member)) = (joined.new_member, member) {
-            self.observer.emit(|| {
-                let info: Value =
-                    member.info.and_then(|i| serde_json::from_str(i).ok()).unwrap_or(Value::Null);
-                Observation::new(
-                    channel.as_str(),
-                    "member_added",
-                    json!({"user_id": member.user_id, "user_info": info}),
-                )
-            });
+            self.observer.emit(|| member_added_observation(channel, member, None));
         }
         if channel.is_cache() {
             self.replay_cache(app, &mut shard.cache, channel, connection);
@@ -763,9 +787,7 @@ impl AppHub {
                     channel: channel.to_string(),
                     user_id: user_id.to_owned(),
                 });
-                self.observer.emit(|| {
-                    Observation::new(channel.as_str(), "member_removed", json!({"user_id": user_id}))
-                });
+                self.observer.emit(|| member_removed_observation(channel, user_id, None));
             }
         }
         if let (true, Some(user_id)) = (left.last_local, user_id) {
@@ -796,16 +818,16 @@ impl AppHub {
     pub fn publish(&self, app: &App, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         self.metrics.events_published.increment(1);
         self.published_total.fetch_add(1, Ordering::Relaxed);
-        if let Some(rule) = app.history_rule(channel) {
-            if let Some(by) = self.cluster.as_ref().and_then(|c| c.sequencer(&self.app_id, channel)) {
+        let Some(rule) = app.history_rule(channel) else {
+            return self.publish_plain(channel, frame, except);
+        };
+        match self.cluster.as_ref().and_then(|c| c.sequencer(&self.app_id, channel)) {
+            Some(by) => {
                 self.announce(Update::Sequence { channel, frame, except, by });
-                return 0;
+                0
             }
-            return self.deliver_recorded(rule, channel, frame, except, None);
+            None => self.deliver_recorded(rule, channel, frame, except, Numbering::Here),
         }
-        self.announce(Update::Publish { channel, frame, except, position: None });
-        self.mirror(channel, frame);
-        self.deliver(app, channel, frame, except, None)
     }
 
     /// Publishes an event another node handed over for this node to number (it chose this node
@@ -818,13 +840,16 @@ impl AppHub {
         except: Option<SocketId>,
     ) -> usize {
         match app.history_rule(channel) {
-            Some(rule) => self.deliver_recorded(rule, channel, frame, except, None),
-            None => {
-                self.announce(Update::Publish { channel, frame, except, position: None });
-                self.mirror(channel, frame);
-                self.deliver(app, channel, frame, except, None)
-            }
+            Some(rule) => self.deliver_recorded(rule, channel, frame, except, Numbering::Here),
+            None => self.publish_plain(channel, frame, except),
         }
+    }
+
+    /// An event of a channel without history: told to the cluster and the mirror, then fanned out.
+    fn publish_plain(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        self.announce(Update::Publish { channel, frame, except, position: None });
+        self.mirror(channel, frame);
+        self.deliver_plain(channel, frame, except)
     }
 
     fn mirror(&self, channel: &str, frame: &Bytes) {
@@ -843,9 +868,16 @@ impl AppHub {
         except: Option<SocketId>,
         position: Option<Position>,
     ) -> usize {
-        if let Some(rule) = app.history_rule(channel) {
-            return self.deliver_recorded(rule, channel, frame, except, Some(position));
+        match app.history_rule(channel) {
+            Some(rule) => {
+                let numbering = position.map_or(Numbering::Unnumbered, Numbering::At);
+                self.deliver_recorded(rule, channel, frame, except, numbering)
+            }
+            None => self.deliver_plain(channel, frame, except),
         }
+    }
+
+    fn deliver_plain(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         self.observer.emit(|| event_observation(channel, frame, except.map(|id| id.to_string())));
         let shard = read(self.shard(channel));
         match shard.channels.get(channel) {
@@ -875,35 +907,32 @@ impl AppHub {
     }
 
     /// Records an event of a history channel and fans it out, under the shard's write lock so
-    /// positions and deliveries keep one order. `from_peer` is `None` for an event this node
-    /// numbers (stamped with its position, then announced and mirrored as such) and
-    /// `Some(position)` for one a peer published (`Some(None)`: a peer that did not number it,
-    /// numbered here for this node's history only).
+    /// positions and deliveries keep one order.
     fn deliver_recorded(
         &self,
         rule: &HistoryRule,
         channel: &str,
         frame: &Bytes,
         except: Option<SocketId>,
-        from_peer: Option<Option<Position>>,
+        numbering: Numbering,
     ) -> usize {
         let Ok(name) = ChannelName::parse(channel) else { return 0 };
         let mut guard = write(self.shard(channel));
         let shard = &mut *guard;
         let now = Instant::now();
         let history = shard.histories.entry(name).or_insert_with(History::new);
-        let frame = match from_peer {
-            Some(Some(position)) => {
+        let frame = match numbering {
+            Numbering::At(position) => {
                 if !history.record_numbered(position, now, frame.clone()) {
                     return 0;
                 }
                 frame.clone()
             }
-            _ => {
+            Numbering::Here | Numbering::Unnumbered => {
                 let position = history.number_next();
                 let stamped = stamp(frame, &position.to_string());
                 history.events.push_back((position.offset, now, stamped.clone()));
-                if from_peer.is_none() {
+                if numbering == Numbering::Here {
                     self.announce(Update::Publish {
                         channel,
                         frame: &stamped,
@@ -1234,15 +1263,7 @@ impl AppHub {
                 channel: channel.to_string(),
                 user_id: member.user_id.to_owned(),
             });
-            self.observer.emit(|| {
-                let info: Value =
-                    member.info.and_then(|i| serde_json::from_str(i).ok()).unwrap_or(Value::Null);
-                Observation::new(
-                    channel.as_str(),
-                    "member_added",
-                    json!({"user_id": member.user_id, "user_info": info, "node": node.to_string()}),
-                )
-            });
+            self.observer.emit(|| member_added_observation(channel, member, Some(node)));
         }
     }
 
@@ -1273,13 +1294,7 @@ impl AppHub {
                 channel: channel.to_string(),
                 user_id: user_id.to_owned(),
             });
-            self.observer.emit(|| {
-                Observation::new(
-                    channel.as_str(),
-                    "member_removed",
-                    json!({"user_id": user_id, "node": node.to_string()}),
-                )
-            });
+            self.observer.emit(|| member_removed_observation(channel, user_id, Some(node)));
         }
     }
 
