@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use plexus_protocol::codec::Subscribe;
+use plexus_protocol::ClientFrame;
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -293,7 +295,7 @@ impl Task {
                     return closed(1006, format!("no reply to our ping within {ms} ms"));
                 }
                 Wake::Timer => {
-                    if let Err(error) = send(&mut socket, json!({"event": "pusher:ping", "data": {}})).await {
+                    if let Err(error) = send(&mut socket, &ClientFrame::Ping).await {
                         return closed(1006, error.to_string());
                     }
                     awaiting_pong = true;
@@ -338,9 +340,7 @@ impl Task {
                             }
                         }
                         "pusher:ping" => {
-                            if let Err(error) =
-                                send(&mut socket, json!({"event": "pusher:pong", "data": {}})).await
-                            {
+                            if let Err(error) = send(&mut socket, &ClientFrame::Pong).await {
                                 return closed(1006, error.to_string());
                             }
                         }
@@ -360,19 +360,17 @@ impl Task {
     async fn subscribe_all(&mut self, socket: &mut Socket) -> Result<(), tungstenite::Error> {
         self.opens += 1;
         let reconnect = self.opens > 1;
-        let filter = self.filter.as_ref().map(|f| serde_json::to_value(f).unwrap_or_default());
         for channel in &mut self.channels {
             channel.refused = false;
             channel.resuming_from = if reconnect { channel.position.clone() } else { None };
-            let mut data = json!({ "channel": channel.name });
-            if let Some(filter) = &filter {
-                data["filter"] = filter.clone();
-            }
-            if let Some(position) = &channel.resuming_from {
-                data["position"] = Value::String(position.clone());
-            }
-            let frame = json!({"event": "pusher:subscribe", "data": data});
-            socket.feed(Message::text(frame.to_string())).await?;
+            let frame = ClientFrame::Subscribe(Subscribe {
+                channel: channel.name.clone(),
+                auth: None,
+                channel_data: None,
+                filter: self.filter.clone(),
+                position: channel.resuming_from.clone(),
+            });
+            socket.feed(Message::text(frame.to_json())).await?;
         }
         socket.flush().await
     }
@@ -524,8 +522,8 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn send(socket: &mut Socket, frame: Value) -> Result<(), tungstenite::Error> {
-    socket.send(Message::text(frame.to_string())).await
+async fn send(socket: &mut Socket, frame: &ClientFrame) -> Result<(), tungstenite::Error> {
+    socket.send(Message::text(frame.to_json())).await
 }
 
 /// Closes with 1000 and waits (briefly) for the server's reply.
@@ -570,6 +568,7 @@ fn is_after(position: &str, seen: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn close_codes_have_classes() {
