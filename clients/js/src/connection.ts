@@ -14,15 +14,24 @@
  * It knows nothing of channels: the owner gets `open`, every other frame, `drop` and the status.
  */
 
+/**
+ * An event handler property of a socket. Declared through a method so that TypeScript compares
+ * its parameter bivariantly: a socket whose `onmessage` takes its own, richer `MessageEvent` (the
+ * DOM's, or the `ws` package's) still is a `SocketLike`, as it is at run time, since the client
+ * only ever assigns handlers that read the fields named here. A plain function type would be
+ * compared contravariantly and reject every real WebSocket without a cast.
+ */
+export type SocketHandler<E> = { handle(event: E): void }["handle"];
+
 /** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or the `ws` package). */
 export interface SocketLike {
-  readyState: number;
+  readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
+  onopen: SocketHandler<unknown> | null;
+  onmessage: SocketHandler<{ data: unknown }> | null;
+  onclose: SocketHandler<{ code: number; reason: string }> | null;
+  onerror: SocketHandler<unknown> | null;
 }
 
 export type SocketFactory = new (url: string) => SocketLike;

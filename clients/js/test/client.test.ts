@@ -9,6 +9,8 @@ import { once } from "node:events";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
+import { WebSocket as NodeWebSocket } from "ws";
+
 import { connect, type ChatMessage } from "./generated/chat.js";
 import { backoffDelay, PlexusError } from "../src/index.js";
 import { within } from "./util.js";
@@ -96,6 +98,24 @@ test("typed actions, typed errors and room pushes against the chat example", { t
   } finally {
     await alice.close();
     await bob.close();
+    await server.stop();
+  }
+});
+
+// The README's advice for Node 20 without --experimental-websocket: the `ws` package's
+// WebSocket, passed as it is (test/types.ts checks that it type-checks without a cast).
+test("the ws package's WebSocket works as options.WebSocket", { timeout: 30_000 }, async () => {
+  const server = await startChat();
+  const client = connect(server.url, { WebSocket: NodeWebSocket });
+  try {
+    const chat = client.channel("chat", { room: "ws" });
+    assert.deepEqual(await within(WAIT, "the welcome over ws", chat.ready()), { room: "ws", messages: 0 });
+    assert.deepEqual(await chat.send("authenticate", { token: "token-bob" }), { user: "bob" });
+    const pushed = new Promise<ChatMessage>((resolve) => chat.subscribe("room:ws", resolve));
+    const sent = await chat.send("send", { text: "over ws" });
+    assert.deepEqual(await within(WAIT, "the push over ws", pushed), sent);
+  } finally {
+    await client.close();
     await server.stop();
   }
 });

@@ -3,6 +3,7 @@
 // markers, each of them does fail.
 import { connect, type ChatMessage, type Welcome } from "./generated/chat.js";
 import { createClient, type EventMeta } from "../src/index.js";
+import { WebSocket as NodeWebSocket } from "ws";
 
 const client = connect("ws://127.0.0.1:1/app/app-key");
 const chat = client.channel("chat", { room: "lobby" });
@@ -75,4 +76,14 @@ export function realtimeIllTyped(): void {
   createClient({ url: "ws://h", appKey: "k" }).realtime.events<Events>({ channels: ["c"], filters: { where: { a: () => 1 } } });
   // @ts-expect-error: a token is a string or a function returning one
   createClient({ url: "ws://h", appKey: "k", token: 42 });
+}
+
+// Node 20 without `--experimental-websocket`: the `ws` package's WebSocket is accepted as it is,
+// by both faces (no cast), and so is the platform's; something that is not a socket is not.
+export function socketsAccepted(): void {
+  connect("ws://127.0.0.1:1/app/app-key", { WebSocket: NodeWebSocket });
+  createClient({ url: "ws://h", appKey: "k", WebSocket: NodeWebSocket });
+  connect("ws://127.0.0.1:1/app/app-key", { WebSocket: globalThis.WebSocket });
+  // @ts-expect-error: a class without the socket's members is not a WebSocket
+  connect("ws://127.0.0.1:1/app/app-key", { WebSocket: class { constructor(readonly url: string) {} } });
 }

@@ -124,21 +124,37 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
 #[derive(Debug)]
 pub struct HttpConn {
     addr: SocketAddr,
+    /// The local address to connect from (the kernel's choice when `None`).
+    source: Option<std::net::IpAddr>,
     stream: Option<TcpStream>,
     rx: ReadBuf,
 }
 
 impl HttpConn {
     pub fn new(addr: SocketAddr) -> Self {
-        HttpConn { addr, stream: None, rx: ReadBuf::new(8 * 1024) }
+        HttpConn::from_source(addr, None)
+    }
+
+    /// Connects from `source`, so a server's per-address limits see this client apart from others.
+    pub fn from_source(addr: SocketAddr, source: Option<std::net::IpAddr>) -> Self {
+        HttpConn { addr, source, stream: None, rx: ReadBuf::new(8 * 1024) }
+    }
+
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        let Some(source) = self.source else { return TcpStream::connect(self.addr).await };
+        let socket = match self.addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(self.addr).await
     }
 
     /// Sends one request and waits for its response; reconnects when the server closed the
     /// previous connection. Returns the status, or an error reason.
     pub async fn round_trip(&mut self, request: &[u8]) -> Result<u16, String> {
         if self.stream.is_none() {
-            let stream =
-                TcpStream::connect(self.addr).await.map_err(|e| format!("http_connect_{}", io_kind(&e)))?;
+            let stream = self.connect().await.map_err(|e| format!("http_connect_{}", io_kind(&e)))?;
             let _ = stream.set_nodelay(true);
             self.stream = Some(stream);
             self.rx = ReadBuf::new(8 * 1024);

@@ -59,9 +59,10 @@ struct Common {
     /// Padding bytes in every event's data (besides the sequence number and timestamp).
     #[arg(long, global = true, default_value_t = 100)]
     payload_bytes: usize,
-    /// Hard deadline for the whole run; the scenario stops itself when it passes.
-    #[arg(long, global = true, default_value_t = 60)]
-    timeout_secs: u64,
+    /// Hard deadline for the whole run; the scenario stops itself when it passes. Default: 60,
+    /// or for `hostile` the time its phases and waits can take.
+    #[arg(long, global = true)]
+    timeout_secs: Option<u64>,
     /// Server process id, to report its resident memory (VmRSS) before and after.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
@@ -129,6 +130,9 @@ enum Scenario {
         #[arg(long, default_value_t = 5.0)]
         release_wait_secs: f64,
     },
+    /// Honest load (A's subscribers, B's presence users and webhooks) measured without, then with
+    /// attackers; the server's descriptors and RSS before, during and after.
+    Hostile(Box<HostileArgs>),
     /// N signed publish requests from C connections in closed loop.
     Publish {
         #[arg(long, default_value_t = 10_000)]
@@ -151,6 +155,133 @@ enum Scenario {
     },
 }
 
+/// Settings of the `hostile` scenario.
+#[derive(Debug, Args)]
+struct HostileArgs {
+    /// Honest subscribers of app A (`--app-id`, `--key`, `--secret`), connected for the whole run.
+    #[arg(long, default_value_t = 5000)]
+    subscribers: usize,
+    /// Public channels the honest subscribers are spread over.
+    #[arg(long, default_value_t = 50)]
+    channels: usize,
+    /// Honest events per second published through the signed API, all channels together.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Keep-alive HTTP connections of the honest publisher.
+    #[arg(long, default_value_t = 8)]
+    http_connections: usize,
+    /// Seconds of honest load before the attack.
+    #[arg(long, default_value_t = 20.0)]
+    baseline_secs: f64,
+    /// Seconds of attack (honest load continues throughout).
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Hostile clients; attacker i repeats attack i mod (number of attacks) until the end.
+    #[arg(long, default_value_t = 100)]
+    attackers: usize,
+    /// Attacks to run (comma-separated names, or `all`).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    attacks: Vec<String>,
+    /// How long holding attacks (idle, trickled headers, withheld bodies) keep a connection
+    /// open when the server does not close it (longer than the 30 s header timeout many
+    /// servers use, so such a timeout shows as a reaction).
+    #[arg(long, default_value_t = 40.0)]
+    hold_secs: f64,
+    /// Seconds between two trickled header lines.
+    #[arg(long, default_value_t = 3.0)]
+    trickle_secs: f64,
+    /// Connections each holding attack opens at once.
+    #[arg(long, default_value_t = 20)]
+    slow_sockets: usize,
+    /// Pause between two runs of an attack by one attacker, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    attack_pause_ms: u64,
+    /// Pipelined requests per API flood run.
+    #[arg(long, default_value_t = 100)]
+    api_burst: usize,
+    /// Most channels the hoarding connection asks for.
+    #[arg(long, default_value_t = 10_000)]
+    hoard_cap: usize,
+    /// Subscribe/unsubscribe pairs per churn run.
+    #[arg(long, default_value_t = 500)]
+    churn_ops: usize,
+    /// Attackers connect from 127.0.0.2 ..= 127.0.0.(1+N) (honest clients from 127.0.0.1).
+    #[arg(long, default_value_t = 8)]
+    attack_sources: u8,
+    /// Longest wait, after the attack, for the server's descriptors and RSS to come back.
+    #[arg(long, default_value_t = 30.0)]
+    settle_secs: f64,
+    /// Longest wait, after each phase, for app B's webhooks.
+    #[arg(long, default_value_t = 20.0)]
+    webhook_wait_secs: f64,
+    /// App B's presence users (each joins and leaves over and over under fresh user ids).
+    #[arg(long, default_value_t = 50)]
+    presence_users: usize,
+    #[arg(long, default_value_t = 5)]
+    presence_channels: usize,
+    /// Port of the webhook endpoint this bench serves on 127.0.0.1 (A's at /a, B's at /b).
+    #[arg(long, default_value_t = 7091)]
+    webhook_port: u16,
+    /// App B, as ID:KEY:SECRET.
+    #[arg(long, default_value = "hostile-b:hostile-b-key:hostile-b-secret")]
+    app_b: scenario::hostile::Creds,
+    /// A tenant's own app (ID:KEY:SECRET; client events enabled): runs the attacks that need a
+    /// secret (cache flood, CR/LF event names, big presence ids) as that tenant against the
+    /// others. Without it those attacks are skipped.
+    #[arg(long)]
+    tenant: Option<scenario::hostile::Creds>,
+    /// A tenant's app that accepts HS256 tokens (ID:KEY:SECRET), for the `exp = 2^64-1` token.
+    #[arg(long)]
+    token_tenant: Option<scenario::hostile::Creds>,
+}
+
+impl HostileArgs {
+    fn attack_list(&self) -> Result<Vec<scenario::hostile::attacks::Attack>, String> {
+        use scenario::hostile::attacks::Attack;
+        if self.attacks.iter().any(|a| a == "all") {
+            return Ok(Attack::ALL.to_vec());
+        }
+        self.attacks
+            .iter()
+            .map(|name| {
+                Attack::ALL.iter().copied().find(|a| a.name() == name).ok_or_else(|| {
+                    let known: Vec<&str> = Attack::ALL.iter().map(|a| a.name()).collect();
+                    format!("unknown attack {name:?}; known: {}", known.join(", "))
+                })
+            })
+            .collect()
+    }
+
+    fn params(&self) -> scenario::hostile::Params {
+        scenario::hostile::Params {
+            subscribers: self.subscribers,
+            channels: self.channels,
+            rate: self.rate,
+            http_connections: self.http_connections,
+            baseline_secs: self.baseline_secs,
+            duration_secs: self.duration,
+            attackers: self.attackers,
+            attacks: self.attack_list().unwrap_or_default(),
+            hold_secs: self.hold_secs,
+            trickle_secs: self.trickle_secs,
+            slow_sockets: self.slow_sockets,
+            attack_pause_ms: self.attack_pause_ms,
+            api_burst: self.api_burst,
+            hoard_cap: self.hoard_cap,
+            churn_ops: self.churn_ops,
+            attack_sources: self.attack_sources,
+            settle_secs: self.settle_secs,
+            webhook_wait_secs: self.webhook_wait_secs,
+            presence_users: self.presence_users,
+            presence_channels: self.presence_channels,
+            webhook_port: self.webhook_port,
+            app_b: self.app_b.clone(),
+            tenant: self.tenant.clone(),
+            token_tenant: self.token_tenant.clone(),
+        }
+    }
+}
+
 impl Scenario {
     fn name(&self) -> &'static str {
         match self {
@@ -159,6 +290,15 @@ impl Scenario {
             Scenario::Connections { .. } => "connections",
             Scenario::Publish { .. } => "publish",
             Scenario::ClientEvents { .. } => "client-events",
+            Scenario::Hostile(_) => "hostile",
+        }
+    }
+
+    /// `--timeout-secs` when none is given.
+    fn default_timeout_secs(&self, drain_secs: f64) -> u64 {
+        match self {
+            Scenario::Hostile(h) => h.params().budget_secs(drain_secs),
+            _ => 60,
         }
     }
 
@@ -203,6 +343,23 @@ impl Scenario {
                 positive("rate", *rate)?;
                 positive("duration", *duration)
             }
+            Scenario::Hostile(h) => {
+                positive("subscribers", h.subscribers as f64)?;
+                positive("channels", h.channels as f64)?;
+                positive("rate", h.rate)?;
+                positive("baseline-secs", h.baseline_secs)?;
+                positive("duration", h.duration)?;
+                positive("hold-secs", h.hold_secs)?;
+                positive("trickle-secs", h.trickle_secs)?;
+                positive("attack-sources", h.attack_sources as f64)?;
+                if h.attack_sources > 250 {
+                    return Err("--attack-sources must be at most 250".into());
+                }
+                if h.settle_secs < 0.0 || h.webhook_wait_secs < 0.0 {
+                    return Err("--settle-secs and --webhook-wait-secs must not be negative".into());
+                }
+                h.attack_list().map(drop)
+            }
         }
     }
 
@@ -227,6 +384,22 @@ impl Scenario {
             Scenario::ClientEvents { pairs, rate, duration } => json!({
                 "pairs": pairs, "rate": rate, "duration_secs": duration,
             }),
+            Scenario::Hostile(h) => {
+                let names: Vec<&str> = h.attack_list().unwrap_or_default().iter().map(|a| a.name()).collect();
+                let app = |c: &Option<scenario::hostile::Creds>| c.as_ref().map(|c| c.id.clone());
+                json!({
+                    "subscribers": h.subscribers, "channels": h.channels, "rate": h.rate,
+                    "http_connections": h.http_connections, "baseline_secs": h.baseline_secs,
+                    "duration_secs": h.duration, "attackers": h.attackers, "attacks": names,
+                    "hold_secs": h.hold_secs, "trickle_secs": h.trickle_secs,
+                    "slow_sockets": h.slow_sockets, "attack_pause_ms": h.attack_pause_ms,
+                    "api_burst": h.api_burst, "hoard_cap": h.hoard_cap, "churn_ops": h.churn_ops,
+                    "attack_sources": h.attack_sources, "settle_secs": h.settle_secs,
+                    "webhook_wait_secs": h.webhook_wait_secs, "presence_users": h.presence_users,
+                    "presence_channels": h.presence_channels, "webhook_port": h.webhook_port,
+                    "app_b": h.app_b.id, "tenant": app(&h.tenant), "token_tenant": app(&h.token_tenant),
+                })
+            }
         }
     }
 
@@ -270,6 +443,7 @@ impl Scenario {
                 )
                 .await
             }
+            Scenario::Hostile(h) => scenario::hostile::run(ctx, h.params()).await,
         }
     }
 }
@@ -290,7 +464,7 @@ fn setup(cli: &Cli) -> Result<Ctx, String> {
     let c = &cli.common;
     let ip = loopback_ip(&c.host)?;
     cli.scenario.validate()?;
-    if c.timeout_secs == 0 {
+    if c.timeout_secs == Some(0) {
         return Err("--timeout-secs must be at least 1".into());
     }
     if c.threads == 0 {
@@ -310,7 +484,7 @@ fn setup(cli: &Cli) -> Result<Ctx, String> {
         target: target_at(c.port),
         subscriber_targets: c.subscriber_ports.iter().map(|port| target_at(*port)).collect(),
         padding: "x".repeat(c.payload_bytes),
-        deadline: Instant::now() + Duration::from_secs(c.timeout_secs),
+        deadline: Instant::now() + Duration::from_secs(timeout_secs(cli)),
         server_pid: c.server_pid,
         read_buffer: match cli.scenario {
             // Tens of thousands of mostly idle connections: keep their buffers small.
@@ -323,12 +497,19 @@ fn setup(cli: &Cli) -> Result<Ctx, String> {
     })
 }
 
+/// `--timeout-secs`, or the scenario's default.
+fn timeout_secs(cli: &Cli) -> u64 {
+    let drain = cli.common.drain_secs.max(0.0);
+    cli.common.timeout_secs.unwrap_or_else(|| cli.scenario.default_timeout_secs(drain))
+}
+
 fn run(cli: Cli, ctx: Ctx) -> ExitCode {
     stats::clock_us();
     let name = cli.scenario.name();
     let mut parameters = cli.scenario.parameters();
     parameters["payload_bytes"] = json!(cli.common.payload_bytes);
-    parameters["timeout_secs"] = json!(cli.common.timeout_secs);
+    let timeout = timeout_secs(&cli);
+    parameters["timeout_secs"] = json!(timeout);
     parameters["threads"] = json!(cli.common.threads);
     parameters["sources"] = json!(cli.common.sources);
     parameters["port"] = json!(cli.common.port);
@@ -336,7 +517,7 @@ fn run(cli: Cli, ctx: Ctx) -> ExitCode {
         parameters["subscriber_ports"] = json!(cli.common.subscriber_ports);
     }
     parameters["server_pid"] = json!(cli.common.server_pid);
-    start_watchdog(name, Duration::from_secs(cli.common.timeout_secs + 30));
+    start_watchdog(name, Duration::from_secs(timeout + 30));
 
     let runtime = if cli.common.threads == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -379,4 +560,35 @@ fn start_watchdog(scenario: &'static str, after: Duration) {
         );
         std::process::exit(3);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("plexus-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn hostile_defaults_and_attack_selection() {
+        let cli = parse(&["hostile"]).unwrap();
+        let Scenario::Hostile(h) = &cli.scenario else { panic!("not hostile") };
+        assert_eq!((h.subscribers, h.channels, h.attackers), (5000, 50, 100));
+        assert_eq!(h.attack_list().unwrap().len(), scenario::hostile::attacks::Attack::ALL.len());
+        assert!(cli.scenario.validate().is_ok());
+        // No --timeout-secs: long enough for both phases and every wait.
+        assert!(timeout_secs(&cli) > 20 + 60 + 30);
+
+        let cli = parse(&["hostile", "--attacks", "tcp_idle,api_unsigned", "--timeout-secs", "500"]).unwrap();
+        let Scenario::Hostile(h) = &cli.scenario else { panic!("not hostile") };
+        let names: Vec<&str> = h.attack_list().unwrap().iter().map(|a| a.name()).collect();
+        assert_eq!(names, ["tcp_idle", "api_unsigned"]);
+        assert_eq!(timeout_secs(&cli), 500);
+
+        let cli = parse(&["hostile", "--attacks", "tcp_idle,nope"]).unwrap();
+        assert!(cli.scenario.validate().unwrap_err().contains("unknown attack \"nope\""));
+        assert!(parse(&["hostile", "--tenant", "only-two:parts"]).is_err());
+        assert_eq!(timeout_secs(&parse(&["fanout"]).unwrap()), 60);
+    }
 }

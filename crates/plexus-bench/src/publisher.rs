@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::http::{parse_response, push_json_str, Signer};
-use crate::pusher::{write_payload, API_EVENT};
+use crate::pusher::write_payload;
 use crate::rbuf::ReadBuf;
 use crate::stats::{Errors, Latencies};
 use crate::target::Target;
@@ -27,6 +27,8 @@ use crate::ws::io_kind;
 /// What to publish and how.
 #[derive(Debug, Clone)]
 pub struct PublishPlan {
+    /// Name of the published events (receivers count only events of this name).
+    pub event: &'static str,
     pub events: u64,
     pub channels: Vec<String>,
     /// Events per second in total; `None` = as fast as the windows allow.
@@ -160,7 +162,7 @@ pub async fn publish(target: &Target, plan: &PublishPlan) -> PublishReport {
         write_payload(&mut payload, seq, &plan.padding);
         body.clear();
         body.extend_from_slice(br#"{"name":""#);
-        body.extend_from_slice(API_EVENT.as_bytes());
+        body.extend_from_slice(plan.event.as_bytes());
         body.extend_from_slice(br#"","channels":["#);
         push_json_str(&mut body, &plan.channels[channel]);
         body.extend_from_slice(br#"],"data":"#);

@@ -144,10 +144,36 @@ impl Session {
         let auth = private.then(|| {
             auth_token(&target.key, &target.secret, &channel_string_to_sign(&self.socket_id, channel, None))
         });
+        self.subscribe_with(channel, auth, None, deadline).await.map(drop)
+    }
+
+    /// Joins presence channel `channel` as the member described by `channel_data` (JSON with
+    /// `user_id`), signed with the target's secret; returns the `subscription_succeeded` frame.
+    pub async fn join_presence(
+        &mut self,
+        target: &Target,
+        channel: &str,
+        channel_data: &str,
+        deadline: Instant,
+    ) -> Result<String, String> {
+        let to_sign = channel_string_to_sign(&self.socket_id, channel, Some(channel_data));
+        let auth = auth_token(&target.key, &target.secret, &to_sign);
+        self.subscribe_with(channel, Some(auth), Some(channel_data.to_owned()), deadline).await
+    }
+
+    /// Sends `pusher:subscribe` with the given `auth` and `channel_data` and waits for the
+    /// answer; returns the `subscription_succeeded` frame as text.
+    pub async fn subscribe_with(
+        &mut self,
+        channel: &str,
+        auth: Option<String>,
+        channel_data: Option<String>,
+        deadline: Instant,
+    ) -> Result<String, String> {
         let frame = ClientFrame::Subscribe(Subscribe {
             channel: channel.to_owned(),
             auth,
-            channel_data: None,
+            channel_data,
             filter: None,
             position: None,
         });
@@ -156,7 +182,7 @@ impl Session {
         let mut outcome = None;
         wait_for(&mut self.ws, deadline, "subscribe", |text| match event_name(text) {
             Some(b"pusher_internal:subscription_succeeded") => {
-                outcome = Some(Ok(()));
+                outcome = Some(Ok(String::from_utf8_lossy(text).into_owned()));
                 true
             }
             Some(b"pusher:subscription_error") => {

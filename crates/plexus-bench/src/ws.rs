@@ -349,6 +349,12 @@ impl WsConn {
         result.map_err(WsError::Io)
     }
 
+    /// Writes `bytes` as they are (hand-made frames, possibly invalid ones), after anything queued.
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), WsError> {
+        self.flush().await?;
+        self.stream.write_all(bytes).await.map_err(WsError::Io)
+    }
+
     /// Best effort: sends a close frame (waiting at most `wait` for the write) and drops the socket.
     pub async fn close(mut self, code: u16, wait: Duration) {
         self.out.frame(OP_CLOSE, &code.to_be_bytes());

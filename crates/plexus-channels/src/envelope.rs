@@ -61,6 +61,20 @@ pub fn decode(event: &str, data: Option<&str>) -> Result<Request, Undecodable> {
         return Err(bad(Value::Null, format!("{event} needs a data object")));
     };
     let value: Value = serde_json::from_str(text).map_err(|e| bad(Value::Null, e.to_string()))?;
+    if !value.is_object() {
+        let kind = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        };
+        return Err(bad(
+            Value::Null,
+            format!("{event}: data must be an object ({{\"ref\", \"channel\", …}}), not {kind}"),
+        ));
+    }
     let reference = value.get("ref").cloned().unwrap_or(Value::Null);
     if !matches!(reference, Value::String(_) | Value::Number(_)) {
         return Err(bad(Value::Null, format!("{event} needs a \"ref\" (string or number)")));

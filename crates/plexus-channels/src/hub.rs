@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use plexus_core::AppHub;
+use plexus_protocol::channel::TOPIC_CHANNEL_PREFIX;
 use plexus_protocol::ChannelName;
 use serde::Serialize;
 use serde_json::Value;
@@ -96,7 +97,8 @@ impl Shared {
                 format!("channel {channel:?} declares no topic {topic:?}"),
             ));
         }
-        ChannelName::parse_with_limit(&format!("private-plexus.{channel}.{}", escape_topic(topic)), max_len)
+        let name = format!("{TOPIC_CHANNEL_PREFIX}{channel}.{}", escape_topic(topic));
+        ChannelName::parse_with_limit(&name, max_len)
             .map_err(|e| ActionError::new(codes::UNKNOWN_TOPIC, format!("topic {topic:?}: {e}")))
     }
 
@@ -178,7 +180,7 @@ impl EventHub {
             // Publishing needs the name, not a length check: subscribers were checked on the way in.
             let name = self.shared.topic_channel(channel, topic, usize::MAX)?;
             let frame = envelope::topic_event(channel, topic, data);
-            delivered += self.hub.publish(&self.topics_app, name.as_str(), &frame, None);
+            delivered += self.hub.publish_frame(&self.topics_app, name.as_str(), &frame, None);
         }
         Ok(delivered)
     }

@@ -481,6 +481,12 @@ async fn run_isolated<T: Send + 'static>(
     span: &tracing::Span,
 ) -> Result<T, ActionError> {
     match tokio::spawn(future.instrument(span.clone())).await {
+        // The docs promise an `internal` error's details in the server log: the caller only
+        // gets the code.
+        Ok(Err(error)) if error.code() == codes::INTERNAL => {
+            tracing::error!(parent: span, message = error.message(), "channel handler answered internal");
+            Err(error)
+        }
         Ok(result) => result,
         Err(error) => {
             tracing::error!(parent: span, %error, "channel handler failed");

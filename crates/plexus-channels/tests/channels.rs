@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{TestServer, APP_ID};
+use common::{Logs, TestServer, APP_ID};
 use plexus_channels::{
     around, check, check_sync, Action, ActionError, ActionInfo, Channel, Channels, Ctx, Message, Next,
     Permissions,
@@ -185,6 +185,7 @@ fn channels_with(probe: Arc<Probe>) -> Channels<Services, User> {
         .action("unfollow", Action::new(unfollow).auth(false))
         .action("say", Action::new(say).auth(false))
         .action("fail", Action::new(|_: TodoCtx, (): ()| async { Err::<(), _>(ActionError::new("teapot", "short and stout")) }).auth(false))
+        .action("broken", Action::new(|_: TodoCtx, (): ()| async { Err::<(), _>(ActionError::internal("the database is gone")) }).auth(false))
         .action("panic", Action::new(|_: TodoCtx, (): ()| async { panic!("handler bug") as Result<(), ActionError> }).auth(false))
         .action("close", Action::new(|ctx: TodoCtx, (): ()| async move {
             ctx.close();
@@ -348,8 +349,29 @@ async fn errors_come_back_as_replies_and_the_connection_carries_on() {
         (reply["data"]["ref"].clone(), reply["data"]["error"]["code"].clone()),
         (Value::Null, json!("bad_request"))
     );
+    // Says what is wrong: not a missing "ref" but data that is no object at all.
+    assert_eq!(
+        reply["data"]["error"]["message"],
+        r#"plexus:action: data must be an object ({"ref", "channel", …}), not a string"#
+    );
+    client.send_text(r#"{"event":"plexus:open","data":[1]}"#).await;
+    let reply = client.recv_event("plexus:reply").await;
+    assert!(reply["data"]["error"]["message"].as_str().unwrap().ends_with("not an array"), "{reply}");
 
     assert_eq!(client.ok("todos", "list", json!(null)).await, json!([]), "still serving");
+}
+
+/// The docs promise an `internal` error's details in the server log; the caller gets the code.
+/// (A panic was logged already; a handler answering `internal` itself was not.)
+#[tokio::test]
+async fn internal_errors_are_logged_with_their_details() {
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let server = TestServer::start(channels()).await;
+    let mut client = server.connect().await;
+    client.open("todos", json!({})).await;
+    assert_eq!(client.err("todos", "broken", json!(null)).await.0, "internal");
+    logs.wait_for("ERROR", "the database is gone").await;
 }
 
 #[tokio::test]
@@ -508,7 +530,7 @@ async fn pusher_traffic_on_the_same_socket_is_unaffected() {
         .data(plexus_protocol::codec::Data::Str("extra!"))
         .to_frame();
     let app = server.state.apps.by_id(APP_ID).expect("the test app");
-    assert_eq!(server.state.hubs.hub(APP_ID).publish(&app, "news", &frame, None), 2);
+    assert_eq!(server.state.hubs.hub(APP_ID).publish_frame(&app, "news", &frame, None), 2);
     for c in [&mut client, &mut plain] {
         let event = c.recv_event("headline").await;
         assert_eq!((event["channel"].clone(), event["data"].clone()), (json!("news"), json!("extra!")));

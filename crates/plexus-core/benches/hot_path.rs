@@ -5,8 +5,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use plexus_core::hub::presence::Presence;
 use plexus_core::hub::AppHub;
-use plexus_core::presence::Presence;
 use plexus_core::webhook::{WebhookEvent, WebhookSink};
 use plexus_core::App;
 use plexus_protocol::codec::{self, Data, ServerEvent};
@@ -90,7 +90,7 @@ fn fanout_benches(c: &mut Criterion) {
                         }
                     })
                 },
-                |_| hub.publish(&app, "room", &frame, None),
+                |_| hub.publish_frame(&app, "room", &frame, None),
                 BatchSize::SmallInput,
             )
         });

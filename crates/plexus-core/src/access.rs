@@ -10,12 +10,12 @@
 //! claims). Nothing here does I/O; the server checks credentials at the upgrade and the session
 //! on subscribe.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 
 /// One API key of an app.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
     /// The secret the client presents.
@@ -52,7 +52,7 @@ fn default_key_connections() -> u32 {
 }
 
 /// The scope a channel prefix needs (`[[apps.channel_scopes]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelScope {
     pub prefix: String,
@@ -88,6 +88,16 @@ pub struct Grant {
     pub channels: Vec<String>,
 }
 
+/// Why a credential may not subscribe to a channel; `credential` names it ("the API key", "the
+/// token").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotGranted {
+    #[error("{credential} grants no access to channel {channel:?}")]
+    Channel { credential: &'static str, channel: String },
+    #[error("{credential} lacks scope {scope:?}, which channel {channel:?} needs")]
+    Scope { credential: &'static str, scope: String, channel: String },
+}
+
 impl ApiKey {
     /// Whether the key may open a stream at all: it needs some read scope.
     pub fn can_read(&self) -> bool {
@@ -105,7 +115,7 @@ impl ApiKey {
     }
 
     /// Whether the key may subscribe to `channel` of `app`; the error names what is missing.
-    pub fn permits(&self, app: &App, channel: &str) -> Result<(), String> {
+    pub fn permits(&self, app: &App, channel: &str) -> Result<(), NotGranted> {
         self.grant().permits(app, channel)
     }
 }
@@ -118,10 +128,10 @@ impl Grant {
 
     /// Whether the grant allows subscribing to `channel` of `app`; the error names what is
     /// missing.
-    pub fn permits(&self, app: &App, channel: &str) -> Result<(), String> {
+    pub fn permits(&self, app: &App, channel: &str) -> Result<(), NotGranted> {
         let source = self.source;
         if !self.channels.iter().any(|pattern| glob_match(pattern, channel)) {
-            return Err(format!("{source} grants no access to channel {channel:?}"));
+            return Err(NotGranted::Channel { credential: source, channel: channel.to_owned() });
         }
         let needed = app
             .channel_scopes
@@ -129,11 +139,32 @@ impl Grant {
             .filter(|rule| channel.starts_with(&rule.prefix))
             .max_by_key(|rule| rule.prefix.len());
         match needed {
-            Some(rule) if !self.has_scope(&rule.scope) => {
-                Err(format!("{source} lacks scope {:?}, which channel {channel:?} needs", rule.scope))
-            }
+            Some(rule) if !self.has_scope(&rule.scope) => Err(NotGranted::Scope {
+                credential: source,
+                scope: rule.scope.clone(),
+                channel: channel.to_owned(),
+            }),
             _ => Ok(()),
         }
+    }
+}
+
+impl Grant {
+    /// Whether a pattern of this grant that matches `channel` spells out the channel's kind:
+    /// `private-orders-*` names `private-orders-1`, `*` or `priv*` do not. Such a grant admits a
+    /// private, encrypted or presence channel without a channel signature (which a stream that
+    /// cannot learn its socket id — SSE — could never present); a blanket `*` never does.
+    pub fn names_explicitly(&self, channel: &str) -> bool {
+        // `private-` also names encrypted channels (`private-encrypted-…`), whose events the
+        // server cannot read anyway.
+        let kind_prefix = ["presence-", "private-", "#server-to-user-"]
+            .into_iter()
+            .find(|prefix| channel.starts_with(prefix));
+        let Some(kind_prefix) = kind_prefix else { return true };
+        self.channels.iter().any(|pattern| {
+            let literal = pattern.split('*').next().unwrap_or("");
+            literal.starts_with(kind_prefix) && glob_match(pattern, channel)
+        })
     }
 }
 
@@ -148,6 +179,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_patterns_that_spell_out_the_kind_name_a_private_channel() {
+        let grant = |channels: &[&str]| super::Grant {
+            source: "the API key",
+            scopes: vec![],
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+        };
+        assert!(grant(&["private-orders-*"]).names_explicitly("private-orders-1"));
+        assert!(grant(&["presence-room-1"]).names_explicitly("presence-room-1"));
+        assert!(grant(&["private-*"]).names_explicitly("private-encrypted-x"), "private-* covers encrypted");
+        assert!(!grant(&["*"]).names_explicitly("private-orders-1"));
+        assert!(!grant(&["priv*"]).names_explicitly("private-orders-1"));
+        assert!(!grant(&["private-orders-*"]).names_explicitly("presence-orders-1"));
+        assert!(!grant(&["private-*"]).names_explicitly("presence-x"));
+        assert!(grant(&["*"]).names_explicitly("news"), "public channels need no naming");
+    }
+
     use super::*;
 
     #[test]
@@ -177,8 +225,10 @@ mod tests {
         };
         assert!(key.can_read());
         assert_eq!(key.permits(&app, "instance-inst_1"), Ok(()));
-        assert!(key.permits(&app, "instance-inst_2").unwrap_err().contains("no access"));
-        assert!(key.permits(&app, "chats-1").unwrap_err().contains("chats:read"));
+        assert!(matches!(key.permits(&app, "instance-inst_2"), Err(NotGranted::Channel { .. })));
+        let refused = key.permits(&app, "chats-1").unwrap_err();
+        assert!(matches!(&refused, NotGranted::Scope { scope, .. } if scope == "chats:read"));
+        assert!(refused.to_string().contains("lacks scope \"chats:read\""), "{refused}");
         let writer = ApiKey { scopes: vec!["events:write".into()], ..key.clone() };
         assert!(!writer.can_read());
         app.api_keys = vec![key];

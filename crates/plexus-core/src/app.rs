@@ -4,22 +4,27 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::access::{ApiKey, ChannelScope};
 
 /// One webhook endpoint and the event kinds it wants (delivery belongs to the webhooks issue;
 /// the shape is fixed now because config files already carry it).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookTarget {
+    /// `http://…` or `https://…`.
     pub url: String,
     #[serde(default)]
     pub events: Vec<WebhookKind>,
+    /// For an `https://` URL: a PEM file of the CA certificates to trust instead of the system's
+    /// roots (a private CA). Read by the server delivering the webhooks.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Event kinds a webhook endpoint can subscribe to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookKind {
     ChannelOccupied,
@@ -33,7 +38,7 @@ pub enum WebhookKind {
 
 /// An app as configured. Field names are the config file's (`[[apps]]`), a contract with tools
 /// outside this repository.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     pub id: String,
@@ -88,6 +93,14 @@ pub struct App {
     /// Public keys that verify RS256 / ES256 tokens; listing any also enables tokens.
     #[serde(default)]
     pub token_keys: Vec<TokenKey>,
+    /// When set, a token must name this audience in `aud` (the claim's string, or one of its
+    /// array's): an identity provider signs tokens for many services with the same key, and a
+    /// token meant for another one must not open this app. Unset: `aud` is not checked.
+    #[serde(default)]
+    pub token_audience: Option<String>,
+    /// When set, a token's `iss` must equal it. Unset: `iss` is not checked.
+    #[serde(default)]
+    pub token_issuer: Option<String>,
     /// Silence after which the server pings a connection of this app; unset: 30 s for
     /// connections with an API key or token, `[server] activity_timeout_secs` for the others.
     #[serde(default)]
@@ -100,7 +113,7 @@ pub struct App {
 
 /// `[[apps.token_keys]]`: a public key that verifies tokens signed by another party (an
 /// identity provider, the app's backend) with RS256 or ES256.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenKey {
     /// `RS256` or `ES256`.
@@ -114,7 +127,7 @@ pub struct TokenKey {
 
 /// `[[apps.history]]`: channels starting with `prefix` keep their last `size` events for
 /// `ttl_secs`, numbered so a client can resume from the last one it saw.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryRule {
     pub prefix: String,
@@ -181,6 +194,8 @@ impl App {
             history: Vec::new(),
             enable_tokens: false,
             token_keys: Vec::new(),
+            token_audience: None,
+            token_issuer: None,
             heartbeat_interval_secs: None,
             heartbeat_timeout_secs: None,
         }
@@ -208,12 +223,19 @@ impl App {
     /// (`webhooks.url`, `max_event_payload_kb`) and why. Every app store calls it.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         for webhook in &self.webhooks {
-            if !webhook.url.starts_with("http://") {
+            let https = webhook.url.starts_with("https://");
+            if !https && !webhook.url.starts_with("http://") {
                 return Err((
                     "webhooks.url",
+                    format!("{:?} must be an http:// or https:// URL", webhook.url),
+                ));
+            }
+            if let (Some(ca_file), false) = (&webhook.ca_file, https) {
+                return Err((
+                    "webhooks.ca_file",
                     format!(
-                        "{:?} must be an http:// URL (https endpoints are not supported yet; put a \
-                         TLS-terminating proxy in front)",
+                        "{} is set for {:?}, which is not an https:// URL (it would be sent in the clear)",
+                        ca_file.display(),
                         webhook.url
                     ),
                 ));
@@ -240,6 +262,20 @@ impl App {
                     "must be a PEM public key (-----BEGIN PUBLIC KEY-----)".into(),
                 ));
             }
+        }
+        // An empty value would admit only tokens whose claim is empty too: surely a mistake for
+        // "no check", which is leaving the setting out.
+        if self.token_audience.as_deref() == Some("") {
+            return Err((
+                "token_audience",
+                "must not be empty (leave token_audience out to accept any aud)".into(),
+            ));
+        }
+        if self.token_issuer.as_deref() == Some("") {
+            return Err((
+                "token_issuer",
+                "must not be empty (leave token_issuer out to accept any iss)".into(),
+            ));
         }
         if self.max_event_payload_kb == 0 {
             return Err(("max_event_payload_kb", "must be greater than 0".into()));
@@ -281,6 +317,8 @@ impl fmt::Debug for App {
             .field("history", &self.history)
             .field("enable_tokens", &self.enable_tokens)
             .field("token_keys", &self.token_keys)
+            .field("token_audience", &self.token_audience)
+            .field("token_issuer", &self.token_issuer)
             .field("heartbeat_interval_secs", &self.heartbeat_interval_secs)
             .field("heartbeat_timeout_secs", &self.heartbeat_timeout_secs)
             .finish()
@@ -409,6 +447,33 @@ mod tests {
         let app = App::new("1", "key", "very-secret-value");
         let printed = format!("{app:?}");
         assert!(printed.contains("key") && !printed.contains("very-secret-value"), "{printed}");
+    }
+
+    #[test]
+    fn token_audience_and_issuer_are_optional_and_never_empty() {
+        // An entry written before the settings existed reads as it did: no aud or iss check.
+        let old: App = serde_json::from_str(r#"{"id": "1", "key": "k", "secret": "s"}"#).unwrap();
+        assert_eq!(old, App::new("1", "k", "s"));
+        assert_eq!((old.token_audience, old.token_issuer), (None, None));
+        let set: App = serde_json::from_str(
+            r#"{"id": "1", "key": "k", "secret": "very-secret-value",
+                "token_audience": "plexus", "token_issuer": "https://idp.example"}"#,
+        )
+        .unwrap();
+        assert_eq!(set.validate(), Ok(()));
+        let printed = format!("{set:?}");
+        assert!(
+            printed.contains("https://idp.example") && !printed.contains("very-secret-value"),
+            "{printed}"
+        );
+        for (field, app) in [
+            ("token_audience", App { token_audience: Some(String::new()), ..set.clone() }),
+            ("token_issuer", App { token_issuer: Some(String::new()), ..set.clone() }),
+        ] {
+            let (named, reason) = app.validate().unwrap_err();
+            assert_eq!(named, field);
+            assert!(reason.contains(field), "{reason}");
+        }
     }
 
     #[test]

@@ -3,11 +3,10 @@
 //! - [`access`]: API keys of event-stream consumers: scopes and channel grants.
 //! - [`app`]: an app's credentials, feature flags and limits, and the [`app::AppStore`] that finds them.
 //! - [`extension`]: the seam through which `plexus:*` frames reach a protocol extension (typed channels).
-//! - [`hub`]: the per-app channel registry: subscribe, unsubscribe, fan-out, occupancy queries.
-//! - [`presence`]: who is in a presence channel, counted per user, not per socket.
+//! - [`hub`]: each app's channels, one room per concern: the registry and presence, fan-out,
+//!   cache channels, history, the cluster replica, signed-in users.
 //! - [`outbound`]: each connection's bounded queue of encoded frames and the slow-consumer policy.
 //! - [`session`]: one connection's state machine: client frames in, replies and hub calls out.
-//! - [`users`]: signed-in users and their watchers.
 //! - [`observe`]: the debug console's seam, free while nobody watches.
 //! - [`webhook`]: the events the hub reports for webhooks, and the [`webhook::WebhookSink`] seam.
 //!
@@ -22,13 +21,11 @@ pub mod extension;
 pub mod hub;
 pub mod observe;
 pub mod outbound;
-pub mod presence;
 pub mod session;
-pub mod users;
 pub mod webhook;
 
 pub use app::{App, AppStore, MemoryAppStore};
 pub use extension::{ExtensionConnect, ExtensionHandler, ExtensionSession};
 pub use hub::{AppHub, Connection, EventMirror, Hubs};
 pub use outbound::Outbound;
-pub use session::Session;
+pub use session::{Heartbeat, Session, SessionLimits};

@@ -112,22 +112,10 @@ impl Drop for Watch {
     }
 }
 
-/// The JSON text inside a server WebSocket frame (unmasked, one frame, as the hub encodes
-/// events), or `None` if `frame` is not one.
-pub fn frame_payload(frame: &[u8]) -> Option<&[u8]> {
-    let len_byte = *frame.get(1)? & 0x7f;
-    let header = match len_byte {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    frame.get(header..)
-}
-
 /// An event frame as an observation: `event` or, for `client-` events, `client_event`.
 pub fn event_observation(channel: &str, frame: &[u8], except: Option<String>) -> Observation {
-    let parsed: Value =
-        frame_payload(frame).and_then(|p| serde_json::from_slice(p).ok()).unwrap_or(Value::Null);
+    let payload = plexus_protocol::wsframe::server_frame_payload_slice(frame);
+    let parsed: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
     let name = parsed.get("event").and_then(Value::as_str).unwrap_or("").to_owned();
     let kind = if name.starts_with("client-") { "client_event" } else { "event" };
     let mut detail =

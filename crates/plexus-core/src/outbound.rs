@@ -116,6 +116,19 @@ impl Outbound {
         self.wake_writer.notify_one();
     }
 
+    /// Closes with a WebSocket-level `code` (1002, 1007, 1009) after what is already queued, with
+    /// no `pusher:error` first: the client broke the WebSocket protocol itself, so the connection
+    /// is failed with a close frame alone (RFC 6455 §7.1.7). Later pushes are dropped.
+    pub fn fail(&self, code: u16, message: &str) {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return;
+        }
+        state.closing = Some(Some(CloseReason { code, message: message.to_owned() }));
+        drop(state);
+        self.wake_writer.notify_one();
+    }
+
     /// Stops the queue without a goodbye (the peer is gone or the socket failed): drops what is
     /// queued and every later push, and lets the writer finish.
     pub fn abort(&self) {

@@ -5,19 +5,25 @@
 //! connection's own [`Outbound`](crate::Outbound) queue. It owns no socket and reads no clock:
 //! the transport passes decoded text and the current instant in, and writes out whatever the
 //! queue yields. Dropping a session unsubscribes it everywhere and forgets the connection.
+//!
+//! The session also keeps the connection's clocks ([`Heartbeat`]): when it last heard from the
+//! client, whether it has pinged, and the sign-in deadline. The transport asks
+//! [`Session::next_deadline`] when to wake and calls [`Session::on_deadline`] then, so ping,
+//! 4201 and 4009 are decided here, beside the rest of the protocol, not in the socket loop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use plexus_protocol::channel::SERVER_TO_USER_PREFIX;
 use plexus_protocol::codec::{self, ClientFrame, Data, DecodeError, RawJson, ServerEvent, Subscribe};
-use plexus_protocol::limits::{MAX_EVENT_NAME_LEN, MAX_USER_ID_LEN};
+use plexus_protocol::filter::FilterTooLarge;
+use plexus_protocol::limits::{check_event_name, EventNameError, MAX_USER_ID_LEN};
 use plexus_protocol::{signature, ChannelError, ChannelKind, ChannelName, CloseCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::{Duration, Instant};
 
-use crate::access::Grant;
+use crate::access::{Grant, NotGranted};
 use crate::app::{App, WebhookKind};
 use crate::extension::ExtensionSession;
 use crate::hub::{AppHub, ConnectError, Connection, JoinError, Member};
@@ -40,10 +46,17 @@ pub enum SubscribeError {
     #[error("a #server-to-user- channel can only be joined by a connection signed in as that user")]
     NotSignedInAsUser,
     /// The connection's API key does not cover the channel (the message names what is missing).
-    #[error("{0}")]
-    NotGranted(String),
+    #[error(transparent)]
+    NotGranted(#[from] NotGranted),
     #[error("invalid filter: {0}")]
-    InvalidFilter(String),
+    InvalidFilter(#[from] FilterTooLarge),
+    #[error("this connection already holds {0} subscriptions, the most allowed")]
+    TooMany(usize),
+    #[error("subscribing too fast: at most {0} subscribes and unsubscribes per second")]
+    TooFast(u32),
+    /// A presence channel granted by a credential that names no user (an API key).
+    #[error("presence channel {0:?} needs a user: sign with channel_data, or use a token whose sub names the user")]
+    NeedsUser(String),
 }
 
 impl SubscribeError {
@@ -58,6 +71,10 @@ impl SubscribeError {
             SubscribeError::Join(JoinError::PresenceFull(_)) => ("LimitReached", 4100),
             SubscribeError::NotGranted(_) => ("AuthError", 403),
             SubscribeError::InvalidFilter(_) => ("InvalidFilter", 400),
+            SubscribeError::TooMany(_) | SubscribeError::TooFast(_) => {
+                ("LimitReached", CloseCode::SubscriptionLimit.code())
+            }
+            SubscribeError::NeedsUser(_) => ("AuthError", 403),
         }
     }
 }
@@ -70,8 +87,8 @@ pub enum ClientEventError {
         "To send client events, you must enable this feature in the app's settings (enable_client_messages)"
     )]
     Disabled,
-    #[error("client event name is longer than {MAX_EVENT_NAME_LEN} characters")]
-    NameTooLong,
+    #[error("client event refused: {0}")]
+    InvalidName(#[from] EventNameError),
     #[error("client events are only allowed on private and presence channels (not public or encrypted)")]
     WrongChannelKind,
     #[error("client event rejected: not subscribed to channel")]
@@ -84,7 +101,8 @@ pub enum ClientEventError {
 
 #[derive(Deserialize)]
 struct ChannelData {
-    user_id: serde_json::Value,
+    /// Raw, so a numeric id keeps its exact JSON text (a float would merge 2^64 and 2^64+1).
+    user_id: Box<RawValue>,
     #[serde(default)]
     user_info: Option<Box<RawValue>>,
 }
@@ -94,6 +112,92 @@ struct ChannelData {
 struct RateWindow {
     started: Instant,
     count: u32,
+}
+
+/// How long a connection may be silent before it is pinged, and how long after that ping before
+/// it is given up (4201). `interval` is also the `activity_timeout` told to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub pong_grace: Duration,
+}
+
+/// A socket's clocks: when we last heard from the client, whether we pinged, and the sign-in
+/// deadline of apps that require authorization.
+#[derive(Debug)]
+struct Liveness {
+    heartbeat: Heartbeat,
+    last_heard: Instant,
+    pinged_at: Option<Instant>,
+    auth_deadline: Option<Instant>,
+}
+
+impl Liveness {
+    fn next_deadline(&self) -> Instant {
+        let liveness = match self.pinged_at {
+            Some(at) => at + self.heartbeat.pong_grace,
+            None => self.last_heard + self.heartbeat.interval,
+        };
+        self.auth_deadline.map_or(liveness, |auth| auth.min(liveness))
+    }
+}
+
+/// Per-connection bounds on what a client may ask of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Bytes waiting in the outbound queue before the client is closed as too slow (4100).
+    pub queue_max_bytes: usize,
+    /// Channels one connection may hold; more are refused with 4303 (the socket stays).
+    pub max_subscriptions: usize,
+    /// Subscribes and unsubscribes per second (a burst of ten seconds' worth); over it a
+    /// subscribe is refused with 4303, so subscription churn cannot flood webhooks.
+    pub subscribes_per_sec: u32,
+    /// Frames of any kind per second (a burst of ten seconds' worth); over it the connection is
+    /// closed with 4100 and the client backs off.
+    pub frames_per_sec: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            queue_max_bytes: 1 << 20,
+            max_subscriptions: 1000,
+            subscribes_per_sec: 100,
+            frames_per_sec: 200,
+        }
+    }
+}
+
+/// A token bucket holding ten seconds' worth of its rate; 0 is no limit. The clock is the
+/// caller's, like the rest of the session.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f32,
+    refilled: Instant,
+}
+
+impl Bucket {
+    const BURST_SECS: f32 = 10.0;
+
+    fn full(per_sec: u32, now: Instant) -> Bucket {
+        Bucket { tokens: per_sec as f32 * Self::BURST_SECS, refilled: now }
+    }
+
+    fn take(&mut self, per_sec: u32, now: Instant) -> bool {
+        if per_sec == 0 {
+            return true;
+        }
+        let rate = per_sec as f32;
+        let gained = now.saturating_duration_since(self.refilled).as_secs_f32() * rate;
+        self.tokens = (self.tokens + gained).min(rate * Self::BURST_SECS);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Why a sign-in was refused. Answered with `pusher:error` 4009 and a close with 4009.
@@ -129,6 +233,14 @@ struct SignedIn {
     watchlist: Vec<String>,
 }
 
+/// What a credential (API key or token) grants a connection, and the user it names (a token's
+/// `sub`).
+#[derive(Debug)]
+struct Credential {
+    grant: Grant,
+    user_id: Option<String>,
+}
+
 /// One connection's state.
 #[derive(Debug)]
 pub struct Session {
@@ -145,23 +257,50 @@ pub struct Session {
     /// Signed in, or holds a private or presence subscription (the "authorized connection" rule).
     authorized: bool,
     /// What the connection's API key or token grants, which limits what it may subscribe to.
-    grant: Option<Box<Grant>>,
+    credential: Option<Box<Credential>>,
+    limits: SessionLimits,
+    frames: Bucket,
+    subscribes: Bucket,
     /// Where `plexus:*` frames go, when the server runs an extension.
     extension: Option<Box<dyn ExtensionSession>>,
+    /// A socket's clocks; receivers (SSE) keep their own heartbeat and have none.
+    liveness: Option<Liveness>,
 }
 
 impl Session {
-    /// Registers a connection with the app's hub and queues `connection_established`.
+    /// Registers a connection with the app's hub and queues `connection_established`, telling the
+    /// client `heartbeat.interval` as its activity timeout.
     pub fn start(
         app: Arc<App>,
         hub: Arc<AppHub>,
-        queue_max_bytes: usize,
-        activity_timeout_secs: u64,
+        limits: SessionLimits,
+        heartbeat: Heartbeat,
         now: Instant,
     ) -> Result<Session, ConnectError> {
-        let connection = hub.connect(&app, queue_max_bytes)?;
+        let mut session = Session::start_receiver(app, hub, limits, now)?;
+        // Apps with user authentication give a connection this long to sign in or join a private
+        // or presence channel (4009).
+        let auth_deadline = session
+            .app
+            .enable_user_authentication
+            .then(|| now + Duration::from_secs(session.app.user_authentication_timeout_secs));
+        session.liveness = Some(Liveness { heartbeat, last_heard: now, pinged_at: None, auth_deadline });
+        let established =
+            codec::connection_established(&session.socket_id_text, heartbeat.interval.as_secs());
+        session.connection.outbound.push(established);
+        Ok(session)
+    }
+
+    /// Registers a connection that only receives (an SSE stream): no `connection_established`,
+    /// and the same admission, limits and teardown as a socket.
+    pub fn start_receiver(
+        app: Arc<App>,
+        hub: Arc<AppHub>,
+        limits: SessionLimits,
+        now: Instant,
+    ) -> Result<Session, ConnectError> {
+        let connection = hub.connect(&app, limits.queue_max_bytes)?;
         let socket_id_text = connection.socket_id.to_string();
-        connection.outbound.push(codec::connection_established(&socket_id_text, activity_timeout_secs));
         Ok(Session {
             app,
             hub,
@@ -171,14 +310,61 @@ impl Session {
             client_events: RateWindow { started: now, count: 0 },
             signed_in: None,
             authorized: false,
-            grant: None,
+            credential: None,
+            frames: Bucket::full(limits.frames_per_sec, now),
+            subscribes: Bucket::full(limits.subscribes_per_sec, now),
+            limits,
             extension: None,
+            liveness: None,
         })
     }
 
-    /// Limits the session's subscriptions to what its credential grants.
-    pub fn restrict_to(&mut self, grant: Grant) {
-        self.grant = Some(Box::new(grant));
+    /// Any frame from the client proves it alive and answers an outstanding ping.
+    pub fn heard(&mut self, now: Instant) {
+        if let Some(liveness) = &mut self.liveness {
+            liveness.last_heard = now;
+            liveness.pinged_at = None;
+        }
+    }
+
+    /// When the transport should next call [`Session::on_deadline`]; `None` for receivers. Hearing
+    /// from the client only moves it later, so a transport may sleep until an earlier answer and
+    /// ask again.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.liveness.as_ref().map(Liveness::next_deadline)
+    }
+
+    /// Acts on whatever deadline has passed: the sign-in window (4009), silence (we ping), or no
+    /// answer to our ping (4201).
+    pub fn on_deadline(&mut self, now: Instant) {
+        let authorized = self.authorized;
+        let Some(liveness) = &mut self.liveness else { return };
+        let outbound = &self.connection.outbound;
+        if liveness.auth_deadline.is_some_and(|deadline| now >= deadline) {
+            liveness.auth_deadline = None;
+            if !authorized {
+                outbound.close(CloseCode::Unauthorized, "Connection not authorized within timeout");
+            }
+        }
+        match liveness.pinged_at {
+            Some(at) if now >= at + liveness.heartbeat.pong_grace => {
+                outbound.close(CloseCode::PongNotReceived, "Pong reply not received in time");
+                // The writer ends the connection long before the next idle deadline.
+                liveness.last_heard = now;
+                liveness.pinged_at = None;
+            }
+            None if now >= liveness.last_heard + liveness.heartbeat.interval => {
+                outbound.push(codec::ping());
+                liveness.pinged_at = Some(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Limits the session's subscriptions to what its credential grants; `user_id` is the user
+    /// the credential names (a token's `sub`), which a granted presence channel joins as.
+    pub fn restrict_to(&mut self, grant: Grant, user_id: Option<String>) {
+        self.credential = Some(Box::new(Credential { grant, user_id }));
     }
 
     /// Hands this connection's `plexus:*` frames to `extension` from now on.
@@ -202,6 +388,13 @@ impl Session {
 
     /// Handles one text frame from the client.
     pub fn handle_text(&mut self, text: &str, now: Instant) {
+        if !self.frames.take(self.limits.frames_per_sec, now) {
+            let message =
+                format!("too many messages: more than {} per second; slow down", self.limits.frames_per_sec);
+            tracing::debug!(socket_id = %self.socket_id_text, "closing a connection that sends too fast");
+            self.connection.outbound.close(CloseCode::OverCapacity, &message);
+            return;
+        }
         match codec::decode_client_frame(text) {
             Ok(frame) => self.handle_frame(frame, now),
             Err(error) => self.reply_decode_error(&error),
@@ -229,11 +422,16 @@ impl Session {
             },
             ClientFrame::Subscribe(request) => {
                 let channel = request.channel.clone();
-                if let Err(error) = self.subscribe(request) {
+                if let Err(error) = self.subscribe(request, now) {
                     self.reply_subscribe_error(&channel, &error);
                 }
             }
-            ClientFrame::Unsubscribe { channel } => self.unsubscribe(&channel),
+            ClientFrame::Unsubscribe { channel } => {
+                // Counted so churn spends the same allowance; never refused, so the client's
+                // view of what it holds cannot drift from the server's.
+                self.subscribes.take(self.limits.subscribes_per_sec, now);
+                self.unsubscribe(&channel);
+            }
             ClientFrame::Signin { auth, user_data } => {
                 if let Err(error) = self.sign_in(&auth, &user_data) {
                     tracing::debug!(socket_id = %self.socket_id_text, %error, "sign-in refused");
@@ -260,19 +458,46 @@ impl Session {
         self.connection.outbound.push(codec::error(code, &message, Some(channel)));
     }
 
-    fn subscribe(&mut self, request: Subscribe) -> Result<(), SubscribeError> {
+    /// Subscribes to one channel under the admission rule every transport shares: the channel
+    /// must fit the connection's credential (if it has one), and a private, encrypted or presence
+    /// channel needs either a valid channel signature, or — when the client presents none — a
+    /// credential whose grant names that kind of channel explicitly (see
+    /// [`Grant::names_explicitly`]); a presence channel admitted that way joins as the user the
+    /// credential names, and is refused when it names none.
+    pub fn subscribe(&mut self, request: Subscribe, now: Instant) -> Result<(), SubscribeError> {
         let channel = ChannelName::parse_with_limit(&request.channel, self.app.max_channel_name_length)?;
+        let already = self.subscriptions.contains_key(&channel);
+        if !already && self.subscriptions.len() >= self.limits.max_subscriptions {
+            return Err(SubscribeError::TooMany(self.limits.max_subscriptions));
+        }
+        if !self.subscribes.take(self.limits.subscribes_per_sec, now) {
+            return Err(SubscribeError::TooFast(self.limits.subscribes_per_sec));
+        }
         if let Some(filter) = &request.filter {
             filter.validate().map_err(SubscribeError::InvalidFilter)?;
         }
-        if let Some(grant) = &self.grant {
-            grant.permits(&self.app, channel.as_str()).map_err(SubscribeError::NotGranted)?;
+        if let Some(credential) = &self.credential {
+            credential.grant.permits(&self.app, channel.as_str()).map_err(SubscribeError::NotGranted)?;
         }
-        let auth = request.auth.as_deref().unwrap_or("");
+        let signature = request.auth.as_deref().filter(|auth| !auth.is_empty());
+        let granted = signature.is_none()
+            && self.credential.as_ref().is_some_and(|c| c.grant.names_explicitly(channel.as_str()));
+        let auth = signature.unwrap_or("");
         let member_user: Option<(String, Option<Box<RawValue>>)> = match channel.kind() {
             ChannelKind::Public => None,
             ChannelKind::ServerToUser => {
                 // Delivery goes by sign-in, not by subscription: acknowledge, register nothing.
+                // A token naming the user signs the connection in as that user.
+                if self.signed_in.is_none() {
+                    let credential_user = self.credential.as_ref().and_then(|c| c.user_id.clone());
+                    if let Some(user_id) =
+                        credential_user.filter(|u| Some(u.as_str()) == channel.server_to_user_id())
+                    {
+                        self.hub.sign_in(&self.connection, &user_id, &[]);
+                        self.signed_in =
+                            Some(Box::new(SignedIn { user_id, user_info: None, watchlist: Vec::new() }));
+                    }
+                }
                 let signed_in_as = self.signed_in.as_ref().map(|s| s.user_id.as_str());
                 if signed_in_as.is_none() || signed_in_as != channel.server_to_user_id() {
                     return Err(SubscribeError::NotSignedInAsUser);
@@ -281,8 +506,21 @@ impl Session {
                 return Ok(());
             }
             ChannelKind::Private | ChannelKind::Encrypted => {
-                self.check_signature(&channel, None, auth)?;
+                if !granted {
+                    self.check_signature(&channel, None, auth)?;
+                }
                 None
+            }
+            ChannelKind::Presence if granted && request.channel_data.is_none() => {
+                match self.credential.as_ref().and_then(|c| c.user_id.clone()) {
+                    Some(user_id) if user_id.chars().count() <= MAX_USER_ID_LEN => Some((user_id, None)),
+                    Some(_) => {
+                        return Err(SubscribeError::InvalidChannelData(format!(
+                            "the token's sub is longer than {MAX_USER_ID_LEN} characters"
+                        )))
+                    }
+                    None => return Err(SubscribeError::NeedsUser(channel.to_string())),
+                }
             }
             ChannelKind::Presence => match (request.channel_data.as_deref(), &self.signed_in) {
                 (Some(data), _) => {
@@ -401,10 +639,12 @@ impl Session {
     fn parse_member(&self, channel_data: &str) -> Result<(String, Option<Box<RawValue>>), SubscribeError> {
         let data: ChannelData = serde_json::from_str(channel_data)
             .map_err(|e| SubscribeError::InvalidChannelData(e.to_string()))?;
-        // Pusher's own example uses a numeric id; emit every id as a string.
-        let user_id = match data.user_id {
-            serde_json::Value::String(s) if !s.is_empty() => s,
-            serde_json::Value::Number(n) => n.to_string(),
+        // Pusher's own example uses a numeric id; emit every id as a string, a number by its
+        // exact JSON text.
+        let raw = data.user_id.get();
+        let user_id = match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(serde_json::Value::String(s)) if !s.is_empty() => s,
+            Ok(serde_json::Value::Number(_)) => raw.to_owned(),
             _ => {
                 return Err(SubscribeError::InvalidChannelData(
                     "user_id must be a non-empty string or a number".into(),
@@ -441,9 +681,7 @@ impl Session {
         if !self.app.enable_client_messages {
             return Err(ClientEventError::Disabled);
         }
-        if event.chars().count() > MAX_EVENT_NAME_LEN {
-            return Err(ClientEventError::NameTooLong);
-        }
+        check_event_name(event)?;
         let Some((name, user_id)) = self.subscriptions.get_key_value(channel) else {
             // Still tell the sender about the kind rule first: it is the more useful message.
             return match ChannelName::parse(channel) {
@@ -475,7 +713,7 @@ impl Session {
         if let Some(raw) = raw {
             frame = frame.data(Data::Raw(raw));
         }
-        self.hub.publish(&self.app, name.as_str(), &frame.to_frame(), Some(self.connection.socket_id));
+        self.hub.publish_frame(&self.app, name.as_str(), &frame.to_frame(), Some(self.connection.socket_id));
         if wanted(&self.app, WebhookKind::ClientEvent) {
             self.hub.submit_webhook(WebhookEvent::ClientEvent {
                 channel: name.to_string(),

@@ -83,6 +83,13 @@ impl WebhookEvent {
 /// Takes webhook events for an app. Must not block: it runs inside the hub's critical sections.
 pub trait WebhookSink: Send + Sync + fmt::Debug {
     fn submit(&self, app_id: &str, event: WebhookEvent);
+
+    /// An event that happened a while ago and was held until now (by the cluster's leader gate
+    /// while no node led). Such events arrive together, so a sink must not read their closeness
+    /// in arrival as closeness in time: a member who stayed for seconds is not a flicker.
+    fn submit_late(&self, app_id: &str, event: WebhookEvent) {
+        self.submit(app_id, event);
+    }
 }
 
 /// Whether any endpoint of `app` wants events of this kind (callers skip building events no one

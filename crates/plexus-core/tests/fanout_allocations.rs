@@ -79,7 +79,7 @@ async fn publishing_allocates_per_event_not_per_subscriber() {
 
     // Warm-up: queues grow to the size a burst of EVENTS needs, then are drained.
     for _ in 0..EVENTS {
-        hub.publish(&app, "room", &encode(), None);
+        hub.publish_frame(&app, "room", &encode(), None);
     }
     for c in &connections {
         drained.clear();
@@ -89,7 +89,7 @@ async fn publishing_allocates_per_event_not_per_subscriber() {
 
     let frames: Vec<_> = (0..EVENTS).map(|_| encode()).collect();
     let (delivered, fanout_allocations) =
-        count(|| frames.iter().map(|f| hub.publish(&app, "room", f, None)).sum::<usize>());
+        count(|| frames.iter().map(|f| hub.publish_frame(&app, "room", f, None)).sum::<usize>());
     assert_eq!(delivered, SUBSCRIBERS * EVENTS);
     // The first clone of a frame may turn its buffer into a shared one: at most one per event.
     assert!(

@@ -43,11 +43,26 @@ pub struct SubjectRule {
     event: String,
 }
 
-fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+/// Why a bridge's subject pattern or templates were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("unclosed '{{' in {template:?}")]
+    Unclosed { template: String },
+    #[error("{{{name}...}} must be the last token of {subject:?}")]
+    RestNotLast { name: String, subject: String },
+    #[error("bad token {token:?} in subject {subject:?}")]
+    BadToken { token: String, subject: String },
+    #[error("{template:?} uses {{{name}}}, which subject {subject:?} does not capture")]
+    NotCaptured { template: String, name: String, subject: String },
+}
+
+fn placeholders(template: &str) -> Result<Vec<&str>, RuleError> {
     let mut names = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find('{') {
-        let end = rest[start..].find('}').ok_or_else(|| format!("unclosed '{{' in {template:?}"))? + start;
+        let end =
+            rest[start..].find('}').ok_or_else(|| RuleError::Unclosed { template: template.to_owned() })?
+                + start;
         names.push(&rest[start + 1..end]);
         rest = &rest[end + 1..];
     }
@@ -57,7 +72,7 @@ fn placeholders(template: &str) -> Result<Vec<&str>, String> {
 impl SubjectRule {
     /// Parses `subject` (e.g. `omni.events.{instance}.{type}`) and checks that the channel and
     /// event templates only use names the subject captures.
-    pub fn parse(subject: &str, channel: &str, event: &str) -> Result<Self, String> {
+    pub fn parse(subject: &str, channel: &str, event: &str) -> Result<Self, RuleError> {
         // `{name...}` holds dots of its own: mark it before splitting into tokens.
         const REST: char = '\u{1}';
         let marked = subject.replace("...}", &format!("{REST}}}"));
@@ -68,7 +83,10 @@ impl SubjectRule {
                 Some(name) if name.ends_with(REST) => {
                     let name = name.trim_end_matches(REST);
                     if i + 1 != parts.len() {
-                        return Err(format!("{{{name}...}} must be the last token of {subject:?}"));
+                        return Err(RuleError::RestNotLast {
+                            name: name.to_owned(),
+                            subject: subject.to_owned(),
+                        });
                     }
                     Token::Rest(name.to_owned())
                 }
@@ -76,7 +94,10 @@ impl SubjectRule {
                     Token::Capture(name.to_owned())
                 }
                 _ if part.is_empty() || part.contains(['*', '>', '{', '}', ' ']) => {
-                    return Err(format!("bad token {part:?} in subject {subject:?}"));
+                    return Err(RuleError::BadToken {
+                        token: part.replace(REST, "..."),
+                        subject: subject.to_owned(),
+                    });
                 }
                 _ => Token::Literal((*part).to_owned()),
             };
@@ -92,9 +113,11 @@ impl SubjectRule {
         for template in [channel, event] {
             for name in placeholders(template)? {
                 if !captured.contains(&name) {
-                    return Err(format!(
-                        "{template:?} uses {{{name}}}, which subject {subject:?} does not capture"
-                    ));
+                    return Err(RuleError::NotCaptured {
+                        template: template.to_owned(),
+                        name: name.to_owned(),
+                        subject: subject.to_owned(),
+                    });
                 }
             }
         }
@@ -161,46 +184,73 @@ pub struct BridgedEvent {
     pub data: String,
 }
 
-/// Why a message was not published; `deliver` returns it and the bridge counts and logs it.
-pub type Rejection = String;
+/// Why a message was not published; the bridge counts and logs it (and with JetStream
+/// terminates it, so it is not redelivered forever).
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("a plexus [[mirrors]] entry published it (its subject overlaps this bridge's)")]
+    Mirrored,
+    #[error("the subject does not match the rule")]
+    NoMatch,
+    #[error("the payload is not UTF-8")]
+    NotUtf8,
+    #[error("app {0:?} is not served")]
+    UnknownApp(String),
+    #[error("app {0:?} is disabled")]
+    AppDisabled(String),
+    /// The hub refused the event (its name, size or channel).
+    #[error(transparent)]
+    Refused(#[from] plexus_core::hub::PublishError),
+}
 
-fn rejected(subject: &str, reason: &str) {
+fn rejected(subject: &str, reason: &Rejection) {
     metrics::counter!("plexus_bridge_rejected_total").increment(1);
-    tracing::warn!(subject, reason, "bridge: message not published");
+    tracing::warn!(subject, %reason, "bridge: message not published");
 }
 
 /// The event a bus message becomes, or why it is refused.
 fn bridged(rule: &SubjectRule, message: &async_nats::Message) -> Result<BridgedEvent, Rejection> {
     if message.headers.as_ref().is_some_and(|h| h.get(crate::mirror::MIRROR_HEADER).is_some()) {
-        return Err("a plexus [[mirrors]] entry published it (its subject overlaps this bridge's)".into());
+        return Err(Rejection::Mirrored);
     }
     to_event(rule, &message.subject, &message.payload)
 }
 
 fn to_event(rule: &SubjectRule, subject: &str, payload: &[u8]) -> Result<BridgedEvent, Rejection> {
-    let (channel, event) = rule.map(subject).ok_or("the subject does not match the rule")?;
-    let data = std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8")?.to_owned();
+    let (channel, event) = rule.map(subject).ok_or(Rejection::NoMatch)?;
+    let data = std::str::from_utf8(payload).map_err(|_| Rejection::NotUtf8)?.to_owned();
     Ok(BridgedEvent { subject: subject.to_owned(), channel, event, data })
 }
 
 /// Connects to `url` and bridges messages matching `rule` from `source` until the process ends,
 /// handing each event to `deliver` (which fans it out and returns once it is queued to every
 /// subscriber). Returns an error only if the first connection or the consumer setup fails.
+///
+/// `ca_file`: TLS required, verified against that PEM file's CA certificates (see
+/// [`crate::tls_options`]; a `tls://` URL alone verifies against the system's roots).
 pub async fn run(
     url: &str,
+    ca_file: Option<&std::path::Path>,
     rule: SubjectRule,
     source: Source,
     deliver: Arc<dyn Fn(BridgedEvent) -> Result<(), Rejection> + Send + Sync>,
 ) -> Result<(), TransportError> {
     let shown = redact_url(url, true);
     let connect_error = |reason: String| TransportError::Connect { bus: "NATS", url: shown.clone(), reason };
-    let client: Client = tokio::time::timeout(
-        Duration::from_secs(6),
-        ConnectOptions::new().retry_on_initial_connect().connect(url),
-    )
-    .await
-    .map_err(|_| connect_error("not connected within 6 s".into()))?
-    .map_err(|e| connect_error(e.to_string()))?;
+    let options = || crate::tls_options(ConnectOptions::new(), url, ca_file).map_err(connect_error);
+    // One plain attempt first: a refused certificate will not get better by retrying, and the
+    // retrying connect below would report only its timeout, not the TLS reason.
+    let first = tokio::time::timeout(Duration::from_secs(6), options()?.connect(url)).await;
+    let client: Client = match first {
+        Ok(Ok(client)) => client,
+        Ok(Err(err)) if plexus_tls::hint(&err).is_some() => {
+            return Err(connect_error(plexus_tls::describe(&err)))
+        }
+        _ => tokio::time::timeout(Duration::from_secs(6), options()?.retry_on_initial_connect().connect(url))
+            .await
+            .map_err(|_| connect_error("not connected within 6 s".into()))?
+            .map_err(|e| connect_error(e.to_string()))?,
+    };
     let subject = rule.subscription();
     match source {
         Source::Core { group } => {
@@ -295,9 +345,12 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused_with_a_reason() {
-        assert!(SubjectRule::parse("a.{x}", "c-{y}", "e").unwrap_err().contains("{y}"));
+        assert!(SubjectRule::parse("a.{x}", "c-{y}", "e").unwrap_err().to_string().contains("{y}"));
         assert!(SubjectRule::parse("a.*.b", "c", "e").is_err());
-        assert!(SubjectRule::parse("a.{rest...}.b", "c", "e").unwrap_err().contains("last"));
+        assert!(matches!(
+            SubjectRule::parse("a.{rest...}.b", "c", "e"),
+            Err(RuleError::RestNotLast { name, .. }) if name == "rest"
+        ));
         assert!(SubjectRule::parse("a..b", "c", "e").is_err());
         assert!(SubjectRule::parse("a.{x}", "c-{x", "e").is_err());
     }

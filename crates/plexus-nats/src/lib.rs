@@ -16,11 +16,15 @@
 //! - Once [`connect`] returns (and after each `Connected`) the server has confirmed the
 //!   subscriptions: anything another node publishes from then on reaches this one. (With a NATS
 //!   cluster of several servers, interest still takes a moment to reach the other servers.)
+//! - TLS ([`tls_options`]): a `tls://` URL, or a CA file given to [`connect_with`], requires TLS
+//!   (rustls on ring), verified against the system's root certificates or that CA file instead;
+//!   a server that does not offer TLS is then an error, not a connection in the clear.
 
 pub mod bridge;
 pub mod mirror;
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +111,18 @@ pub async fn connect(
     node: NodeId,
     inbound: InboundSender,
 ) -> Result<Arc<NatsTransport>, TransportError> {
+    connect_with(url, None, prefix, node, inbound).await
+}
+
+/// [`connect`] over TLS verified against the CA certificates of the PEM file `ca_file` instead of
+/// the system's roots (TLS is then required whatever the URL's scheme).
+pub async fn connect_with(
+    url: &str,
+    ca_file: Option<&Path>,
+    prefix: &str,
+    node: NodeId,
+    inbound: InboundSender,
+) -> Result<Arc<NatsTransport>, TransportError> {
     validate_prefix(prefix)?;
     let connect_error =
         |reason: String| TransportError::Connect { bus: "NATS", url: redact_url(url, true), reason };
@@ -126,13 +142,14 @@ pub async fn connect(
                 let _ = events_tx.send(event);
             }
         });
+    let options = tls_options(options, url, ca_file).map_err(connect_error)?;
 
     let all = Subject::from(format!("{prefix}.all"));
     let mine = Subject::from(format!("{prefix}.node.{node}"));
     // Nobody subscribes here: requests to it only measure a round trip.
     let probe = Subject::from(format!("{prefix}.probe.{node}"));
     let connected = async {
-        let client = options.connect(url).await.map_err(|err| connect_error(err.to_string()))?;
+        let client = options.connect(url).await.map_err(|err| connect_error(plexus_tls::describe(&err)))?;
         let subscribe = |subject: Subject| {
             let client = client.clone();
             async move {
@@ -158,6 +175,26 @@ pub async fn connect(
     ];
     tokio::spawn(pump(client.clone(), backlog_rx, all, format!("{prefix}.node.")));
     Ok(Arc::new(NatsTransport { prefix: prefix.to_owned(), node, backlog, client, tasks }))
+}
+
+/// The TLS part of `options` for `url`: with a `tls://` URL or a `ca_file`, TLS is required and
+/// verified against `ca_file` or the system's roots (the same trust as plexus's other outbound
+/// connections, on ring). Otherwise nothing changes: a server that asks for TLS in its INFO still
+/// gets it, verified against the system's roots by async-nats.
+pub fn tls_options(
+    options: ConnectOptions,
+    url: &str,
+    ca_file: Option<&Path>,
+) -> Result<ConnectOptions, String> {
+    let tls_url = url.split(',').any(|u| u.trim().get(..6).is_some_and(|s| s.eq_ignore_ascii_case("tls://")));
+    // async-nats builds its own rustls configuration with the process's default provider when
+    // a server asks for TLS; make that ring too.
+    plexus_tls::install_default_provider();
+    if !tls_url && ca_file.is_none() {
+        return Ok(options);
+    }
+    let config = plexus_tls::client_config(ca_file).map_err(|err| err.to_string())?;
+    Ok(options.require_tls(true).tls_client_config((*config).clone()))
 }
 
 /// Checks that `prefix` is one or more valid subject tokens separated by dots: no wildcards, no

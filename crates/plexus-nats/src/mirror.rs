@@ -36,15 +36,20 @@ struct Mirrored {
 }
 
 impl MirrorPublisher {
-    /// Connects to `url` and starts the publishing task.
-    pub async fn connect(url: &str) -> Result<MirrorPublisher, TransportError> {
+    /// Connects to `url` and starts the publishing task. `ca_file`: TLS required, verified against
+    /// that PEM file's CA certificates (see [`crate::tls_options`]).
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<MirrorPublisher, TransportError> {
         let shown = crate::redact_url(url, true);
         let connect_error =
             |reason: String| TransportError::Connect { bus: "NATS", url: shown.clone(), reason };
-        let client = tokio::time::timeout(Duration::from_secs(6), ConnectOptions::new().connect(url))
+        let options = crate::tls_options(ConnectOptions::new(), url, ca_file).map_err(connect_error)?;
+        let client = tokio::time::timeout(Duration::from_secs(6), options.connect(url))
             .await
             .map_err(|_| connect_error("not connected within 6 s".into()))?
-            .map_err(|e| connect_error(e.to_string()))?;
+            .map_err(|e| connect_error(plexus_tls::describe(&e)))?;
         let (queue, mut pending) = mpsc::channel::<Mirrored>(QUEUE);
         tokio::spawn(async move {
             let published = metrics::counter!("plexus_mirror_published_total");

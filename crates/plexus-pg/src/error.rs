@@ -17,6 +17,8 @@ pub enum PgStoreError {
     InvalidUrl(tokio_postgres::Error),
     #[error("cannot connect to PostgreSQL at {target}: {}", describe(.cause))]
     Connect { target: String, cause: tokio_postgres::Error },
+    #[error("PostgreSQL at {target}: {reason}")]
+    Tls { target: String, reason: String },
     #[error("timed out after {after:?} {what}")]
     Timeout { what: String, after: Duration },
     #[error("app store table {table:?} does not exist; run `plexus migrate` to create it")]
@@ -54,6 +56,12 @@ pub(crate) fn describe(err: &tokio_postgres::Error) -> String {
         text.push_str(": ");
         text.push_str(&cause.to_string());
         source = cause.source();
+    }
+    // A refused certificate: what to do about it.
+    if let Some(hint) = plexus_tls::hint(err) {
+        text.push_str(" (");
+        text.push_str(hint);
+        text.push(')');
     }
     text
 }

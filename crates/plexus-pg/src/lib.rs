@@ -10,16 +10,22 @@
 //! # Connection
 //!
 //! A libpq-style URL or key/value string, e.g. `postgres://plexus:pw@10.0.0.5:5432/plexus` or
-//! `host=/run/postgresql dbname=plexus`. There is **no TLS**: connect over loopback, a Unix
-//! socket or a private network. `connect_timeout` defaults to 5 s per host when the URL does not
-//! set it; `options=-c%20search_path%3Dmyschema` puts the tables in another schema.
+//! `host=/run/postgresql dbname=plexus`. `connect_timeout` defaults to 5 s per host when the URL
+//! does not set it; `options=-c%20search_path%3Dmyschema` puts the tables in another schema.
+//!
+//! TLS (rustls on ring) with `sslmode=require` (or `verify-ca` / `verify-full`), verified against
+//! the system's root certificates, or with a CA file ([`PgAppStore::connect_with`],
+//! [`migrate_with`]) verified against that CA instead. Verification is never skipped, and
+//! `sslmode=prefer` is refused as it would fall back to plain TCP silently; without `sslmode`
+//! and a CA file the connection is plain TCP (for loopback, a Unix socket or a private network).
 //!
 //! # Schema
 //!
 //! [`migrate`] (run at start or by `plexus migrate`) creates the table (default name
 //! `plexus_apps`) from the migrations shipped in this crate: `migrations/0001_apps.sql` (the
-//! table) and `0002_access.sql` (API keys, channel scopes, history, tokens, heartbeat). A table
-//! made by an older release is upgraded in place, its rows taking the new columns' defaults.
+//! table), `0002_access.sql` (API keys, channel scopes, history, tokens, heartbeat) and
+//! `0003_token_claims.sql` (the audience and issuer tokens must carry). A table made by an older
+//! release is upgraded in place, its rows taking the new columns' defaults.
 //!
 //! | column | type | default |
 //! | --- | --- | --- |
@@ -36,7 +42,7 @@
 //! | `max_channel_name_length` | bigint | 200 |
 //! | `user_authentication_timeout_secs` | bigint | 30 |
 //! | `cache_ttl_secs` | bigint | 1800 |
-//! | `webhooks` | jsonb, `[{"url": "http://…", "events": ["channel_occupied", …]}]` | `[]` |
+//! | `webhooks` | jsonb, `[{"url": "https://…", "events": ["channel_occupied", …], "ca_file": …}]` | `[]` |
 //! | `created_at`, `updated_at` | timestamptz (a trigger keeps `updated_at` current) | now() |
 //! | `api_keys` | jsonb, `[{"key": "sk_…", "scopes": […], "channels": […], "max_connections": 10}]` | `[]` |
 //! | `channel_scopes` | jsonb, `[{"prefix": "chats-", "scope": "chats:read"}]` | `[]` |
@@ -44,6 +50,7 @@
 //! | `enable_tokens` | boolean | false |
 //! | `token_keys` | jsonb, `[{"algorithm": "RS256", "public_key": "-----BEGIN PUBLIC KEY-----…", "kid": …}]` | `[]` |
 //! | `heartbeat_interval_secs`, `heartbeat_timeout_secs` | integer, null = the server's default | null |
+//! | `token_audience`, `token_issuer` | text, non-empty; null = the claim (`aud`, `iss`) is not checked | null |
 //!
 //! Columns and defaults are those of the `[[apps]]` config entries (`plexus_core::App`); a jsonb
 //! column holds what the matching `[[apps.…]]` tables hold, as an array of objects, and is read
@@ -66,6 +73,8 @@
 //! update plexus_apps set enabled = true where id = '42';
 //! -- rotate the secret (or the key)
 //! update plexus_apps set secret = 'new-secret' where id = '42';
+//! -- tokens: accept only those issued for this app (aud) by this issuer (iss); null: unchecked
+//! update plexus_apps set token_audience = 'plexus', token_issuer = 'https://idp.example' where id = '42';
 //! -- API keys: add one, narrow one, revoke one (connections with a revoked or narrowed key are
 //! -- reported in AppChange::KeysRevoked)
 //! update plexus_apps set api_keys = api_keys || '[{"key": "sk_live_2", "scopes": ["events:read"]}]'
@@ -80,8 +89,8 @@
 //! ```
 //!
 //! A row that cannot be served (empty id, key or secret; a key already used by an app with a
-//! smaller id; webhooks that are not an array of `{url, events}` with known event kinds and
-//! `http://` URLs; a jsonb column that is not an array of the objects its `[[apps.…]]` table
+//! smaller id; webhooks that are not an array of `{url, events, ca_file}` with known event kinds and
+//! `http://` or `https://` URLs (`ca_file` only with `https://`); a jsonb column that is not an array of the objects its `[[apps.…]]` table
 //! allows, e.g. an unknown field or a wrong type; a limit out of range) is skipped with a warning
 //! naming the app, the column and the reason, once, and the other rows are served. The reason
 //! never quotes the app secret or an API key. An app whose row turns bad is reported
@@ -99,7 +108,8 @@ mod error;
 mod row;
 mod schema;
 mod store;
+mod tls;
 
 pub use error::PgStoreError;
-pub use schema::migrate;
+pub use schema::{migrate, migrate_with};
 pub use store::{AppChange, PgAppStore};

@@ -5,8 +5,11 @@ use crate::error::PgStoreError;
 
 /// Shipped migrations, in order. A version, once released, never changes: later schema changes
 /// are new entries.
-const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("../migrations/0001_apps.sql")), (2, include_str!("../migrations/0002_access.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_apps.sql")),
+    (2, include_str!("../migrations/0002_access.sql")),
+    (3, include_str!("../migrations/0003_token_claims.sql")),
+];
 
 /// Serialises migrations across every node and every table of the database ("plexus" in ASCII,
 /// then 1). Transaction-scoped, so a node that dies mid-migration cannot leave it held.
@@ -64,8 +67,18 @@ impl Table {
 /// If the record says a table was migrated but the table is gone (dropped by hand), the table is
 /// created again rather than leaving `connect` to fail forever with "run plexus migrate".
 pub async fn migrate(url: &str, table: &str) -> Result<(), PgStoreError> {
+    migrate_with(url, None, table).await
+}
+
+/// [`migrate`] over TLS verified against the CA certificates of the PEM file `ca_file` (see the
+/// crate's "Connection").
+pub async fn migrate_with(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    table: &str,
+) -> Result<(), PgStoreError> {
     let table = Table::parse(table)?;
-    let target = Target::parse(url)?;
+    let target = Target::parse(url, ca_file)?;
     let mut client = target.open().await?;
     let step = |what: &'static str| move |cause| PgStoreError::Query { what, cause };
 

@@ -58,8 +58,8 @@ pub enum AppChange {
     /// `Debug` shows at most the first four characters of each key.
     KeysRevoked { app_id: String, keys: Vec<String> },
     /// The app accepted signed tokens (`enable_tokens`, or any `token_keys`) and `enable_tokens`,
-    /// `token_keys` or the secret (the HS256 key) changed: tokens accepted before may no longer
-    /// verify, so connections opened with a token should be checked again or closed. Turning
+    /// `token_keys`, `token_audience`, `token_issuer` or the secret (the HS256 key) changed:
+    /// tokens accepted before may no longer verify, so connections opened with a token should be checked again or closed. Turning
     /// tokens on for an app that accepted none is only `Updated`: no live connection holds one.
     TokensChanged(String),
 }
@@ -142,8 +142,18 @@ impl PgAppStore {
     /// Connects to `url` and loads the apps in `table`. Fails if the database cannot be reached
     /// or the table is missing (the message then says to run `plexus migrate`).
     pub async fn connect(url: &str, table: &str) -> Result<Arc<PgAppStore>, PgStoreError> {
+        Self::connect_with(url, None, table).await
+    }
+
+    /// [`PgAppStore::connect`] over TLS verified against the CA certificates of the PEM file
+    /// `ca_file` (see the crate's "Connection"); every reconnect of the refresh uses it too.
+    pub async fn connect_with(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        table: &str,
+    ) -> Result<Arc<PgAppStore>, PgStoreError> {
         let table = Table::parse(table)?;
-        let target = Target::parse(url)?;
+        let target = Target::parse(url, ca_file)?;
         let store = Arc::new(PgAppStore {
             target,
             table,
@@ -392,6 +402,8 @@ fn tokens_changed(old: &App, new: &App) -> bool {
     accepts_tokens
         && (old.enable_tokens != new.enable_tokens
             || old.token_keys != new.token_keys
+            || old.token_audience != new.token_audience
+            || old.token_issuer != new.token_issuer
             || old.secret != new.secret)
 }
 
@@ -545,6 +557,9 @@ mod tests {
         assert!(tokens_changed(&rs256, &plain));
         assert!(tokens_changed(&rs256, &App { secret: "s2".into(), ..rs256.clone() }));
         assert!(!tokens_changed(&rs256, &App { max_connections: 5, ..rs256.clone() }));
+        assert!(tokens_changed(&rs256, &App { token_audience: Some("plexus".into()), ..rs256.clone() }));
+        assert!(tokens_changed(&hs256, &App { token_issuer: Some("https://idp".into()), ..hs256.clone() }));
+        assert!(!tokens_changed(&plain, &App { token_audience: Some("plexus".into()), ..plain.clone() }));
     }
 
     #[test]

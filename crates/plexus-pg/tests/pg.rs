@@ -8,12 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use plexus_core::access::ApiKey;
 use plexus_core::app::{App, AppStore, WebhookKind, WebhookTarget};
 use plexus_pg::{migrate, AppChange, PgAppStore, PgStoreError};
 use tokio::sync::{mpsc, Notify};
 use tokio_postgres::{Client, NoTls};
 
 const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The versions of the migrations this release ships, as `plexus_schema_migrations` records them.
+const SHIPPED: [i32; 3] = [1, 2, 3];
 /// Upper bound for anything that should happen "soon"; never a sleep.
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -56,6 +59,34 @@ impl Scratch {
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect()
+    }
+
+    /// Makes the table exactly as a release that shipped `migrations` (the first ones of this
+    /// release's, in order) left it, under the lock `migrate` takes (0x706c_6578_7573_0001), since
+    /// migration 1's `create or replace function` fails when another test's migration runs it at
+    /// the same moment. The bookkeeping table's definition is repeated because those releases
+    /// created it the same way.
+    async fn as_an_older_release_left_it(&self, migrations: &[&str]) {
+        let mut sql = format!(
+            "begin;
+             select pg_advisory_xact_lock({lock});
+             create table if not exists plexus_schema_migrations (
+                 app_table text not null, version integer not null,
+                 applied_at timestamptz not null default now(), primary key (app_table, version));",
+            lock = 0x706c_6578_7573_0001_i64,
+        );
+        for (version, migration) in (1..).zip(migrations) {
+            let migration = migration
+                .replace("{table}", &format!("\"{}\"", self.table))
+                .replace("{trigger}", &format!("\"{}_touch_updated_at\"", self.table));
+            sql.push_str(&format!(
+                "{migration};
+                 insert into plexus_schema_migrations (app_table, version) values ('{table}', {version});",
+                table = self.table,
+            ));
+        }
+        sql.push_str("commit;");
+        self.admin.batch_execute(&sql).await.unwrap();
     }
 
     async fn connect(&self) -> Arc<PgAppStore> {
@@ -143,15 +174,21 @@ async fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
             "token_keys",
             "heartbeat_interval_secs",
             "heartbeat_timeout_secs",
+            "token_audience",
+            "token_issuer",
         ]
     );
+    for text in ["token_audience", "token_issuer"] {
+        let column = columns.iter().find(|(name, _, _)| name == text).unwrap();
+        assert_eq!((column.1.as_str(), column.2.as_deref()), ("text", None), "{text}");
+    }
     for jsonb in ["webhooks", "api_keys", "channel_scopes", "history", "token_keys"] {
         let column = columns.iter().find(|(name, _, _)| name == jsonb).unwrap();
         assert_eq!(column.1, "jsonb", "{jsonb}");
         assert_eq!(column.2.as_deref(), Some("'[]'::jsonb"), "{jsonb}");
     }
     let records = scratch.migration_records().await;
-    assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), SHIPPED);
 
     // The key is unique and the trigger keeps updated_at current.
     scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
@@ -195,7 +232,7 @@ async fn concurrent_migrations_all_succeed_and_apply_once() {
     a.expect("first");
     b.expect("second");
     c.expect("third");
-    assert_eq!(scratch.migration_records().await.len(), 2);
+    assert_eq!(scratch.migration_records().await.len(), SHIPPED.len());
     scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
 }
 
@@ -205,7 +242,7 @@ async fn migrate_recreates_a_table_that_was_dropped_by_hand() {
     scratch.sql("drop table {t}").await;
     migrate(URL, &scratch.table).await.expect("migrate after drop");
     scratch.sql("insert into {t} (id, key, secret) values ('1', 'k', 's')").await;
-    assert_eq!(scratch.migration_records().await.len(), 2);
+    assert_eq!(scratch.migration_records().await.len(), SHIPPED.len());
 }
 
 #[tokio::test]
@@ -249,6 +286,7 @@ async fn every_column_is_read_into_its_field() {
     want.webhooks = vec![WebhookTarget {
         url: "http://hooks.local/a".into(),
         events: vec![WebhookKind::ChannelOccupied, WebhookKind::SubscriptionCount],
+        ca_file: None,
     }];
     assert_eq!(*store.by_key("k9").unwrap(), want);
 }
@@ -303,12 +341,12 @@ async fn bad_rows_are_skipped_and_the_others_load() {
                  ('empty-secret', 'k-empty', '', '[]'),
                  ('bad-kind', 'k-kind', 's', '[{"url": "http://h/", "events": ["channel_exploded"]}]'),
                  ('not-array', 'k-shape', 's', '{"url": "http://h/"}'),
-                 ('https', 'k-https', 's', '[{"url": "https://h/"}]')"#,
+                 ('clear-ca', 'k-clear-ca', 's', '[{"url": "http://h/", "ca_file": "/etc/ca.pem"}]')"#,
         )
         .await;
     let store = scratch.connect().await;
     assert_eq!(store.list().iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["good"]);
-    for key in ["k-empty", "k-kind", "k-shape", "k-https"] {
+    for key in ["k-empty", "k-kind", "k-shape", "k-clear-ca"] {
         assert!(store.by_key(key).is_none(), "{key}");
     }
 
@@ -536,29 +574,7 @@ fn apps_from_toml(text: &str) -> Vec<App> {
 #[tokio::test]
 async fn a_version_1_table_is_upgraded_in_place_and_its_rows_keep_their_values() {
     let scratch = Scratch::new().await;
-    // The table exactly as a release that knew only migration 1 left it, made under the lock
-    // `migrate` takes (0x706c_6578_7573_0001), since its `create or replace function` fails when
-    // another test's migration runs it at the same moment. The bookkeeping table's definition is
-    // repeated because that release created it the same way.
-    let version_1 = include_str!("../migrations/0001_apps.sql")
-        .replace("{table}", &format!("\"{}\"", scratch.table))
-        .replace("{trigger}", &format!("\"{}_touch_updated_at\"", scratch.table));
-    scratch
-        .admin
-        .batch_execute(&format!(
-            "begin;
-             select pg_advisory_xact_lock({lock});
-             create table if not exists plexus_schema_migrations (
-                 app_table text not null, version integer not null,
-                 applied_at timestamptz not null default now(), primary key (app_table, version));
-             {version_1};
-             insert into plexus_schema_migrations (app_table, version) values ('{table}', 1);
-             commit;",
-            lock = 0x706c_6578_7573_0001_i64,
-            table = scratch.table,
-        ))
-        .await
-        .unwrap();
+    scratch.as_an_older_release_left_it(&[include_str!("../migrations/0001_apps.sql")]).await;
     scratch
         .sql(
             r#"insert into {t} (id, key, secret, enable_client_messages, max_connections, webhooks) values
@@ -572,12 +588,16 @@ async fn a_version_1_table_is_upgraded_in_place_and_its_rows_keep_their_values()
     assert!(err.to_string().contains("run `plexus migrate`"), "{err}");
 
     migrate(URL, &scratch.table).await.expect("upgrade");
-    assert_eq!(scratch.migration_records().await.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(scratch.migration_records().await.iter().map(|r| r.0).collect::<Vec<_>>(), SHIPPED);
     let store = scratch.connect().await;
     let mut first = App::new("1", "k1", "s1");
     first.enable_client_messages = true;
     first.max_connections = 77;
-    first.webhooks = vec![WebhookTarget { url: "http://h/".into(), events: vec![WebhookKind::MemberAdded] }];
+    first.webhooks = vec![WebhookTarget {
+        url: "http://h/".into(),
+        events: vec![WebhookKind::MemberAdded],
+        ca_file: None,
+    }];
     assert_eq!(*store.by_id("1").unwrap(), first, "old values kept, new settings at their defaults");
     assert_eq!(*store.by_id("2").unwrap(), App::new("2", "k2", "s2"));
 
@@ -596,12 +616,64 @@ async fn a_version_1_table_is_upgraded_in_place_and_its_rows_keep_their_values()
     assert!(touched, "updated_at should be set by the trigger");
 }
 
+#[tokio::test]
+async fn a_version_2_table_gains_the_token_claim_columns_in_place() {
+    let scratch = Scratch::new().await;
+    scratch
+        .as_an_older_release_left_it(&[
+            include_str!("../migrations/0001_apps.sql"),
+            include_str!("../migrations/0002_access.sql"),
+        ])
+        .await;
+    scratch
+        .sql(r#"insert into {t} (id, key, secret, enable_tokens, api_keys) values ('1', 'k1', 's1', true, '[{"key": "sk_kept_key"}]')"#)
+        .await;
+    let err = PgAppStore::connect(URL, &scratch.table).await.unwrap_err();
+    assert!(matches!(err, PgStoreError::OutdatedSchema { .. }), "{err:?}");
+
+    migrate(URL, &scratch.table).await.expect("upgrade");
+    assert_eq!(scratch.migration_records().await.iter().map(|r| r.0).collect::<Vec<_>>(), SHIPPED);
+    let store = scratch.connect().await;
+    let mut want = App::new("1", "k1", "s1");
+    want.enable_tokens = true;
+    // The config file's defaults for a key given alone: every channel, 10 connections.
+    want.api_keys = vec![ApiKey {
+        key: "sk_kept_key".into(),
+        scopes: vec![],
+        channels: vec!["*".into()],
+        max_connections: 10,
+    }];
+    assert_eq!(*store.by_id("1").unwrap(), want, "old values kept; neither claim checked, as before");
+
+    scratch.sql("update {t} set token_audience = 'plexus', token_issuer = 'https://idp.example'").await;
+    assert_eq!(
+        store.refresh().await.unwrap(),
+        [AppChange::Updated("1".into()), AppChange::TokensChanged("1".into())]
+    );
+    let app = store.by_id("1").unwrap();
+    assert_eq!(app.token_audience.as_deref(), Some("plexus"));
+    assert_eq!(app.token_issuer.as_deref(), Some("https://idp.example"));
+
+    // An empty value fails the update, rather than the store skipping (unserving) the app.
+    for column in ["token_audience", "token_issuer"] {
+        let sql = format!("update {} set {column} = ''", scratch.table);
+        let err = scratch.admin.execute(sql.as_str(), &[]).await.unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+        assert_eq!(db.code(), &tokio_postgres::error::SqlState::CHECK_VIOLATION, "{db:?}");
+        assert!(db.constraint().is_some_and(|c| c.contains(column)), "{db:?}");
+    }
+    assert!(store.refresh().await.unwrap().is_empty());
+    assert_eq!(store.by_id("1").unwrap().token_audience.as_deref(), Some("plexus"));
+}
+
 const ACCESS_TOML: &str = r#"
 [[apps]]
 id = "5"
 key = "key-5"
 secret = "secret-5"
 enable_tokens = true
+token_audience = "plexus"
+token_issuer = "https://idp.example"
 heartbeat_interval_secs = 20
 heartbeat_timeout_secs = 60
 
@@ -633,9 +705,9 @@ async fn a_row_with_keys_scopes_history_tokens_and_heartbeat_is_the_app_the_conf
     let scratch = Scratch::migrated().await;
     scratch
         .sql(
-            r#"insert into {t} (id, key, secret, enable_tokens, heartbeat_interval_secs, heartbeat_timeout_secs,
-                 api_keys, channel_scopes, history, token_keys)
-               values ('5', 'key-5', 'secret-5', true, 20, 60,
+            r#"insert into {t} (id, key, secret, enable_tokens, token_audience, token_issuer,
+                 heartbeat_interval_secs, heartbeat_timeout_secs, api_keys, channel_scopes, history, token_keys)
+               values ('5', 'key-5', 'secret-5', true, 'plexus', 'https://idp.example', 20, 60,
                  '[{"key": "sk_live_one", "scopes": ["events:read"], "channels": ["instance-inst_1*"], "max_connections": 3},
                    {"key": "sk_live_two"}]',
                  '[{"prefix": "chats-", "scope": "chats:read"}]',
@@ -653,6 +725,7 @@ async fn a_row_with_keys_scopes_history_tokens_and_heartbeat_is_the_app_the_conf
     assert_eq!(from_row.api_keys[1].channels, ["*"]);
     assert_eq!(from_row.api_keys[1].max_connections, 10);
     assert_eq!(from_row.history[0].ttl_secs, 300);
+    assert_eq!(from_row.token_audience.as_deref(), Some("plexus"), "not left at its default by both");
 }
 
 /// The log line that says why `app` was skipped, if any.
@@ -760,6 +833,10 @@ async fn refresh_reports_revoked_keys_and_token_changes_and_nothing_for_added_ke
     scratch
         .sql(r#"update {t} set token_keys = '[{"algorithm": "RS256", "public_key": "-----BEGIN PUBLIC KEY-----"}]'"#)
         .await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1"), tokens("1")]);
+    scratch.sql("update {t} set token_audience = 'plexus'").await;
+    assert_eq!(store.refresh().await.unwrap(), [updated("1"), tokens("1")]);
+    scratch.sql("update {t} set token_issuer = 'https://idp.example'").await;
     assert_eq!(store.refresh().await.unwrap(), [updated("1"), tokens("1")]);
     scratch.sql("update {t} set enable_tokens = false").await;
     assert_eq!(store.refresh().await.unwrap(), [updated("1"), tokens("1")]);

@@ -13,6 +13,16 @@ use crate::limits::MAX_CHANNEL_NAME_LEN;
 /// Prefix of the internal channel that `sendToUser` publishes to.
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 
+/// Prefix of the channels that carry typed channels' topics (`private-plexus.{channel}.{topic}`,
+/// see `plexus-channels`): plexus's own plumbing, left out of the Pusher HTTP API's channel
+/// listing and out of webhooks, where a Pusher application does not expect them.
+pub const TOPIC_CHANNEL_PREFIX: &str = "private-plexus.";
+
+/// Whether `name` is one of plexus's internal topic channels ([`TOPIC_CHANNEL_PREFIX`]).
+pub fn is_topic_channel(name: &str) -> bool {
+    name.starts_with(TOPIC_CHANNEL_PREFIX)
+}
+
 /// What a channel's name makes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChannelKind {

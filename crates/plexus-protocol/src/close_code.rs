@@ -45,6 +45,9 @@ pub enum CloseCode {
     ClientEventRejected = 4301,
     /// Watchlist longer than the limit. Error event only.
     WatchlistLimitExceeded = 4302,
+    /// A subscription refused because the connection holds too many, or subscribes too fast.
+    /// Error event only: the socket stays open.
+    SubscriptionLimit = 4303,
 }
 
 impl CloseCode {

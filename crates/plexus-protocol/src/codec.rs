@@ -200,19 +200,9 @@ impl ClientFrame {
                 json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})
             }
             ClientFrame::ClientEvent { event, channel, data } => {
-                let mut v = json!({"event": event, "channel": channel});
-                if let Some(d) = data {
-                    v["data"] = serde_json::from_str(d.get()).unwrap_or(serde_json::Value::Null);
-                }
-                v
+                return relayed_json(event, Some(channel), data.as_ref())
             }
-            ClientFrame::Extension { event, data } => {
-                let mut v = json!({"event": event});
-                if let Some(d) = data {
-                    v["data"] = serde_json::from_str(d.get()).unwrap_or(serde_json::Value::Null);
-                }
-                v
-            }
+            ClientFrame::Extension { event, data } => return relayed_json(event, None, data.as_ref()),
             ClientFrame::Unknown { event } => json!({"event": event}),
         };
         value.to_string()
@@ -395,6 +385,24 @@ pub fn signin_success(user_data: &str) -> Bytes {
     ServerEvent::new("pusher:signin_success").data(Data::Raw(&data)).to_frame()
 }
 
+/// A relayed frame (client event, `plexus:*`) with its `data` written exactly as the client gave
+/// it: a float keeps every digit, where a round trip through `Value` would not.
+fn relayed_json(event: &str, channel: Option<&str>, data: Option<&RawJson>) -> String {
+    let mut out = String::with_capacity(32 + event.len() + data.map_or(0, |d| d.get().len()));
+    out.push_str("{\"event\":");
+    out.push_str(&json_str(event));
+    if let Some(channel) = channel {
+        out.push_str(",\"channel\":");
+        out.push_str(&json_str(channel));
+    }
+    if let Some(data) = data {
+        out.push_str(",\"data\":");
+        out.push_str(data.get());
+    }
+    out.push('}');
+    out
+}
+
 /// `s` as a JSON string literal.
 pub fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("string serialisation is infallible")
@@ -404,6 +412,33 @@ pub fn json_str(s: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn relayed_data_is_sent_exactly_as_given() {
+        // The fuzzer's finding 6 (FUZZING.md): a float lost its last digit on the way out.
+        for data in ["4.6370820446571567e+92", "null", "{\"a\":[1,2.50,\"x\"]}"] {
+            let raw = RawJson::new(data.to_owned()).unwrap();
+            let event = ClientFrame::ClientEvent {
+                event: "client-typing".into(),
+                channel: "private-room".into(),
+                data: Some(raw),
+            };
+            let text = event.to_json();
+            assert_eq!(
+                text,
+                format!("{{\"event\":\"client-typing\",\"channel\":\"private-room\",\"data\":{data}}}")
+            );
+            if data != "null" {
+                // A `null` data reads back as no data, like an absent field.
+                assert_eq!(decode_client_frame(&text).unwrap().to_json(), text);
+            }
+            let extension = ClientFrame::Extension {
+                event: "plexus:action".into(),
+                data: Some(RawJson::new(data.to_owned()).unwrap()),
+            };
+            assert_eq!(extension.to_json(), format!("{{\"event\":\"plexus:action\",\"data\":{data}}}"));
+        }
+    }
 
     fn text(frame: &Bytes) -> &str {
         let header = match frame[1] {

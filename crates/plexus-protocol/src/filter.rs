@@ -17,6 +17,13 @@ use serde_json::Value;
 /// Most conditions one filter may carry (each is checked per event for this subscriber).
 pub const MAX_FILTER_TERMS: usize = 32;
 
+/// A filter with more terms than [`MAX_FILTER_TERMS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a filter may have at most {MAX_FILTER_TERMS} event names and fields, not {terms}")]
+pub struct FilterTooLarge {
+    pub terms: usize,
+}
+
 /// The server checks it per subscriber; clients (`plexus-client`) build it, send it and check it
 /// again on what they receive, so both sides apply one rule.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -58,12 +65,10 @@ impl SubscriptionFilter {
     }
 
     /// Refuses filters too large to check per event.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FilterTooLarge> {
         let terms = self.events.as_ref().map_or(0, Vec::len) + self.fields.len();
         if terms > MAX_FILTER_TERMS {
-            return Err(format!(
-                "a filter may have at most {MAX_FILTER_TERMS} event names and fields, not {terms}"
-            ));
+            return Err(FilterTooLarge { terms });
         }
         Ok(())
     }

@@ -125,8 +125,17 @@ impl ApiRequest<'_> {
     }
 
     /// Verifies the request against an app's key and secret at time `now_secs` (Unix seconds):
-    /// key, timestamp window, body MD5, then the signature in constant time.
+    /// the query ([`ApiRequest::verify_query`]), then the body against its MD5.
     pub fn verify(&self, key: &str, secret: &str, now_secs: u64) -> Result<(), ApiAuthError> {
+        self.verify_query(key, secret, now_secs)?;
+        self.verify_body()
+    }
+
+    /// Verifies everything the query carries — key, timestamp window, version and, in constant
+    /// time, the signature — without looking at the body. The signature covers `body_md5`, so a
+    /// server can authenticate a request before reading its body, then check the body with
+    /// [`ApiRequest::verify_body`].
+    pub fn verify_query(&self, key: &str, secret: &str, now_secs: u64) -> Result<(), ApiAuthError> {
         let auth_key = self.param("auth_key").ok_or(ApiAuthError::Missing("auth_key"))?;
         if auth_key != key {
             return Err(ApiAuthError::WrongKey);
@@ -145,16 +154,21 @@ impl ApiRequest<'_> {
             Some(other) => return Err(ApiAuthError::WrongVersion(other.chars().take(20).collect())),
         }
         let signature = self.param("auth_signature").ok_or(ApiAuthError::Missing("auth_signature"))?;
-        match self.param("body_md5") {
-            Some(md5) if md5 != md5_hex(self.body) => return Err(ApiAuthError::BodyMd5Mismatch),
-            None if !self.body.is_empty() => return Err(ApiAuthError::Missing("body_md5")),
-            _ => {}
-        }
         let string_to_sign = api_string_to_sign(self.method, self.path, self.params);
         if verify_hex(secret, string_to_sign.as_bytes(), signature) {
             Ok(())
         } else {
             Err(ApiAuthError::InvalidSignature { string_to_sign })
+        }
+    }
+
+    /// Whether `body` is the one the signed query describes: its MD5 is `body_md5`, or there is
+    /// no body and no `body_md5`.
+    pub fn verify_body(&self) -> Result<(), ApiAuthError> {
+        match self.param("body_md5") {
+            Some(md5) if md5 != md5_hex(self.body) => Err(ApiAuthError::BodyMd5Mismatch),
+            None if !self.body.is_empty() => Err(ApiAuthError::Missing("body_md5")),
+            _ => Ok(()),
         }
     }
 }

@@ -18,6 +18,9 @@ pub const MAX_HEADER_LEN: usize = 10;
 
 const FIN: u8 = 0x80;
 
+/// Most bytes reserved ahead of a frame still arriving; larger frames grow as their bytes come.
+const RESERVE_AHEAD: usize = 16 * 1024;
+
 /// WebSocket opcodes a server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -80,13 +83,23 @@ pub fn write_header(out: &mut [u8; MAX_HEADER_LEN], opcode: Opcode, len: usize) 
 /// The payload of a complete, unmasked server frame built here (a slice: nothing is copied).
 /// Used where a frame leaves the process by another route, such as a cluster bus.
 pub fn server_frame_payload(frame: &Bytes) -> Bytes {
+    frame.slice(server_header_len(frame)..)
+}
+
+/// The payload of a frame we built, borrowed (see [`server_frame_payload`]).
+pub fn server_frame_payload_slice(frame: &[u8]) -> &[u8] {
+    &frame[server_header_len(frame)..]
+}
+
+/// The header length of an unmasked frame we built, at most the frame's length.
+fn server_header_len(frame: &[u8]) -> usize {
     let header_len = match frame.get(1).map(|b| b & 0x7f) {
-        None => return Bytes::new(),
+        None => return frame.len(),
         Some(126) => 4,
         Some(127) => 10,
         Some(_) => 2,
     };
-    frame.slice(header_len.min(frame.len())..)
+    header_len.min(frame.len())
 }
 
 /// A complete frame around `payload` (copies it once).
@@ -122,6 +135,9 @@ pub enum ClientMessage {
         reason: Bytes,
     },
 }
+
+/// The refusal of a 64-bit length over 2^63 − 1.
+const TOP_BIT_SET: &str = "64-bit payload length with its most significant bit set";
 
 /// Why the client's byte stream is not acceptable WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,15 +197,33 @@ impl ClientFrameReader {
         if opcode & 0x08 != 0 && (!fin || len > 125) {
             return Err(FrameError::Protocol("control frames must be final and at most 125 bytes"));
         }
-        let buffered = self.fragments.as_ref().map_or(0, |(_, f)| f.len() as u64);
-        if len + buffered > self.max_message as u64 {
+        // RFC 6455 §5.2: the 64-bit length's most significant bit MUST be 0. A frame that breaks
+        // it is malformed (1002), not merely too large.
+        if len >> 63 != 0 {
+            return Err(FrameError::Protocol(TOP_BIT_SET));
+        }
+        // Checked so that no length a client claims can wrap: `len` may be anything up to 2^64-1.
+        // Only a continuation adds to the message being reassembled: a control frame between
+        // its fragments (RFC 6455 §5.4) is not part of it, and a data frame that starts another
+        // message is refused as a protocol error once it is whole.
+        let buffered = match &self.fragments {
+            Some((_, fragments)) if opcode == 0x0 => fragments.len(),
+            _ => 0,
+        };
+        let room = self.max_message.saturating_sub(buffered) as u64;
+        if len > room {
             return Err(FrameError::TooLarge(self.max_message));
         }
         let header = 2 + len_bytes + 4;
-        let total = header + len as usize;
+        // `len` is at most `max_message`, so it fits a usize; with a limit near usize::MAX the
+        // header does not.
+        let Some(total) = (len as usize).checked_add(header) else {
+            return Err(FrameError::TooLarge(self.max_message));
+        };
         if buf.len() < total {
-            // Make room once for the whole frame rather than growing read by read.
-            buf.reserve(total - buf.len());
+            // Make room for the rest of the frame, but never more than the bytes a client has
+            // proven it sends: a header alone must not make every connection allocate its limit.
+            buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let mask: [u8; 4] = buf[header - 4..header].try_into().expect("4 bytes");
@@ -233,6 +267,9 @@ impl ClientFrameReader {
                     return Ok(Some(ClientMessage::Close { code: None, reason: Bytes::new() }));
                 }
                 let code = u16::from_be_bytes([payload[0], payload[1]]);
+                if !close_code_allowed_on_wire(code) {
+                    return Err(FrameError::Protocol("close code not allowed on the wire"));
+                }
                 let reason = payload.freeze().slice(2..);
                 std::str::from_utf8(&reason).map_err(|_| FrameError::InvalidUtf8)?;
                 Ok(Some(ClientMessage::Close { code: Some(code), reason }))
@@ -242,6 +279,13 @@ impl ClientFrameReader {
             _ => Err(FrameError::Protocol("unknown opcode")),
         }
     }
+}
+
+/// Whether a peer may send `code` in a close frame (RFC 6455 §7.4): the defined codes except
+/// 1004–1006 and 1015, which name conditions and must never be sent, the IANA-registered
+/// 1012–1014, and the ranges for libraries and applications (3000–4999).
+pub fn close_code_allowed_on_wire(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 struct RawFrame {
@@ -380,6 +424,10 @@ mod reader_tests {
             FrameError::Protocol(_)
         ));
         assert!(matches!(protocol(client_frame(Opcode::Ping, false, b"x", MASK)), FrameError::Protocol(_)));
+        let mut top_bit = vec![0x81, 0xff];
+        top_bit.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        top_bit.extend_from_slice(&MASK);
+        assert_eq!(protocol(top_bit), FrameError::Protocol(TOP_BIT_SET));
         assert_eq!(protocol(client_frame(Opcode::Text, true, &[b'a'; 101], MASK)), FrameError::TooLarge(100));
         assert_eq!(protocol(client_frame(Opcode::Text, true, &[0xff, 0xfe], MASK)), FrameError::InvalidUtf8);
         let mut two_starts = client_frame(Opcode::Text, false, b"a", MASK);
@@ -391,10 +439,123 @@ mod reader_tests {
     }
 
     #[test]
+    fn a_fragment_claiming_the_largest_lengths_is_refused_not_an_overflow() {
+        // Found by fuzz/frame_reader: the buffered fragment plus the claimed length wrapped.
+        for second in [0x80, 0x82] {
+            for (len, refusal) in
+                [(u64::MAX, FrameError::Protocol(TOP_BIT_SET)), (i64::MAX as u64, FrameError::TooLarge(41))]
+            {
+                let mut bytes = client_frame(Opcode::Text, false, b"a", MASK);
+                bytes.extend_from_slice(&[second, 0xff]);
+                bytes.extend_from_slice(&len.to_be_bytes());
+                bytes.extend_from_slice(&MASK);
+                assert_eq!(parse_all(&mut ClientFrameReader::new(41), &bytes), Err(refusal), "length {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn control_frames_between_fragments_do_not_count_toward_the_message() {
+        // Found by fuzz/frame_reader: a ping between the fragments of a 9-byte message under a
+        // 10-byte limit was refused as too large.
+        let mut bytes = client_frame(Opcode::Text, false, b"abcdef", MASK);
+        bytes.extend(client_frame(Opcode::Ping, true, b"12345", MASK));
+        bytes.extend(client_frame(Opcode::Continuation, true, b"ghi", MASK));
+        assert_eq!(
+            parse_all(&mut ClientFrameReader::new(10), &bytes).unwrap(),
+            vec![
+                ClientMessage::Ping(Bytes::from_static(b"12345")),
+                ClientMessage::Text(Bytes::from_static(b"abcdefghi"))
+            ]
+        );
+        let mut second_start = client_frame(Opcode::Text, false, b"abcdef", MASK);
+        second_start.extend(client_frame(Opcode::Text, true, b"ghijk", MASK));
+        assert!(matches!(
+            parse_all(&mut ClientFrameReader::new(10), &second_start),
+            Err(FrameError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn a_claimed_length_reserves_at_most_a_read_ahead() {
+        // Found by fuzz/frame_reader (an out-of-memory abort): the header's claimed length was
+        // reserved whole before any of the payload arrived.
+        let mut reader = ClientFrameReader::new(i64::MAX as usize);
+        let mut buf = BytesMut::from(&[0x81u8, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4][..]);
+        assert_eq!(reader.next_message(&mut buf), Ok(None));
+        assert!(buf.capacity() <= 14 + RESERVE_AHEAD, "reserved {} bytes", buf.capacity());
+    }
+
+    #[test]
+    fn a_limit_near_usize_max_does_not_overflow() {
+        // Found by fuzz/frame_reader: with ClientFrameReader::new(usize::MAX), header + length
+        // overflowed.
+        let mut bytes = vec![0x81u8, 0xff];
+        bytes.extend_from_slice(&u64::MAX.to_be_bytes());
+        bytes.extend_from_slice(&MASK);
+        assert_eq!(
+            parse_all(&mut ClientFrameReader::new(usize::MAX), &bytes),
+            Err(FrameError::Protocol(TOP_BIT_SET))
+        );
+        // The largest legal length: header + length still fits, so the reader waits for it.
+        let mut buf = BytesMut::from(&[0x81u8, 0xff][..]);
+        buf.extend_from_slice(&(i64::MAX as u64).to_be_bytes());
+        buf.extend_from_slice(&MASK);
+        assert_eq!(ClientFrameReader::new(usize::MAX).next_message(&mut buf), Ok(None));
+    }
+
+    #[test]
     fn oversized_length_is_refused_before_the_payload_arrives() {
         let mut reader = ClientFrameReader::new(1000);
         let mut buf = BytesMut::from(&[0x81u8, 0xff, 0, 0, 0, 1, 0, 0, 0, 0][..]);
         assert_eq!(reader.next_message(&mut buf), Err(FrameError::TooLarge(1000)));
+    }
+
+    #[test]
+    fn a_continuation_claiming_u64_max_bytes_is_refused_not_a_wrap() {
+        // One byte buffered, then a continuation whose 64-bit length is 2^64-1: `len + buffered`
+        // used to wrap to 0 and the frame size with it.
+        let mut bytes = client_frame(Opcode::Text, false, b"a", MASK);
+        bytes.extend_from_slice(&[0x80, 0xff]);
+        bytes.extend_from_slice(&u64::MAX.to_be_bytes());
+        bytes.extend_from_slice(&MASK);
+        bytes.extend_from_slice(b"xyz");
+        let mut reader = ClientFrameReader::new(1 << 20);
+        assert_eq!(parse_all(&mut reader, &bytes), Err(FrameError::Protocol(TOP_BIT_SET)));
+        for len in [u64::MAX - 1, u64::MAX / 2, (1 << 63) + 1, usize::MAX as u64] {
+            let mut reader = ClientFrameReader::new(1000);
+            let mut buf = BytesMut::from(&[0x81u8, 0xff][..]);
+            buf.extend_from_slice(&len.to_be_bytes());
+            let refusal =
+                if len >> 63 != 0 { FrameError::Protocol(TOP_BIT_SET) } else { FrameError::TooLarge(1000) };
+            assert_eq!(reader.next_message(&mut buf), Err(refusal), "length {len}");
+        }
+    }
+
+    #[test]
+    fn close_codes_that_must_not_be_sent_are_protocol_errors() {
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            let payload = code.to_be_bytes();
+            let got = parse_all(
+                &mut ClientFrameReader::new(100),
+                &client_frame(Opcode::Close, true, &payload, MASK),
+            );
+            assert!(matches!(got, Err(FrameError::Protocol(_))), "code {code}: {got:?}");
+        }
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            let payload = code.to_be_bytes();
+            let got = parse_all(
+                &mut ClientFrameReader::new(100),
+                &client_frame(Opcode::Close, true, &payload, MASK),
+            );
+            assert_eq!(
+                got,
+                Ok(vec![ClientMessage::Close { code: Some(code), reason: Bytes::new() }]),
+                "code {code}"
+            );
+        }
     }
 
     #[test]

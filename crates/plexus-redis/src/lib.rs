@@ -19,8 +19,13 @@
 //!   [`Inbound::Connected`].
 //! - Once [`connect`] returns, the subscriptions are live: anything another node publishes from
 //!   then on reaches this one.
+//! - TLS: a `rediss://` URL connects over TLS (rustls on ring), verifying the server against the
+//!   system's root certificates, or against a private CA's PEM file given to [`connect_with`]
+//!   instead. Verification cannot be turned off (`#insecure` is refused), and a CA file with a
+//!   plain `redis://` URL is an error rather than a connection in the clear.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +34,7 @@ use futures_util::StreamExt;
 pub use plexus_core::cluster::TransportError;
 use plexus_core::cluster::{redact_url, Inbound, InboundSender, NodeId, Route, Transport};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, Client, RedisError, TlsCertificates};
 use tokio::task::JoinHandle;
 
 use plexus_core::cluster::backlog::{backlog, Backlog, BacklogReceiver};
@@ -124,10 +129,22 @@ pub async fn connect(
     node: NodeId,
     inbound: InboundSender,
 ) -> Result<Arc<RedisTransport>, TransportError> {
+    connect_with(url, None, prefix, node, inbound).await
+}
+
+/// [`connect`], trusting for a `rediss://` URL the CA certificates of the PEM file `ca_file`
+/// instead of the system's roots. A `ca_file` with any other URL is refused.
+pub async fn connect_with(
+    url: &str,
+    ca_file: Option<&Path>,
+    prefix: &str,
+    node: NodeId,
+    inbound: InboundSender,
+) -> Result<Arc<RedisTransport>, TransportError> {
     validate_prefix(prefix)?;
     let connect_error =
         |reason: String| TransportError::Connect { bus: "Redis", url: redact_url(url, false), reason };
-    let client = Client::open(url).map_err(|err| connect_error(err.to_string()))?;
+    let client = open_client(url, ca_file).map_err(connect_error)?;
     let channels = Channels::new(prefix, node);
 
     let publisher = open_publisher(&client).await.map_err(connect_error)?;
@@ -178,17 +195,42 @@ impl Backoff {
     }
 }
 
+/// A client for `url`; over TLS (`rediss://`) it verifies the server against `ca_file` or the
+/// system's roots.
+fn open_client(url: &str, ca_file: Option<&Path>) -> Result<Client, String> {
+    let tls = url.get(..9).is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"));
+    if tls {
+        // redis builds its rustls configuration with the process's default provider.
+        plexus_tls::install_default_provider();
+    }
+    let Some(ca_file) = ca_file else { return Client::open(url).map_err(|err| describe(&err)) };
+    if !tls {
+        return Err(format!(
+            "ca_file {} is set but the URL is not rediss:// (it would connect in the clear)",
+            ca_file.display()
+        ));
+    }
+    let ca = plexus_tls::CaFile::read(ca_file).map_err(|err| err.to_string())?;
+    Client::build_with_tls(url, TlsCertificates { client_tls: None, root_cert: Some(ca.pem) })
+        .map_err(|err| describe(&err))
+}
+
+/// A redis error with its sources and, for a refused certificate, what to do about it.
+fn describe(err: &RedisError) -> String {
+    plexus_tls::describe(err)
+}
+
 async fn open_publisher(client: &Client) -> Result<MultiplexedConnection, String> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    client.get_multiplexed_async_connection_with_config(&config).await.map_err(|err| err.to_string())
+    client.get_multiplexed_async_connection_with_config(&config).await.map_err(|err| describe(&err))
 }
 
 /// A pub/sub connection subscribed to this node's channels, confirmed by Redis.
 async fn open_subscriber(client: &Client, channels: &Channels) -> Result<(PubSubSink, PubSubStream), String> {
     let open = async {
-        let (mut sink, stream) = client.get_async_pubsub().await.map_err(|err| err.to_string())?.split();
+        let (mut sink, stream) = client.get_async_pubsub().await.map_err(|err| describe(&err))?.split();
         sink.subscribe(&[&channels.all, &channels.mine]).await.map_err(|err| format!("subscribe: {err}"))?;
         Ok((sink, stream))
     };

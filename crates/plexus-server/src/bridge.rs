@@ -5,19 +5,24 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use plexus_nats::bridge::{self, BridgedEvent, Source, SubjectRule};
-use serde::Deserialize;
+use plexus_core::hub::Event;
+use plexus_nats::bridge::{self, BridgedEvent, Rejection, RuleError, Source, SubjectRule};
+use serde::{Deserialize, Serialize};
 
 use crate::ServerState;
 
 /// One `[[bridges]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
     /// The app whose channels receive the events.
     pub app: String,
     #[serde(default = "default_url")]
     pub url: String,
+    /// A PEM file of the CA certificates to trust for `url`'s TLS instead of the system's roots
+    /// (TLS is then required; a `tls://` URL alone uses the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Subject pattern with named tokens, e.g. `omni.events.{instance}.{type}`.
     pub subject: String,
     /// Channel template, e.g. `instance-{instance}`.
@@ -53,7 +58,7 @@ fn default_group() -> String {
 
 impl BridgeConfig {
     /// The parsed rule, or why the entry is unusable.
-    pub fn rule(&self) -> Result<SubjectRule, String> {
+    pub fn rule(&self) -> Result<SubjectRule, RuleError> {
         SubjectRule::parse(&self.subject, &self.channel, &self.event)
     }
 
@@ -68,17 +73,20 @@ impl BridgeConfig {
 /// Starts every bridge; fails if one cannot connect or set up its consumer.
 pub async fn start(bridges: &[BridgeConfig], state: &Arc<ServerState>) -> anyhow::Result<()> {
     for config in bridges {
-        let rule = config.rule().map_err(anyhow::Error::msg)?;
+        let rule = config.rule()?;
         let publisher = state.clone();
         let app_id = config.app.clone();
         let deliver = Arc::new(move |event: BridgedEvent| {
-            let app = publisher.apps.by_id(&app_id).ok_or_else(|| format!("app {app_id:?} is not served"))?;
+            let app = publisher.apps.by_id(&app_id).ok_or_else(|| Rejection::UnknownApp(app_id.clone()))?;
             if !app.enabled {
-                return Err(format!("app {app_id:?} is disabled"));
+                return Err(Rejection::AppDisabled(app_id.clone()));
             }
-            crate::http_api::publish_event(&publisher, &app, &event.channel, &event.event, event.data)
+            let channels = [event.channel];
+            let event = Event { name: &event.event, data: &event.data, channels: &channels, except: None };
+            publisher.hubs.hub(&app.id).publish_event(&app, &event)?;
+            Ok(())
         });
-        bridge::run(&config.url, rule, config.source(), deliver)
+        bridge::run(&config.url, config.ca_file.as_deref(), rule, config.source(), deliver)
             .await
             .with_context(|| format!("starting the bridge for subject {}", config.subject))?;
     }

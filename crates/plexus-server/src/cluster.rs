@@ -31,12 +31,13 @@ pub async fn connect(
     let url = config.url();
     let shown = redact_url(&url, config.driver == AdapterDriver::Nats);
     let (inbound_tx, inbound) = mpsc::unbounded_channel();
+    let ca_file = config.ca_file.as_deref();
     let transport: Arc<dyn Transport> = match config.driver {
         AdapterDriver::Local => return Ok(None),
-        AdapterDriver::Nats => plexus_nats::connect(&url, &config.prefix, id, inbound_tx)
+        AdapterDriver::Nats => plexus_nats::connect_with(&url, ca_file, &config.prefix, id, inbound_tx)
             .await
             .context("cannot join the cluster over NATS")?,
-        AdapterDriver::Redis => plexus_redis::connect(&url, &config.prefix, id, inbound_tx)
+        AdapterDriver::Redis => plexus_redis::connect_with(&url, ca_file, &config.prefix, id, inbound_tx)
             .await
             .context("cannot join the cluster over Redis")?,
     };

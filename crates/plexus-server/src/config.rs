@@ -1,15 +1,16 @@
-//! The configuration file (TOML) and how the command line and environment override it.
+//! The configuration (TOML) and its checks; [`crate::layers`] reads it from the file, the
+//! environment and the command line.
 //!
 //! Field names are a contract with tools outside this repository (`[server] host/port`,
 //! `[[apps]]` with `id`, `key`, `secret`, the `enable_*` and `max_*` settings, `[[apps.webhooks]]`):
 //! keep them. Unknown fields, bad types, duplicate keys or ids and missing secrets are errors that
-//! name the field; a server never starts on a file it half understood.
+//! name the field; a server never starts on a configuration it half understood.
 
 use std::path::Path;
 
 use plexus_core::app::AppSetError;
 use plexus_core::{App, MemoryAppStore};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::bridge::BridgeConfig;
 pub use crate::webhooks::WebhooksConfig;
@@ -18,7 +19,7 @@ pub use crate::webhooks::WebhooksConfig;
 pub const DEV_APP: (&str, &str, &str) = ("app-id", "app-key", "app-secret");
 
 /// The whole file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -48,12 +49,16 @@ pub struct Config {
 }
 
 /// `[adapter]`: how nodes of a cluster reach each other.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdapterConfig {
     pub driver: AdapterDriver,
-    /// The bus; defaults to the standard local port of the driver's server.
+    /// The bus; defaults to the standard local port of the driver's server. `rediss://` and
+    /// `tls://` (NATS) connect over TLS.
     pub url: Option<String>,
+    /// A PEM file of the CA certificates to trust for the bus's TLS instead of the system's
+    /// roots. Requires TLS: a `rediss://` URL for Redis; for NATS any URL (TLS is then required).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Names this cluster on the bus, so several clusters can share one NATS or Redis.
     pub prefix: String,
     /// How often a node tells the others it is alive.
@@ -62,7 +67,7 @@ pub struct AdapterConfig {
     pub lease_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdapterDriver {
     /// One process; nothing else to run.
@@ -77,6 +82,7 @@ impl Default for AdapterConfig {
         AdapterConfig {
             driver: AdapterDriver::Local,
             url: None,
+            ca_file: None,
             prefix: "plexus".into(),
             heartbeat_ms: 1000,
             lease_ms: 5000,
@@ -96,12 +102,16 @@ impl AdapterConfig {
 }
 
 /// `[app_store]`: where apps come from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AppStoreConfig {
     pub driver: AppStoreDriver,
-    /// PostgreSQL connection URL (driver = "postgres").
+    /// PostgreSQL connection URL (driver = "postgres"); `sslmode=require` (or `verify-full`)
+    /// connects over TLS, verified.
     pub url: Option<String>,
+    /// A PEM file of the CA certificates to trust instead of the system's roots; makes TLS
+    /// required.
+    pub ca_file: Option<std::path::PathBuf>,
     pub table: String,
     /// How often the table is re-read: changes reach every node within this.
     pub refresh_secs: u64,
@@ -109,7 +119,7 @@ pub struct AppStoreConfig {
     pub migrate: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AppStoreDriver {
     /// The `[[apps]]` of this file.
@@ -123,6 +133,7 @@ impl Default for AppStoreConfig {
         AppStoreConfig {
             driver: AppStoreDriver::Config,
             url: None,
+            ca_file: None,
             table: "plexus_apps".into(),
             refresh_secs: 2,
             migrate: true,
@@ -132,7 +143,7 @@ impl Default for AppStoreConfig {
 
 /// `[metrics]`: Prometheus text at `GET /metrics` on its own listener, so scraping needs no app
 /// credentials and can stay on a private interface.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub enabled: bool,
@@ -148,7 +159,7 @@ impl Default for MetricsConfig {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub host: String,
@@ -175,10 +186,74 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// Seconds between heartbeat comments on an idle SSE stream.
     pub sse_heartbeat_secs: u64,
+    /// Channels one connection (socket or SSE stream) may hold; more are refused with 4303.
+    pub max_subscriptions_per_connection: usize,
+    /// Subscribes and unsubscribes per second per connection (bursts of ten seconds' worth);
+    /// over it a subscribe is refused with 4303. 0 = no limit.
+    pub max_subscribes_per_sec: u32,
+    /// Frames per second per connection (bursts of ten seconds' worth); over it the connection
+    /// is closed with 4100. 0 = no limit.
+    pub max_frames_per_sec: u32,
+    /// Cache channels one app may keep at once; a publish that would start another is refused
+    /// with 429.
+    pub max_cached_channels_per_app: usize,
+    /// KiB one app's cache channels may keep (event data and frames); a publish past it is
+    /// refused with 429.
+    pub max_cache_kb_per_app: usize,
+    /// Sockets held at once (HTTP and WebSocket); over it new ones are refused (503, or 4100
+    /// in-band on the WebSocket endpoint). Unset: the open-file limit less a reserve.
+    pub max_connections: Option<usize>,
+    /// Sockets held at once from one client address; 0 = no limit (the default: behind a proxy
+    /// every client shares one address).
+    pub max_connections_per_ip: u32,
+    /// Seconds a new connection has for its TLS handshake and its first request head.
+    pub request_header_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept (and a later request head may take).
+    pub keep_alive_timeout_secs: u64,
+    /// Seconds an HTTP API request body may take to arrive once it is allowed to.
+    pub request_body_timeout_secs: u64,
+    /// KiB of HTTP API request bodies being read at once, across all clients; over it → 503.
+    pub request_bodies_in_flight_kb: usize,
+    /// KiB of request bodies being read at once from one client address; 0 = no limit.
+    pub request_bodies_in_flight_per_ip_kb: usize,
     /// `[server.tls]`: serve wss:// and https:// on this port (see [`crate::tls`]).
     pub tls: Option<crate::tls::TlsConfig>,
     /// `[server.rate_limits]`: HTTP API and connection floods (see [`crate::rate_limit`]).
     pub rate_limits: crate::rate_limit::RateLimitConfig,
+    /// How the server's own log lines are written on stderr.
+    pub log_format: LogFormat,
+}
+
+/// `[server] log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One line per event for people: time, level, target, message, fields (colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line for collectors: `timestamp`, `level`, `target`, `message` and the
+    /// event's fields, plus its spans.
+    Json,
+}
+
+impl ServerConfig {
+    /// How much each app's cache channels may keep.
+    pub fn cache_limits(&self) -> plexus_core::hub::CacheLimits {
+        plexus_core::hub::CacheLimits {
+            max_channels: self.max_cached_channels_per_app,
+            max_bytes: self.max_cache_kb_per_app * 1024,
+        }
+    }
+
+    /// What each connection may ask of the server.
+    pub fn session_limits(&self) -> plexus_core::SessionLimits {
+        plexus_core::SessionLimits {
+            queue_max_bytes: self.max_queued_bytes,
+            max_subscriptions: self.max_subscriptions_per_connection,
+            subscribes_per_sec: self.max_subscribes_per_sec,
+            frames_per_sec: self.max_frames_per_sec,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -197,8 +272,22 @@ impl Default for ServerConfig {
             debug_signature_errors: false,
             listen_backlog: 4096,
             sse_heartbeat_secs: 15,
+            max_subscriptions_per_connection: 1000,
+            max_subscribes_per_sec: 100,
+            max_frames_per_sec: 200,
+            max_cached_channels_per_app: 10_000,
+            max_cache_kb_per_app: 16 * 1024,
+            max_connections: None,
+            max_connections_per_ip: 0,
+            request_header_timeout_secs: 10,
+            // Above the 60 s idle timeout of common load balancers, so they close first.
+            keep_alive_timeout_secs: 75,
+            request_body_timeout_secs: 30,
+            request_bodies_in_flight_kb: 64 * 1024,
+            request_bodies_in_flight_per_ip_kb: 0,
             tls: None,
             rate_limits: Default::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -214,25 +303,35 @@ pub enum ConfigError {
     Apps { path: String, source: AppSetError },
     #[error("invalid setting {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A value of the merged layers does not fit its field.
+    #[error("invalid setting {field} (from {origin}): {message}")]
+    Setting { field: String, origin: String, message: String },
+    /// A `PLEXUS_…__…` variable that cannot be used.
+    #[error("invalid environment variable {var}: {reason}")]
+    Variable { var: String, reason: String },
+    /// A `${VAR}` in the file that cannot be replaced.
+    #[error("invalid config file {path}: {field}: {reason}")]
+    Interpolation { path: String, field: String, reason: String },
 }
 
 impl Config {
-    /// Reads and validates a file.
+    /// Reads and validates a file alone (no environment, no flags; see [`crate::layers`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        Config::parse(&text, &shown)
+        let layers = crate::layers::Layers { file: Some(path.to_owned()), ..Default::default() };
+        Ok(crate::layers::load(&layers)?.config)
     }
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
-        MemoryAppStore::new(config.apps.clone())
+        Ok(crate::layers::parse(text, origin)?.config)
+    }
+
+    /// The checks beyond types: unique app ids and keys, limits, wirings. `origin` names where
+    /// the configuration came from in errors.
+    pub fn check(&self, origin: &str) -> Result<(), ConfigError> {
+        MemoryAppStore::new(self.apps.clone())
             .map_err(|source| ConfigError::Apps { path: origin.into(), source })?;
-        config.validate()?;
-        Ok(config)
+        self.validate()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -244,6 +343,12 @@ impl Config {
             ("server.max_queued_bytes", s.max_queued_bytes),
             ("server.write_timeout_secs", s.write_timeout_secs as usize),
             ("server.sse_heartbeat_secs", s.sse_heartbeat_secs as usize),
+            ("server.request_header_timeout_secs", s.request_header_timeout_secs as usize),
+            ("server.keep_alive_timeout_secs", s.keep_alive_timeout_secs as usize),
+            ("server.request_body_timeout_secs", s.request_body_timeout_secs as usize),
+            ("server.max_connections", s.max_connections.unwrap_or(1)),
+            ("server.max_subscriptions_per_connection", s.max_subscriptions_per_connection),
+            ("server.request_bodies_in_flight_kb", s.request_bodies_in_flight_kb),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -260,6 +365,21 @@ impl Config {
                     reason: format!("{:?} must be letters, digits, '-' or '_'", adapter.prefix),
                 });
             }
+            if let Some(ca_file) = &adapter.ca_file {
+                let url = adapter.url();
+                if adapter.driver == AdapterDriver::Redis && !url.starts_with("rediss://") {
+                    return Err(ConfigError::Invalid {
+                        field: "adapter.ca_file",
+                        reason: format!(
+                            "{} is set but adapter.url is not rediss:// (it would connect in the clear)",
+                            ca_file.display()
+                        ),
+                    });
+                }
+                if let Err(error) = plexus_tls::CaFile::read(ca_file) {
+                    return Err(ConfigError::Invalid { field: "adapter.ca_file", reason: error.to_string() });
+                }
+            }
             if adapter.heartbeat_ms == 0 || adapter.lease_ms < 2 * adapter.heartbeat_ms {
                 return Err(ConfigError::Invalid {
                     field: "adapter.lease_ms",
@@ -274,6 +394,9 @@ impl Config {
                     reason: "driver = \"postgres\" needs a url, e.g. postgres://user@host:5432/db".into(),
                 });
             }
+            if let Some(Err(error)) = self.app_store.ca_file.as_deref().map(plexus_tls::CaFile::read) {
+                return Err(ConfigError::Invalid { field: "app_store.ca_file", reason: error.to_string() });
+            }
             if self.app_store.refresh_secs == 0 {
                 return Err(ConfigError::Invalid {
                     field: "app_store.refresh_secs",
@@ -283,12 +406,18 @@ impl Config {
         }
         for bridge in &self.bridges {
             if let Err(reason) = bridge.rule() {
-                return Err(ConfigError::Invalid { field: "bridges", reason });
+                return Err(ConfigError::Invalid { field: "bridges", reason: reason.to_string() });
+            }
+            if let Some(Err(error)) = bridge.ca_file.as_deref().map(plexus_tls::CaFile::read) {
+                return Err(ConfigError::Invalid { field: "bridges.ca_file", reason: error.to_string() });
             }
         }
         for mirror in &self.mirrors {
             if let Err(reason) = mirror.check() {
                 return Err(ConfigError::Invalid { field: "mirrors", reason });
+            }
+            if let Some(Err(error)) = mirror.ca_file.as_deref().map(plexus_tls::CaFile::read) {
+                return Err(ConfigError::Invalid { field: "mirrors.ca_file", reason: error.to_string() });
             }
         }
         if let Err(error) = plexus_channels::proxy::channels(&self.action_proxy) {
@@ -298,14 +427,25 @@ impl Config {
             if let Err((field, reason)) = app.validate() {
                 let field = match field {
                     "webhooks.url" => "apps.webhooks.url",
+                    "webhooks.ca_file" => "apps.webhooks.ca_file",
                     "max_event_payload_kb" => "apps.max_event_payload_kb",
                     "heartbeat_interval_secs" => "apps.heartbeat_interval_secs",
                     "heartbeat_timeout_secs" => "apps.heartbeat_timeout_secs",
                     "token_keys.algorithm" => "apps.token_keys.algorithm",
                     "token_keys.public_key" => "apps.token_keys.public_key",
+                    "token_audience" => "apps.token_audience",
+                    "token_issuer" => "apps.token_issuer",
                     _ => "apps",
                 };
                 return Err(ConfigError::Invalid { field, reason: format!("app {:?}: {reason}", app.id) });
+            }
+            for webhook in &app.webhooks {
+                if let Some(Err(error)) = webhook.ca_file.as_deref().map(plexus_tls::CaFile::read) {
+                    return Err(ConfigError::Invalid {
+                        field: "apps.webhooks.ca_file",
+                        reason: format!("app {:?}: {error}", app.id),
+                    });
+                }
             }
             if let Err(reason) = crate::tokens::check_keys(app) {
                 return Err(ConfigError::Invalid {
@@ -358,9 +498,18 @@ events = ["channel_occupied", "channel_vacated", "member_added", "member_removed
         .unwrap();
         assert_eq!(tagged.action_proxy[0].tags, ["events"]);
         let bad: Config =
-            toml::from_str("[[action_proxy]]\napp_id=\"a\"\nchannel=\"t\"\nurl=\"https://x/\"\n").unwrap();
+            toml::from_str("[[action_proxy]]\napp_id=\"a\"\nchannel=\"t\"\nurl=\"ftp://x/\"\n").unwrap();
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("action_proxy") && e.contains("http://"), "{e}");
+        let https: Config =
+            toml::from_str("[[action_proxy]]\napp_id=\"a\"\nchannel=\"t\"\nurl=\"https://x/\"\n").unwrap();
+        https.validate().unwrap();
+        let clear: Config = toml::from_str(
+            "[[action_proxy]]\napp_id=\"a\"\nchannel=\"t\"\nurl=\"http://x/\"\nca_file=\"/etc/ca.pem\"\n",
+        )
+        .unwrap();
+        let e = clear.validate().unwrap_err().to_string();
+        assert!(e.contains("ca_file /etc/ca.pem") && e.contains("not an https:// URL"), "{e}");
     }
 
     #[test]
@@ -407,11 +556,20 @@ events = ["channel_occupied", "channel_vacated", "member_added", "member_removed
     }
 
     #[test]
-    fn webhook_urls_must_be_http() {
-        let e = error_of(
-            "[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps.webhooks]]\nurl=\"ftp://x\"\nevents=[]\n",
-        );
+    fn webhook_urls_must_be_http_or_https_and_a_ca_file_needs_https_and_a_certificate() {
+        let hook = |fields: &str| {
+            format!("[[apps]]\nid=\"1\"\nkey=\"a\"\nsecret=\"s\"\n[[apps.webhooks]]\n{fields}\n")
+        };
+        let e = error_of(&hook("url=\"ftp://x\"\nevents=[]"));
         assert!(e.contains("apps.webhooks.url"), "{e}");
+        Config::parse(&hook("url=\"https://hooks.example/x\""), "t").unwrap();
+        let e = error_of(&hook("url=\"http://x/\"\nca_file=\"/etc/ca.pem\""));
+        assert!(e.contains("apps.webhooks.ca_file") && e.contains("not an https:// URL"), "{e}");
+        let e = error_of(&hook("url=\"https://x/\"\nca_file=\"/nonexistent/ca.pem\""));
+        assert!(
+            e.contains("apps.webhooks.ca_file") && e.contains("cannot read CA file /nonexistent/ca.pem"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -435,6 +593,14 @@ events = ["channel_occupied", "channel_vacated", "member_added", "member_removed
         assert!(error_of("[adapter]\ndriver = \"redis\"\nheartbeat_ms = 1000\nlease_ms = 1500\n")
             .contains("adapter.lease_ms"));
         assert!(error_of("[app_store]\ndriver = \"postgres\"\n").contains("app_store.url"));
+        let e =
+            error_of("[adapter]\ndriver = \"redis\"\nurl = \"redis://h:6379\"\nca_file = \"/etc/ca.pem\"\n");
+        assert!(e.contains("adapter.ca_file") && e.contains("not rediss://"), "{e}");
+        let e = error_of("[adapter]\ndriver = \"nats\"\nca_file = \"/nonexistent/ca.pem\"\n");
+        assert!(
+            e.contains("adapter.ca_file") && e.contains("cannot read CA file /nonexistent/ca.pem"),
+            "{e}"
+        );
     }
 
     #[test]

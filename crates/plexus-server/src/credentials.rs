@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Response, StatusCode};
@@ -27,6 +27,9 @@ use plexus_core::{App, Connection};
 use plexus_protocol::CloseCode;
 
 use crate::tokens;
+
+/// The longest single wait of a token's expiry timer (see [`Admission::attach`]).
+const LONGEST_SLEEP: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Every live connection that was admitted with a credential, and the per-key counts.
 #[derive(Debug, Default)]
@@ -98,10 +101,17 @@ impl Admission {
         };
         self.registry.live.lock().unwrap_or_else(|p| p.into_inner()).insert(self.id, live);
         if let Some(expires_at) = self.expires_at {
-            let remaining = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
             let connection = Arc::downgrade(connection);
             let task = tokio::spawn(async move {
-                tokio::time::sleep(remaining).await;
+                // `exp` may be up to the year 9999 (tokens::LATEST_SECS), and `Instant::now()`
+                // plus centuries overflows on some platforms; so sleep at most a day at a time
+                // and look at the wall clock (which `exp` is in) again on waking.
+                while let Ok(remaining) = expires_at.duration_since(SystemTime::now()) {
+                    if remaining.is_zero() {
+                        break;
+                    }
+                    tokio::time::sleep(remaining.min(LONGEST_SLEEP)).await;
+                }
                 if let Some(connection) = connection.upgrade() {
                     tracing::info!(socket_id = %connection.socket_id, "closing a connection whose token expired");
                     connection.outbound.close(CloseCode::Unauthorized, "token expired");
@@ -228,7 +238,7 @@ pub fn admit(
     let Some(key) = key else {
         if is_token || (app.accepts_tokens() && tokens::looks_like_token(&text)) {
             let verified = tokens::verify(app, &text, SystemTime::now())
-                .map_err(|reason| refused(StatusCode::UNAUTHORIZED, reason))?;
+                .map_err(|reason| refused(StatusCode::UNAUTHORIZED, reason.to_string()))?;
             return Ok(Some(admission(
                 Presented::Token(text),
                 verified.grant,

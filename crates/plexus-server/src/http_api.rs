@@ -6,17 +6,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use plexus_core::hub::ChannelSummary;
-use plexus_core::App;
-use plexus_protocol::codec::{Data, ServerEvent};
-use plexus_protocol::limits::{MAX_BATCH_EVENTS, MAX_CHANNELS_PER_TRIGGER, MAX_EVENT_NAME_LEN};
+use plexus_core::hub::{ChannelSummary, Event, Prepared, PublishError};
+use plexus_core::{App, AppHub};
+use plexus_protocol::channel::is_topic_channel;
+use plexus_protocol::limits::MAX_BATCH_EVENTS;
 use plexus_protocol::signature::{ApiAuthError, ApiRequest};
 use plexus_protocol::{ChannelKind, ChannelName, SocketId};
 use serde::Deserialize;
@@ -37,6 +37,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 impl IntoResponse for ApiError {
@@ -47,6 +49,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
     }
@@ -57,9 +60,12 @@ fn now_secs() -> u64 {
 }
 
 /// A signed API request that passed authentication: its app, decoded query and raw body.
-/// Extracting it checks, in order: the app (by the `/apps/{app_id}` path segment, or by
-/// `auth_key` on the unprefixed routes) → 404, then key, timestamp, body MD5 and signature →
-/// 401, then enabled → 403.
+/// Extracting it checks, in order, before a byte of the body is read: the app (by the
+/// `/apps/{app_id}` path segment, or by `auth_key` on the unprefixed routes) → 404, then key,
+/// timestamp and signature → 401, enabled → 403, the app's rate limit → 429. Only then is the body
+/// read (bounded in size, time and bytes in flight: [`crate::request_body`]) and checked against
+/// the signed `body_md5` → 401. So nobody without the app's secret can make plexus read, hold or
+/// acknowledge (`100 Continue`) a body, nor spend the app's rate limit.
 #[derive(Debug)]
 pub struct Signed {
     app: Arc<App>,
@@ -73,15 +79,22 @@ impl Signed {
     }
 }
 
+fn auth_error(state: &ServerState, error: ApiAuthError) -> Response {
+    let message = match error {
+        ApiAuthError::InvalidSignature { string_to_sign } if state.config.debug_signature_errors => {
+            format!("Invalid signature: expected HMAC SHA256 hex digest of {string_to_sign:?}")
+        }
+        other => other.to_string(),
+    };
+    ApiError::Unauthorized(message).into_response()
+}
+
 impl FromRequest<Arc<ServerState>> for Signed {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &Arc<ServerState>) -> Result<Self, Response> {
+        let peer = crate::rate_limit::peer_ip(&request);
         let (parts, body) = request.into_parts();
-        let limit = state.config.max_request_body_kb * 1024;
-        let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-            ApiError::PayloadTooLarge(format!("request body larger than {limit} bytes")).into_response()
-        })?;
         let params: Vec<(String, String)> = parts
             .uri
             .query()
@@ -100,24 +113,31 @@ impl FromRequest<Arc<ServerState>> for Signed {
                 .ok_or_else(|| ApiError::Unauthorized("auth_key does not match an app".into())),
         }
         .map_err(IntoResponse::into_response)?;
-        let request = ApiRequest {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            params: &params,
-            body: &body,
-        };
-        request.verify(&app.key, &app.secret, now_secs()).map_err(|error| {
-            let message = match error {
-                ApiAuthError::InvalidSignature { string_to_sign } if state.config.debug_signature_errors => {
-                    format!("Invalid signature: expected HMAC SHA256 hex digest of {string_to_sign:?}")
-                }
-                other => other.to_string(),
-            };
-            ApiError::Unauthorized(message).into_response()
-        })?;
+        let unread =
+            ApiRequest { method: parts.method.as_str(), path: parts.uri.path(), params: &params, body: &[] };
+        unread.verify_query(&app.key, &app.secret, now_secs()).map_err(|error| auth_error(state, error))?;
         if !app.enabled {
             return Err(ApiError::Forbidden("app is disabled".into()).into_response());
         }
+        state.rate_limits.check_app(&app.id).map_err(|refusal| refusal.into_response())?;
+        let body = state.request_bodies.read(&parts.headers, peer, body).await.map_err(|error| {
+            use crate::request_body::BodyError;
+            let status = match error {
+                BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::Busy | BodyError::BusyFromAddress => StatusCode::SERVICE_UNAVAILABLE,
+                BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+                BodyError::Broken(_) => StatusCode::BAD_REQUEST,
+            };
+            let mut response = (status, Json(json!({ "error": error.to_string() }))).into_response();
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            }
+            response
+        })?;
+        let read = ApiRequest { body: &body, ..unread };
+        read.verify_body().map_err(|error| auth_error(state, error))?;
         Ok(Signed { app, params, body })
     }
 }
@@ -160,51 +180,41 @@ struct EventRequest {
     info: Option<String>,
 }
 
-/// An event that passed validation and is ready to publish.
+/// A trigger's event, prepared by the hub (every rule checked, encoded per channel), with the
+/// counts its caller asked for.
 struct ValidEvent {
-    name: String,
-    data: String,
-    channels: Vec<ChannelName>,
-    except: Option<SocketId>,
+    prepared: Prepared,
     info: InfoRequest,
 }
 
-fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, ApiError> {
+impl From<PublishError> for ApiError {
+    fn from(error: PublishError) -> Self {
+        match error {
+            PublishError::TooLarge { .. } => ApiError::PayloadTooLarge(error.to_string()),
+            PublishError::CacheFull { .. } => ApiError::TooManyRequests(error.to_string()),
+            PublishError::Name(_)
+            | PublishError::ReservedName
+            | PublishError::ChannelCount
+            | PublishError::Channel { .. }
+            | PublishError::EncryptedWithOthers => ApiError::BadRequest(error.to_string()),
+        }
+    }
+}
+
+/// Reads a trigger's event (the HTTP shape: which fields, `socket_id`, `info`), then has the hub
+/// check and encode it.
+fn validate_event(app: &App, hub: &AppHub, request: EventRequest) -> Result<ValidEvent, ApiError> {
     let name = request.name.ok_or_else(|| ApiError::BadRequest("missing event name".into()))?;
-    if name.is_empty() || name.chars().count() > MAX_EVENT_NAME_LEN {
-        return Err(ApiError::BadRequest(format!("event name must be 1 to {MAX_EVENT_NAME_LEN} characters")));
-    }
-    if name.starts_with("pusher:") || name.starts_with("pusher_internal:") {
-        return Err(ApiError::BadRequest("event names starting with pusher: are reserved".into()));
-    }
     // SDKs send a string; anything else is serialised so clients still get string data.
     let data = match request.data.ok_or_else(|| ApiError::BadRequest("missing data".into()))? {
         Value::String(s) => s,
         other => other.to_string(),
     };
-    if data.len() > app.max_payload_bytes() {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "event data is {} bytes; the limit is {} bytes",
-            data.len(),
-            app.max_payload_bytes()
-        )));
-    }
-    let names = match (request.channels, request.channel) {
+    let channels = match (request.channels, request.channel) {
         (Some(channels), _) => channels,
         (None, Some(channel)) => vec![channel],
         (None, None) => return Err(ApiError::BadRequest("missing channels".into())),
     };
-    if names.is_empty() || names.len() > MAX_CHANNELS_PER_TRIGGER {
-        return Err(ApiError::BadRequest(format!(
-            "an event must name 1 to {MAX_CHANNELS_PER_TRIGGER} channels"
-        )));
-    }
-    let channels = names.iter().map(|n| parse_channel(app, n)).collect::<Result<Vec<_>, _>>()?;
-    if channels.len() > 1 && channels.iter().any(|c| c.kind() == ChannelKind::Encrypted) {
-        return Err(ApiError::BadRequest(
-            "an event for an encrypted channel must name only that channel".into(),
-        ));
-    }
     let except = request
         .socket_id
         .map(|s| s.parse::<SocketId>().map_err(|e| ApiError::BadRequest(e.to_string())))
@@ -213,54 +223,23 @@ fn validate_event(app: &App, request: EventRequest) -> Result<ValidEvent, ApiErr
     if info.cache {
         return Err(ApiError::BadRequest("info=cache is only available on GET /channels/{channel}".into()));
     }
-    if info.user_count && channels.iter().any(|c| c.kind() != ChannelKind::Presence) {
+    let prepared = hub.prepare(app, &Event { name: &name, data: &data, channels: &channels, except })?;
+    if info.user_count && prepared.channels().any(|c| c.kind() != ChannelKind::Presence) {
         return Err(ApiError::BadRequest("info=user_count is only available for presence channels".into()));
     }
-    Ok(ValidEvent { name, data, channels, except, info })
-}
-
-/// Publishes one event that arrived by another route than the HTTP API (the NATS bridge) with
-/// the same rules as a trigger: names, sizes and channels are checked the same way.
-pub fn publish_event(
-    state: &ServerState,
-    app: &App,
-    channel: &str,
-    name: &str,
-    data: String,
-) -> Result<(), String> {
-    let request = EventRequest {
-        name: Some(name.to_owned()),
-        data: Some(Value::String(data)),
-        channels: None,
-        channel: Some(channel.to_owned()),
-        socket_id: None,
-        info: None,
-    };
-    let event = validate_event(app, request).map_err(|e| e.to_string())?;
-    publish(state, app, &event);
-    Ok(())
+    Ok(ValidEvent { prepared, info })
 }
 
 /// Publishes a validated event; returns the per-channel `info` object if one was asked for.
 fn publish(state: &ServerState, app: &App, event: &ValidEvent) -> Option<Map<String, Value>> {
     let hub = state.hubs.hub(&app.id);
-    for channel in &event.channels {
-        let frame =
-            ServerEvent::new(&event.name).channel(channel.as_str()).data(Data::Str(&event.data)).to_frame();
-        match channel.server_to_user_id() {
-            Some(user_id) => hub.send_to_user(user_id, &frame),
-            None => hub.publish(app, channel.as_str(), &frame, event.except),
-        };
-        if channel.is_cache() {
-            hub.remember(channel, &event.data, &frame, Duration::from_secs(app.cache_ttl_secs));
-        }
-    }
+    hub.publish(app, &event.prepared);
     if !event.info.user_count && !event.info.subscription_count {
         return None;
     }
     let channels = event
-        .channels
-        .iter()
+        .prepared
+        .channels()
         .map(|c| (c.to_string(), Value::Object(counts(event.info, hub.channel(c.as_str())))))
         .collect();
     Some(channels)
@@ -285,7 +264,7 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 /// Publishes a trigger body for `app` with exactly the checks of `POST /apps/{app_id}/events`,
 /// for callers that authenticated otherwise (the admin listener's test-event form).
 pub fn trigger_trusted(state: &ServerState, app: &App, body: &[u8]) -> Result<Value, ApiError> {
-    let event = validate_event(app, parse_body(body)?)?;
+    let event = validate_event(app, &state.hubs.hub(&app.id), parse_body(body)?)?;
     Ok(match publish(state, app, &event) {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
@@ -294,7 +273,7 @@ pub fn trigger_trusted(state: &ServerState, app: &App, body: &[u8]) -> Result<Va
 
 /// `POST /apps/{app_id}/events`.
 pub async fn trigger(State(state): State<Arc<ServerState>>, auth: Signed) -> Result<Json<Value>, ApiError> {
-    let event = validate_event(&auth.app, parse_body(&auth.body)?)?;
+    let event = validate_event(&auth.app, &state.hubs.hub(&auth.app.id), parse_body(&auth.body)?)?;
     Ok(Json(match publish(&state, &auth.app, &event) {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
@@ -320,7 +299,7 @@ pub async fn trigger_batch(
         if item.channels.is_some() {
             return Err(ApiError::BadRequest(format!("batch[{index}]: use \"channel\", not \"channels\"")));
         }
-        let event = validate_event(&auth.app, item).map_err(|e| match e {
+        let event = validate_event(&auth.app, &state.hubs.hub(&auth.app.id), item).map_err(|e| match e {
             ApiError::BadRequest(m) => ApiError::BadRequest(format!("batch[{index}]: {m}")),
             ApiError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(format!("batch[{index}]: {m}")),
             other => other,
@@ -341,7 +320,9 @@ pub async fn trigger_batch(
     Ok(Json(json!({ "batch": batch })))
 }
 
-/// `GET /apps/{app_id}/channels`: occupied channels, optionally by prefix, with counts.
+/// `GET /apps/{app_id}/channels`: occupied channels, optionally by prefix, with counts. Typed
+/// channels' topic channels (`private-plexus.…`) are left out: a Pusher application does not
+/// expect them (the admin API lists them; `GET /channels/{name}` still answers for one).
 pub async fn channels(State(state): State<Arc<ServerState>>, auth: Signed) -> Result<Json<Value>, ApiError> {
     let prefix = auth.param("filter_by_prefix").unwrap_or("");
     let info = parse_info(auth.param("info"))?;
@@ -353,6 +334,9 @@ pub async fn channels(State(state): State<Arc<ServerState>>, auth: Signed) -> Re
     }
     let mut channels = BTreeMap::new();
     for summary in state.hubs.hub(&auth.app.id).channels(prefix) {
+        if is_topic_channel(summary.name.as_str()) {
+            continue;
+        }
         channels.insert(summary.name.to_string(), Value::Object(counts(info, Some(summary))));
     }
     Ok(Json(json!({ "channels": channels })))

@@ -15,10 +15,14 @@ pub mod credentials;
 pub mod docs;
 pub mod http_api;
 pub mod introspect;
+pub mod layers;
+pub mod listener;
+pub mod logging;
 pub mod logstream;
 pub mod metrics;
 pub mod mirror;
 pub mod rate_limit;
+pub mod request_body;
 pub mod sse;
 pub mod tls;
 pub mod tokens;
@@ -26,7 +30,6 @@ pub mod webhooks;
 pub mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -37,7 +40,7 @@ use plexus_core::cluster::ClusterNode;
 use plexus_core::webhook::{WebhookEvent, WebhookSink};
 use plexus_core::{AppStore, ExtensionHandler, Hubs};
 use plexus_protocol::CloseCode;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ServerConfig;
@@ -57,6 +60,10 @@ pub struct ServerState {
     pub credentials: Arc<credentials::Credentials>,
     /// `[server.rate_limits]`.
     pub rate_limits: rate_limit::RateLimits,
+    /// HTTP API request bodies being read, against their byte budget.
+    pub request_bodies: request_body::BodyBudget,
+    /// Sockets open now, against `[server] max_connections` and `max_connections_per_ip`.
+    pub open_sockets: Arc<listener::OpenConnections>,
     /// The protocol extension that gets `plexus:*` frames (typed channels), set once.
     extension: OnceLock<Arc<dyn ExtensionHandler>>,
     /// What [`ServerState::install_channels`] installed, for introspection.
@@ -110,13 +117,16 @@ impl ServerState {
         let hubs = match &cluster {
             Some(node) => Hubs::clustered(node.webhooks(), node.clone()),
             None => Hubs::new(webhook_sink(webhooks.as_ref())),
-        };
+        }
+        .with_cache_limits(config.cache_limits());
         let hubs = Arc::new(hubs);
         if let Some(webhooks) = &webhooks {
             webhooks.observe(&hubs);
         }
         Arc::new(ServerState {
             rate_limits: rate_limit::RateLimits::new(&config.rate_limits),
+            open_sockets: listener::OpenConnections::new(&config),
+            request_bodies: request_body::BodyBudget::new(&config),
             config,
             apps,
             hubs,
@@ -215,85 +225,14 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .merge(docs::router())
         .fallback(http_api::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_api))
+        .layer(axum::middleware::from_fn(listener::refuse_over_cap))
+        .layer(axum::middleware::from_fn(listener::require_one_host))
         .layer(axum::middleware::from_fn(metrics::record_http))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-/// Serves one HTTP/1.1 connection (API requests, or the handshake of a WebSocket). hyper's http1
-/// connection is used directly, not an auto-detecting one, so an upgraded plain socket is still
-/// the `TcpStream` and the WebSocket transport can split it into lock-free owned halves.
-/// The peer's address rides in each request's extensions (`ConnectInfo`) for per-IP limits.
-fn serve_http<IO>(io: IO, peer: SocketAddr, app: Router, mut stop: watch::Receiver<bool>)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        let service =
-            hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                let mut app = app.clone();
-                async move { tower_service::Service::call(&mut app, request).await }
-            });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-            .with_upgrades();
-        tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "HTTP connection ended with an error");
-                }
-                return;
-            }
-            _ = stop.wait_for(|stopping| *stopping) => connection.as_mut().graceful_shutdown(),
-        }
-        let _ = connection.await;
-    });
-}
-
-/// Serves one accepted TCP connection, in TLS when the listener has it.
-fn serve_accepted(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    tls: Option<&Arc<tls::Tls>>,
-    app: Router,
-    stop: watch::Receiver<bool>,
-) {
-    // Events are small and latency matters more than packet count.
-    let _ = tcp.set_nodelay(true);
-    match tls {
-        None => serve_http(tcp, peer, app, stop),
-        Some(tls) => {
-            let tls = tls.clone();
-            // The handshake runs in its own task so a slow client never holds up the accept loop.
-            tokio::spawn(async move {
-                match tls.accept(tcp).await {
-                    Ok(stream) => serve_http(stream, peer, app, stop),
-                    Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                }
-            });
-        }
-    }
-}
-
-/// Binds `host:port` with a listen backlog sized for connect storms.
-pub fn bind(config: &ServerConfig) -> std::io::Result<TcpListener> {
-    let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().or_else(|_| {
-        std::net::ToSocketAddrs::to_socket_addrs(&(config.host.as_str(), config.port))?.next().ok_or_else(
-            || {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("cannot resolve host {:?}", config.host),
-                )
-            },
-        )
-    })?;
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(config.listen_backlog)
-}
+pub use listener::bind;
 
 /// Once a second: throttled subscription counts go out and expired cache entries are dropped.
 async fn upkeep(state: Arc<ServerState>) {
@@ -348,20 +287,17 @@ async fn serve_with(
     // Every HTTP connection task holds a receiver: it learns of the shutdown through it, and
     // `closed()` on the sender tells us when the last one has finished.
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => serve_accepted(tcp, peer, tls.as_ref(), app.clone(), stop_rx.clone()),
-                Err(error) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
+    let timeouts = listener::Timeouts::of(&state.config);
+    listener::accept_loop(
+        &listener,
+        app,
+        tls,
+        state.open_sockets.clone(),
+        timeouts,
+        stop_rx.clone(),
+        shutdown,
+    )
+    .await;
     drop(listener);
     tracing::info!("shutting down: closing clients with 4200");
     state.begin_shutdown();

@@ -155,28 +155,38 @@ pub struct StreamLayer {
     stream: Arc<LogStream>,
 }
 
-/// Writes the message first, then the other fields as `key=value`.
+/// Writes the message first, then the other fields as `key=value`, control characters escaped
+/// as on stderr (see [`crate::logging`]): a viewer shows one line per log line, whatever a client
+/// put into a field.
 #[derive(Default)]
 struct Text {
     message: String,
     fields: String,
 }
 
+impl Text {
+    fn push(&mut self, field: &Field, value: &str) {
+        let out = if field.name() == "message" {
+            &mut self.message
+        } else {
+            let _ = write!(self.fields, " {}=", field.name());
+            &mut self.fields
+        };
+        let _ = crate::logging::write_escaped(out, value);
+    }
+}
+
 impl Visit for Text {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message.push_str(value);
+            self.push(field, value);
         } else {
-            let _ = write!(self.fields, " {}={value:?}", field.name());
+            self.push(field, &format!("{value:?}"));
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
-        } else {
-            let _ = write!(self.fields, " {}={value:?}", field.name());
-        }
+        self.push(field, &format!("{value:?}"));
     }
 }
 

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use plexus_core::{App, AppStore, MemoryAppStore};
-use plexus_server::config::{AppStoreDriver, Config, DEV_APP};
+use plexus_server::config::{AppStoreDriver, Config, LogFormat, DEV_APP};
+use plexus_server::layers::{Layers, Loaded, Override, Source};
 use plexus_server::logstream::LogStream;
 use plexus_server::{webhook_sink, ServerState};
 
@@ -25,16 +27,48 @@ struct Cli {
     command: Command,
 }
 
+/// Shown under the help of the commands that read settings.
+const LAYERS_HELP: &str = "Settings come from, lowest first: defaults, the --config file, the environment, the flags. \
+Every setting has a variable PLEXUS_<SECTION>__<FIELD> (e.g. PLEXUS_SERVER__PORT, PLEXUS_ADAPTER__URL; \
+list entries by index: PLEXUS_APPS__0__SECRET) and a flag --set <section>.<field>=<value> \
+(e.g. --set server.max_frame_bytes=131072, --set apps.0.secret=…). `plexus config print` shows where each came from.";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server. With no config file it serves one development app
-    /// (app-id / app-key / app-secret) on 0.0.0.0:6001 with the in-memory hub.
+    /// (app-id / app-key / app-secret) on 127.0.0.1:6001 with the in-memory hub (its secret is
+    /// public, so it is never served on other addresses).
+    #[command(after_help = LAYERS_HELP)]
     Serve(ServeArgs),
     /// Create or upgrade the PostgreSQL app store's schema ([app_store] in the config file).
     Migrate(MigrateArgs),
     /// Show what a server is wired with: apps, their channels, typed channels. Reads the config
     /// file, or asks a running server's admin listener with --url.
     Info(InfoArgs),
+    /// Check or show the configuration `plexus serve` would run with (same flags and variables).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration: exit 0 with a summary, or non-zero with the error, which names
+    /// the setting and where its value came from.
+    #[command(after_help = LAYERS_HELP)]
+    Check(SettingsArgs),
+    /// Print the effective configuration as TOML, secrets redacted, each value not at its default
+    /// followed by where it came from (file, env VAR, flag).
+    #[command(after_help = LAYERS_HELP)]
+    Print(PrintArgs),
+}
+
+#[derive(Debug, Args)]
+struct PrintArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Print JSON: {"config": …, "sources": {"server.port": "env PLEXUS_SERVER__PORT", …}}.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -62,12 +96,24 @@ struct MigrateArgs {
     #[arg(long, short, env = "PLEXUS_CONFIG")]
     config: Option<PathBuf>,
     /// PostgreSQL URL (overrides [app_store] url).
-    #[arg(long, env = "PLEXUS_APP_STORE_URL")]
+    #[arg(long, alias = "app-store-url", env = "PLEXUS_APP_STORE_URL", hide_env_values = true)]
     url: Option<String>,
 }
 
 #[derive(Debug, Args)]
 struct ServeArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Start only the wirings ([[action_proxy]] routes, [[bridges]]) tagged with at least one of
+    /// these, e.g. `--tags events,chat`; the Pusher protocol always runs. Without it, all run.
+    #[arg(long, env = "PLEXUS_TAGS", value_delimiter = ',')]
+    tags: Option<Vec<String>>,
+}
+
+/// The settings flags `serve`, `config check` and `config print` share. A flag's own variable
+/// (`PLEXUS_HOST` for `--host`) counts as the environment, above the PLEXUS_*__* variables.
+#[derive(Debug, Args)]
+struct SettingsArgs {
     /// TOML configuration file ([server], [[apps]], [[apps.webhooks]]; see the README).
     #[arg(long, short, env = "PLEXUS_CONFIG")]
     config: Option<PathBuf>,
@@ -77,6 +123,9 @@ struct ServeArgs {
     /// Port to listen on; 0 picks a free one (overrides [server] port).
     #[arg(long, env = "PLEXUS_PORT")]
     port: Option<u16>,
+    /// Address of the Prometheus `/metrics` listener (overrides [metrics] host).
+    #[arg(long)]
+    metrics_host: Option<String>,
     /// Port of the Prometheus `/metrics` listener (overrides [metrics] port; 0 picks a free one).
     #[arg(long, env = "PLEXUS_METRICS_PORT")]
     metrics_port: Option<u16>,
@@ -92,36 +141,205 @@ struct ServeArgs {
     /// Enable the admin listener ([admin]) and print the dashboard's URL with its token.
     #[arg(long)]
     dashboard: bool,
+    /// Address of the admin listener (overrides [admin] host).
+    #[arg(long)]
+    admin_host: Option<String>,
     /// Port of the admin listener (overrides [admin] port; 0 picks a free one).
     #[arg(long, env = "PLEXUS_ADMIN_PORT")]
     admin_port: Option<u16>,
-    /// Start only the wirings ([[action_proxy]] routes, [[bridges]]) tagged with at least one of
-    /// these, e.g. `--tags events,chat`; the Pusher protocol always runs. Without it, all run.
-    #[arg(long, env = "PLEXUS_TAGS", value_delimiter = ',')]
-    tags: Option<Vec<String>>,
+    /// Directory of the durable webhook queue (overrides [webhooks] data_dir); one per server.
+    #[arg(long, env = "PLEXUS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// How log lines are written on stderr: text (default) or json, one object per line
+    /// (overrides [server] log_format).
+    #[arg(long, env = "PLEXUS_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// PostgreSQL URL of the app store (overrides [app_store] url; [app_store] driver must be
+    /// "postgres" for apps to come from it).
+    #[arg(long, env = "PLEXUS_APP_STORE_URL", hide_env_values = true)]
+    app_store_url: Option<String>,
+    /// Any setting by its path in the file, e.g. `--set server.max_frame_bytes=131072` or
+    /// `--set apps.0.secret=…`; repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
 }
 
-fn main() -> std::process::ExitCode {
+impl SettingsArgs {
+    /// The file, the PLEXUS_*__* variables and these flags (`matches` are the command's own, to
+    /// tell a flag from its variable).
+    fn layers(&self, matches: &ArgMatches) -> anyhow::Result<Layers> {
+        use toml::Value;
+        let source = |id: &str, flag: &str, var: Option<&str>| match (matches.value_source(id), var) {
+            (Some(ValueSource::EnvVariable), Some(var)) => Source::Env(var.into()),
+            _ => Source::Flag(flag.into()),
+        };
+        let mut named = Vec::new();
+        let mut give = |path: &str, value: Value, source: Source| {
+            named.push(Override { path: path.into(), value, source });
+        };
+        let text = |s: &str| Value::String(s.to_owned());
+        if let Some(host) = &self.host {
+            give("server.host", text(host), source("host", "--host", Some("PLEXUS_HOST")));
+        }
+        if let Some(port) = self.port {
+            give("server.port", Value::Integer(port.into()), source("port", "--port", Some("PLEXUS_PORT")));
+        }
+        if let Some(host) = &self.metrics_host {
+            give("metrics.host", text(host), source("metrics_host", "--metrics-host", None));
+        }
+        if let Some(port) = self.metrics_port {
+            give(
+                "metrics.port",
+                Value::Integer(port.into()),
+                source("metrics_port", "--metrics-port", Some("PLEXUS_METRICS_PORT")),
+            );
+        }
+        if self.dashboard {
+            give("admin.enabled", true.into(), source("dashboard", "--dashboard", None));
+        }
+        if let Some(host) = &self.admin_host {
+            give("admin.host", text(host), source("admin_host", "--admin-host", None));
+        }
+        if let Some(port) = self.admin_port {
+            give(
+                "admin.port",
+                Value::Integer(port.into()),
+                source("admin_port", "--admin-port", Some("PLEXUS_ADMIN_PORT")),
+            );
+        }
+        if let Some(dir) = &self.data_dir {
+            let dir = dir.to_str().context("--data-dir / PLEXUS_DATA_DIR is not UTF-8")?;
+            give("webhooks.data_dir", text(dir), source("data_dir", "--data-dir", Some("PLEXUS_DATA_DIR")));
+        }
+        if let Some(format) = self.log_format {
+            let name = format.to_possible_value().expect("no variant is skipped");
+            give(
+                "server.log_format",
+                text(name.get_name()),
+                source("log_format", "--log-format", Some("PLEXUS_LOG_FORMAT")),
+            );
+        }
+        if let Some(url) = &self.app_store_url {
+            give(
+                "app_store.url",
+                text(url),
+                source("app_store_url", "--app-store-url", Some("PLEXUS_APP_STORE_URL")),
+            );
+        }
+        // Flags' own variables first, then --set, then the named flags: the command line wins.
+        let (from_env, from_flags): (Vec<_>, Vec<_>) =
+            named.into_iter().partition(|o| matches!(o.source, Source::Env(_)));
+        let mut overrides = from_env;
+        for setting in &self.set {
+            let (path, value) = setting
+                .split_once('=')
+                .with_context(|| format!("--set {setting}: write PATH=VALUE, e.g. server.port=6001"))?;
+            let path = path.trim();
+            anyhow::ensure!(
+                !path.is_empty() && path.split('.').all(|part| !part.is_empty()),
+                "--set {setting}: the path is section.field, e.g. server.port or apps.0.secret"
+            );
+            overrides.push(Override {
+                path: path.into(),
+                value: text(value),
+                source: Source::Flag(format!("--set {path}")),
+            });
+        }
+        overrides.extend(from_flags);
+        Ok(Layers { file: self.config.clone(), env: plexus_server::layers::settings_from_env()?, overrides })
+    }
+
+    /// The `--app-id`, `--app-key`, `--app-secret` given (or their variables).
+    fn app_overrides(&self, matches: &ArgMatches) -> AppOverrides {
+        let given = |value: &Option<String>, id: &str, flag: &str, var: &str| {
+            value.clone().map(|value| {
+                let source = match matches.value_source(id) {
+                    Some(ValueSource::EnvVariable) => Source::Env(var.into()),
+                    _ => Source::Flag(flag.into()),
+                };
+                (value, source)
+            })
+        };
+        AppOverrides {
+            id: given(&self.app_id, "app_id", "--app-id", "PLEXUS_APP_ID"),
+            key: given(&self.app_key, "app_key", "--app-key", "PLEXUS_APP_KEY"),
+            secret: given(&self.app_secret, "app_secret", "--app-secret", "PLEXUS_APP_SECRET"),
+        }
+    }
+
+    /// The configuration `plexus serve` would run with, before `--tags` and the loopback rule.
+    fn load(&self, matches: &ArgMatches) -> anyhow::Result<(Loaded, Layers, AppOverrides)> {
+        let layers = self.layers(matches)?;
+        let mut loaded = plexus_server::layers::load(&layers)?;
+        let overrides = self.app_overrides(matches);
+        if loaded.config.app_store.driver != AppStoreDriver::Postgres {
+            overrides.apply_loaded(&mut loaded);
+        }
+        Ok((loaded, layers, overrides))
+    }
+}
+
+/// Sets up log lines: to stderr in `format` and, while someone watches the admin listener, to its
+/// log stream.
+fn init_logging(format: LogFormat, logs: &Arc<LogStream>) {
+    init_logging_at(format, logs, "info");
+}
+
+/// [`init_logging`] with `default` as the filter when `RUST_LOG` is unset.
+fn init_logging_at(format: LogFormat, logs: &Arc<LogStream>, default: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let cli = Cli::parse();
-    // Log lines go to stderr and, while someone watches the admin listener, to its log stream.
-    let logs = LogStream::new();
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(plexus_server::logging::stderr_layer(format))
         .with(logs.layer())
         .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    // The leaf subcommand's matches tell a flag from its variable.
+    let mut leaf = &matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    let logs = LogStream::new();
+    let mut json_logs = false;
     let result = match cli.command {
-        Command::Serve(args) => serve(args, logs),
-        Command::Migrate(args) => migrate(args),
-        Command::Info(args) => info(args),
+        Command::Serve(args) => args.settings.load(leaf).and_then(|(loaded, layers, overrides)| {
+            json_logs = loaded.config.server.log_format == LogFormat::Json;
+            init_logging(loaded.config.server.log_format, &logs);
+            serve(args, loaded, layers, overrides, logs)
+        }),
+        Command::Migrate(args) => {
+            init_logging(LogFormat::Text, &logs);
+            migrate(args)
+        }
+        Command::Info(args) => {
+            // The report is the output: what `--tags` left out is visible in it, so the INFO
+            // lines saying so would only be noise next to it (on stderr; RUST_LOG=info shows them).
+            init_logging_at(LogFormat::Text, &logs, "warn");
+            info(args)
+        }
+        Command::Config(ConfigCommand::Check(settings)) => {
+            init_logging(LogFormat::Text, &logs);
+            config_check(&settings, leaf)
+        }
+        Command::Config(ConfigCommand::Print(args)) => {
+            init_logging(LogFormat::Text, &logs);
+            config_print(&args, leaf)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) if json_logs => {
+            tracing::error!("{error:#}");
+            std::process::ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("plexus: {error:#}");
             std::process::ExitCode::FAILURE
@@ -129,22 +347,76 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Warnings about settings that are legal but probably not what was meant.
+fn second_thoughts(config: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    if config.app_store.url.is_some() && config.app_store.driver != AppStoreDriver::Postgres {
+        notes.push(
+            "app_store.url is set but app_store.driver is \"config\": apps come from [[apps]]; \
+             set PLEXUS_APP_STORE__DRIVER=postgres (or [app_store] driver = \"postgres\") to read them from the database"
+                .into(),
+        );
+    }
+    notes
+}
+
+fn config_check(settings: &SettingsArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+    let (loaded, _, _) = settings.load(matches)?;
+    let config = &loaded.config;
+    for note in second_thoughts(config) {
+        println!("note: {note}");
+    }
+    if config.apps.iter().any(|app| app.secret == DEV_APP.2) {
+        println!("note: an app has the public development secret: `plexus serve` listens on 127.0.0.1 only");
+    }
+    let origin = match &settings.config {
+        Some(path) => path.display().to_string(),
+        None => "no config file".into(),
+    };
+    let apps = match config.app_store.driver {
+        AppStoreDriver::Config => format!("{} app(s)", config.apps.len()),
+        AppStoreDriver::Postgres => format!("apps from PostgreSQL table {}", config.app_store.table),
+    };
+    println!(
+        "ok: {origin}: {apps}; listening on {}:{}; {} setting(s) from the file, environment or flags",
+        config.server.host,
+        config.server.port,
+        loaded.sources.len()
+    );
+    Ok(())
+}
+
+fn config_print(args: &PrintArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+    let (loaded, _, _) = args.settings.load(matches)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&loaded.to_json())?);
+    } else {
+        print!("{}", loaded.to_toml());
+    }
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
 }
 
 fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+    let layers = Layers {
+        file: args.config.clone(),
+        env: plexus_server::layers::settings_from_env()?,
+        overrides: Vec::new(),
     };
+    let config = plexus_server::layers::load(&layers)?.config;
     let url = args
         .url
         .or(config.app_store.url.clone())
-        .context("no database: pass --url or set [app_store] url in the config file")?;
+        .context("no database: pass --url (PLEXUS_APP_STORE_URL) or set [app_store] url")?;
     let table = config.app_store.table.clone();
+    let ca_file = config.app_store.ca_file.clone();
     runtime()?.block_on(async move {
-        plexus_pg::migrate(&url, &table).await.with_context(|| format!("migrating table {table}"))?;
+        plexus_pg::migrate_with(&url, ca_file.as_deref(), &table)
+            .await
+            .with_context(|| format!("migrating table {table}"))?;
         println!("plexus: app store schema is up to date (table {table})");
         Ok(())
     })
@@ -164,11 +436,15 @@ async fn open_app_store(config: &Config) -> anyhow::Result<OpenedStore> {
         AppStoreDriver::Postgres => {
             let store = &config.app_store;
             let url = store.url.as_deref().context("[app_store] url is required")?;
+            let ca_file = store.ca_file.as_deref();
             if store.migrate {
-                plexus_pg::migrate(url, &store.table).await.context("migrating the app store")?;
+                plexus_pg::migrate_with(url, ca_file, &store.table)
+                    .await
+                    .context("migrating the app store")?;
             }
-            let pg =
-                plexus_pg::PgAppStore::connect(url, &store.table).await.context("opening the app store")?;
+            let pg = plexus_pg::PgAppStore::connect_with(url, ca_file, &store.table)
+                .await
+                .context("opening the app store")?;
             tracing::info!(table = %store.table, apps = pg.list().len(), "apps from PostgreSQL");
             Ok((pg.clone(), Some(pg), None))
         }
@@ -203,10 +479,12 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
             runtime()?.block_on(fetch_info(url, token))?
         }
         None => {
-            let mut config = match &args.config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
+            let layers = Layers {
+                file: args.config.clone(),
+                env: plexus_server::layers::settings_from_env()?,
+                overrides: Vec::new(),
             };
+            let mut config = plexus_server::layers::load(&layers)?.config;
             if config.apps.is_empty() {
                 let (id, key, secret) = DEV_APP;
                 config.apps.push(App::new(id, key, secret));
@@ -284,35 +562,27 @@ async fn fetch_info(url: &str, token: &str) -> anyhow::Result<serde_json::Value>
     Ok(serde_json::from_slice(&body)?)
 }
 
-fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if args.dashboard {
-        config.admin.enabled = true;
-    }
-    if let Some(port) = args.admin_port {
-        config.admin.port = port;
-    }
-    if let Some(port) = args.metrics_port {
-        config.metrics.port = port;
-    }
-    if let Some(host) = args.host {
-        config.server.host = host;
-    }
-    if let Some(port) = args.port {
-        config.server.port = port;
+fn serve(
+    args: ServeArgs,
+    loaded: Loaded,
+    layers: Layers,
+    overrides: AppOverrides,
+    logs: Arc<LogStream>,
+) -> anyhow::Result<()> {
+    // A host given by a variable or a flag is meant; one from the file or the default may move.
+    let host_given = matches!(loaded.source_of("server.host"), Some(Source::Env(_) | Source::Flag(_)));
+    let mut config = loaded.config;
+    for note in second_thoughts(&config) {
+        tracing::warn!("{note}");
     }
     if let Some(tags) = &args.tags {
         select_by_tags(&mut config, tags);
     }
     let from_database = config.app_store.driver == AppStoreDriver::Postgres;
-    let overrides = AppOverrides { id: args.app_id, key: args.app_key, secret: args.app_secret };
     if !from_database {
-        config.apps = overrides.apply(std::mem::take(&mut config.apps), true);
+        overrides.warn_if_development(&config.apps);
+        keep_development_credentials_local(&mut config, host_given)?;
     }
-    let config_path = args.config.clone();
 
     runtime()?.block_on(async move {
         let (apps, database, memory_apps) = open_app_store(&config).await?;
@@ -365,8 +635,7 @@ fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
         }
         plexus_server::bridge::start(&config.bridges, &state).await?;
         plexus_server::mirror::start(&config.mirrors, &state).await?;
-        let reload =
-            Reload { tls: tls.clone(), apps: memory_apps, config_path, overrides, state: state.clone() };
+        let reload = Reload { tls: tls.clone(), apps: memory_apps, layers, overrides, state: state.clone() };
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 reload.run();
@@ -399,51 +668,99 @@ fn serve(args: ServeArgs, logs: Arc<LogStream>) -> anyhow::Result<()> {
     })
 }
 
-/// The command line's `--app-id`, `--app-key`, `--app-secret` (and their variables).
+/// Whether `host` only reaches this machine.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The development app's secret is published in the README, so anyone could sign with it: an app
+/// that uses it is served on loopback only. A host from the config file or the default is moved
+/// to 127.0.0.1 (with a warning); a non-loopback host asked for on the command line is refused.
+fn keep_development_credentials_local(config: &mut Config, host_given: bool) -> anyhow::Result<()> {
+    let (_, _, dev_secret) = DEV_APP;
+    let Some(app) = config.apps.iter().find(|app| app.secret == dev_secret) else { return Ok(()) };
+    if is_loopback(&config.server.host) {
+        return Ok(());
+    }
+    let advice = "set a real secret (--app-secret, PLEXUS_APP_SECRET or [[apps]] in a config file) to listen on other addresses";
+    if host_given {
+        anyhow::bail!(
+            "refusing to listen on {} with the public development secret of app {:?}: {advice}",
+            config.server.host,
+            app.id
+        );
+    }
+    tracing::warn!(
+        "app {:?} uses the public development secret: listening on 127.0.0.1 only, not {}; {advice}",
+        app.id,
+        config.server.host
+    );
+    config.server.host = "127.0.0.1".into();
+    Ok(())
+}
+
+/// The command line's `--app-id`, `--app-key`, `--app-secret` (and their variables), each with
+/// where it came from.
 #[derive(Debug)]
 struct AppOverrides {
-    id: Option<String>,
-    key: Option<String>,
-    secret: Option<String>,
+    id: Option<(String, Source)>,
+    key: Option<(String, Source)>,
+    secret: Option<(String, Source)>,
 }
 
 impl AppOverrides {
-    /// The apps to serve from a config file's `[[apps]]`: the development app when it has none,
-    /// and the overrides applied to the first.
-    fn apply(&self, mut apps: Vec<App>, warn: bool) -> Vec<App> {
+    /// The apps to serve from the configuration's `[[apps]]`: the development app when it has
+    /// none, and the overrides applied to the first.
+    fn apply(&self, mut apps: Vec<App>) -> Vec<App> {
         if apps.is_empty() {
             let (id, key, secret) = DEV_APP;
             let mut app = App::new(id, key, secret);
             app.enable_client_messages = true;
             apps.push(app);
-            if warn && self.secret.is_none() {
-                tracing::warn!(
-                    "no apps configured: serving the development app id={id} key={key} secret={secret}; \
-                     these are public development credentials, never use them in production"
-                );
-            }
         }
         if let Some(first) = apps.first_mut() {
             for (field, value) in
                 [(&mut first.id, &self.id), (&mut first.key, &self.key), (&mut first.secret, &self.secret)]
             {
-                if let Some(value) = value {
+                if let Some((value, _)) = value {
                     field.clone_from(value);
                 }
             }
         }
         apps
     }
+
+    /// [`AppOverrides::apply`] to a loaded configuration, recording where the values came from.
+    fn apply_loaded(&self, loaded: &mut Loaded) {
+        loaded.config.apps = self.apply(std::mem::take(&mut loaded.config.apps));
+        for (field, value) in [("id", &self.id), ("key", &self.key), ("secret", &self.secret)] {
+            if let Some((_, source)) = value {
+                loaded.sources.insert(format!("apps.0.{field}"), source.clone());
+            }
+        }
+    }
+
+    /// Says so when the public development secret is served.
+    fn warn_if_development(&self, apps: &[App]) {
+        let (id, key, secret) = DEV_APP;
+        if self.secret.is_none() && apps.iter().any(|app| app.secret == secret) {
+            tracing::warn!(
+                "no apps configured: serving the development app id={id} key={key} secret={secret}; \
+                 these are public development credentials, never use them in production"
+            );
+        }
+    }
 }
 
 /// What SIGHUP re-reads: the TLS certificate files (new handshakes get the new certificate,
 /// established connections keep theirs) and, when apps come from the config file, its
-/// `[[apps]]`. Other settings need a restart. A bad file is logged and the old state stays.
+/// `[[apps]]` (with the same environment and flags as at start). Other settings need a
+/// restart. A bad file is logged and the old state stays.
 #[derive(Debug)]
 struct Reload {
     tls: Option<Arc<plexus_server::tls::Tls>>,
     apps: Option<Arc<MemoryAppStore>>,
-    config_path: Option<PathBuf>,
+    layers: Layers,
     overrides: AppOverrides,
     state: Arc<ServerState>,
 }
@@ -456,9 +773,9 @@ impl Reload {
                 Err(error) => tracing::error!(%error, "TLS reload failed; keeping the current certificate"),
             }
         }
-        let (Some(store), Some(path)) = (&self.apps, &self.config_path) else { return };
-        let apps = match Config::load(path) {
-            Ok(config) => self.overrides.apply(config.apps, false),
+        let (Some(store), Some(path)) = (&self.apps, &self.layers.file) else { return };
+        let apps = match plexus_server::layers::load(&self.layers) {
+            Ok(loaded) => self.overrides.apply(loaded.config.apps),
             Err(error) => {
                 tracing::error!(error = %format!("{error:#}"), "reloading apps failed; keeping the current ones");
                 return;

@@ -68,6 +68,32 @@ fn describe() {
         "plexus_rate_limited_total",
         "Requests and connections refused by [server.rate_limits], by limit"
     );
+    describe_gauge!("plexus_open_sockets", "Accepted TCP sockets open now (HTTP and WebSocket)");
+    describe_counter!(
+        "plexus_sockets_refused_total",
+        "Sockets refused over [server] max_connections or max_connections_per_ip, by limit"
+    );
+    describe_counter!(
+        "plexus_http_timeouts_total",
+        "HTTP connections closed for taking too long, by phase (tls_handshake, request_header)"
+    );
+    describe_counter!(
+        "plexus_request_bodies_refused_total",
+        "HTTP API bodies refused because the budget of bodies in flight was spent, by limit"
+    );
+    describe_gauge!("plexus_sse_streams", "Open server-sent event streams");
+    describe_counter!(
+        "plexus_webhook_events_accepted_total",
+        "Webhook events written to the durable queue, per app"
+    );
+    describe_counter!(
+        "plexus_webhook_events_dropped_total",
+        "Webhook events dropped because the app's queue was full, per app"
+    );
+    describe_counter!(
+        "plexus_webhook_events_coalesced_total",
+        "Webhook events cancelled with their pair (a channel or member that came and went), per app"
+    );
     describe_histogram!(
         "plexus_http_request_duration_seconds",
         Unit::Seconds,

@@ -15,18 +15,22 @@ use plexus_core::access::glob_match;
 use plexus_core::EventMirror;
 use plexus_nats::mirror::MirrorPublisher;
 use plexus_protocol::wsframe;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ServerState;
 
 /// One `[[mirrors]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     /// The app whose channel events are mirrored.
     pub app: String,
     #[serde(default = "default_url")]
     pub url: String,
+    /// A PEM file of the CA certificates to trust for `url`'s TLS instead of the system's roots
+    /// (TLS is then required; a `tls://` URL alone uses the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Channel patterns (`*` = any run of characters); default every channel.
     #[serde(default = "every_channel")]
     pub channels: Vec<String>,
@@ -116,17 +120,18 @@ pub async fn start(mirrors: &[MirrorConfig], state: &Arc<ServerState>) -> anyhow
     if mirrors.is_empty() {
         return Ok(());
     }
-    let mut publishers: HashMap<String, MirrorPublisher> = HashMap::new();
+    let mut publishers: HashMap<(String, Option<std::path::PathBuf>), MirrorPublisher> = HashMap::new();
     let mut by_app: HashMap<String, Vec<Route>> = HashMap::new();
     for config in mirrors {
         config.check().map_err(anyhow::Error::msg)?;
-        let publisher = match publishers.get(&config.url) {
+        let key = (config.url.clone(), config.ca_file.clone());
+        let publisher = match publishers.get(&key) {
             Some(publisher) => publisher.clone(),
             None => {
-                let publisher = MirrorPublisher::connect(&config.url)
+                let publisher = MirrorPublisher::connect(&config.url, config.ca_file.as_deref())
                     .await
                     .with_context(|| format!("starting the mirror to {}", config.subject))?;
-                publishers.insert(config.url.clone(), publisher.clone());
+                publishers.insert(key, publisher.clone());
                 publisher
             }
         };
@@ -147,6 +152,7 @@ mod tests {
         MirrorConfig {
             app: "1".into(),
             url: default_url(),
+            ca_file: None,
             channels: every_channel(),
             subject: subject.into(),
         }

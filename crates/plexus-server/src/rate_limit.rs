@@ -2,7 +2,9 @@
 //! client IP, and for new WebSocket connections per client IP. Every limit is off (0) by default.
 //!
 //! This module owns the buckets and the HTTP answer to an exhausted one (`429` with
-//! `Retry-After` and a JSON `{"error": …}` body, from [`limit_api`]). The WebSocket endpoint asks
+//! `Retry-After` and a JSON `{"error": …}` body). The per-IP bucket is spent before
+//! authentication ([`limit_api`]); the per-app bucket only after the request's signature is
+//! verified, so an anonymous client cannot spend an app's allowance. The WebSocket endpoint asks
 //! [`RateLimits::allow_connection`] before it upgrades and refuses in-band, like every other
 //! refusal (`pusher:error` 4100 then close 4100, which makes pusher-js back off and retry). Each
 //! refusal is counted in `plexus_rate_limited_total{limit}`.
@@ -22,14 +24,14 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::ServerState;
 
 /// `[server.rate_limits]`. A `*_per_sec` of 0 turns that limit off; a `*_burst` of 0 means
 /// "the same as the rate".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// Signed HTTP API requests per second, per app (whoever sends them).
@@ -125,23 +127,58 @@ impl RateLimits {
         allowed
     }
 
-    /// Checks an API request from `ip` for `app_id`: the per-IP bucket first (it guards the
-    /// server), then the app's.
-    fn check_api(&self, ip: Option<IpAddr>, app_id: Option<&str>) -> Result<(), (Duration, String)> {
-        let now = Instant::now();
+    /// Checks an API request from `ip`, before anything about it is known: this bucket guards
+    /// the server itself.
+    fn check_ip(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
         if let (Some(buckets), Some(ip)) = (&self.api_per_ip, ip) {
-            buckets.take(&ip, now).map_err(|wait| {
+            buckets.take(&ip, Instant::now()).map_err(|wait| {
                 refused("api_per_ip");
-                (wait, format!("too many requests from {ip}; retry later"))
-            })?;
-        }
-        if let (Some(buckets), Some(app_id)) = (&self.api_per_app, app_id) {
-            buckets.take(&Arc::from(app_id), now).map_err(|wait| {
-                refused("api_per_app");
-                (wait, format!("too many requests for app {app_id:?}; retry later"))
+                Limited { wait, message: format!("too many requests from {ip}; retry later"), close: true }
             })?;
         }
         Ok(())
+    }
+
+    /// Checks a request that has proven it speaks for `app_id` (its signature verified): only
+    /// then may it spend the app's bucket, so nobody without the secret can exhaust it.
+    pub fn check_app(&self, app_id: &str) -> Result<(), Limited> {
+        if let Some(buckets) = &self.api_per_app {
+            buckets.take(&Arc::from(app_id), Instant::now()).map_err(|wait| {
+                refused("api_per_app");
+                Limited {
+                    wait,
+                    message: format!("too many requests for app {app_id:?}; retry later"),
+                    close: false,
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// An exhausted bucket: how long until a token is back, and what to tell the client.
+#[derive(Debug)]
+pub struct Limited {
+    wait: Duration,
+    message: String,
+    /// Ends the connection after the answer. An address over its limit has not shown who it is,
+    /// and a flood pipelines many requests per connection: closing makes it pay a new connection
+    /// per refusal instead of having the rest of its burst parsed and refused one by one. An app
+    /// over its own limit keeps its connection (its backend's pool is honest).
+    close: bool,
+}
+
+impl IntoResponse for Limited {
+    /// `429` with `Retry-After` (whole seconds until a token is back) and `{"error": …}`.
+    fn into_response(self) -> Response {
+        let seconds = self.wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response =
+            (StatusCode::TOO_MANY_REQUESTS, Json(json!({ "error": self.message }))).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        if self.close {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -150,19 +187,16 @@ pub fn peer_ip<B>(request: &axum::http::Request<B>) -> Option<IpAddr> {
     request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
 }
 
-/// Middleware for the HTTP API routes (`/apps/…` and the unprefixed `/users/…`); other paths
-/// (health, the WebSocket endpoint) pass untouched.
+/// Middleware for the HTTP API routes (`/apps/…` and the unprefixed `/users/…`): the per-IP
+/// bucket, before authentication. Other paths (health, the WebSocket endpoint) pass untouched;
+/// the per-app bucket is spent by [`crate::http_api::Signed`] once the signature checks out.
 pub async fn limit_api(State(state): State<Arc<ServerState>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let app_id = path.strip_prefix("/apps/").map(|rest| rest.split('/').next().unwrap_or(""));
-    if app_id.is_none() && !path.starts_with("/users/") {
+    if !path.starts_with("/apps/") && !path.starts_with("/users/") {
         return next.run(request).await;
     }
-    if let Err((wait, message)) = state.rate_limits.check_api(peer_ip(&request), app_id) {
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(json!({ "error": message }))).into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        return response;
+    if let Err(limited) = state.rate_limits.check_ip(peer_ip(&request)) {
+        return limited.into_response();
     }
     next.run(request).await
 }

@@ -25,8 +25,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Response, StatusCode};
 use bytes::Bytes;
 use plexus_core::outbound::Drained;
-use plexus_core::{App, AppHub, Connection};
-use plexus_protocol::{wsframe, ChannelKind, ChannelName};
+use plexus_core::session::SubscribeError;
+use plexus_core::Session;
+use plexus_protocol::codec::Subscribe;
+use plexus_protocol::wsframe;
+use tokio::time::Instant;
 
 use crate::credentials::{self, Admission, Refusal};
 use crate::ServerState;
@@ -38,26 +41,36 @@ fn refused(status: StatusCode, reason: impl Into<String>) -> Response<Body> {
     Refusal { status, reason: reason.into() }.into_response()
 }
 
-/// Leaves the hub when the stream ends (client gone, or dropped as too slow).
-struct StreamGuard {
-    app: Arc<App>,
-    hub: Arc<AppHub>,
-    connection: Arc<Connection>,
-    channels: Vec<ChannelName>,
+/// One stream's hold on the hub: a receive-only [`Session`], so a stream is admitted, limited
+/// and torn down exactly like a socket (dropping it leaves every channel and forgets the
+/// connection), plus the credential that admitted it.
+struct Stream {
+    session: Session,
     _admission: Option<Admission>,
 }
 
-impl Drop for StreamGuard {
+impl Drop for Stream {
     fn drop(&mut self) {
-        for channel in &self.channels {
-            self.hub.unsubscribe(&self.app, self.connection.socket_id, channel, None);
-        }
-        self.hub.disconnect(self.connection.socket_id);
         metrics::gauge!("plexus_sse_streams").decrement(1);
     }
 }
 
-/// `event: {name}` and `data: {message}` for one frame; the name is read from the JSON.
+/// Writes `value` as the rest of one SSE field line: a name that carried a line break or
+/// another control character into here would end the field and forge the next one, so they are
+/// replaced (names are checked where they enter; this is the second fence).
+fn push_field(out: &mut Vec<u8>, field: &[u8], value: &str) {
+    out.extend_from_slice(field);
+    for c in value.chars() {
+        let c = if c.is_control() { char::REPLACEMENT_CHARACTER } else { c };
+        let mut utf8 = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+    }
+    out.push(b'\n');
+}
+
+/// `event: {name}` and `data: {message}` for one frame; the name is read from the JSON. The
+/// message is one line unless a client's raw JSON data held line breaks between its tokens; then
+/// it goes out as several `data:` lines, which an SSE reader joins back with line feeds.
 fn sse_event(frame: &Bytes) -> Option<Bytes> {
     #[derive(serde::Deserialize)]
     struct Named<'a> {
@@ -70,16 +83,39 @@ fn sse_event(frame: &Bytes) -> Option<Bytes> {
     let named: Named<'_> = serde_json::from_slice(&payload).ok()?;
     let mut out = Vec::with_capacity(payload.len() + named.event.len() + 48);
     if let Some(position) = &named.position {
-        out.extend_from_slice(b"id: ");
-        out.extend_from_slice(position.as_bytes());
+        push_field(&mut out, b"id: ", position);
+    }
+    push_field(&mut out, b"event: ", &named.event);
+    for line in payload.split(|b| *b == b'\n' || *b == b'\r').filter(|line| !line.is_empty()) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
         out.push(b'\n');
     }
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(named.event.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(b"\n\n");
+    out.push(b'\n');
     Some(Bytes::from(out))
+}
+
+/// The HTTP answer to a channel the stream may not follow.
+fn subscribe_refusal(name: &str, error: SubscribeError) -> Response<Body> {
+    match error {
+        SubscribeError::InvalidChannel(error) => {
+            refused(StatusCode::BAD_REQUEST, format!("{name:?}: {error}"))
+        }
+        SubscribeError::TooMany(_) | SubscribeError::TooFast(_) => {
+            refused(StatusCode::TOO_MANY_REQUESTS, format!("{name:?}: {error}"))
+        }
+        // A stream cannot present a channel signature (nor presence channel_data): say what it
+        // needs instead.
+        SubscribeError::InvalidSignature(_) | SubscribeError::InvalidChannelData(_) => refused(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{name:?} needs authorization: without a grant, streams carry public channels only; \
+                 private, encrypted and presence channels need an API key or token whose grant names \
+                 them (e.g. \"private-orders-*\")"
+            ),
+        ),
+        other => refused(StatusCode::FORBIDDEN, format!("{name:?}: {other}")),
+    }
 }
 
 pub async fn stream(
@@ -111,50 +147,35 @@ pub async fn stream(
             format!("name 1 to {MAX_STREAM_CHANNELS} channels: ?channels=a,b"),
         );
     }
-    let mut channels = Vec::with_capacity(requested.len());
-    for name in &requested {
-        let channel = match ChannelName::parse_with_limit(name, app.max_channel_name_length) {
-            Ok(channel) => channel,
-            Err(error) => return refused(StatusCode::BAD_REQUEST, format!("{name:?}: {error}")),
-        };
-        match &admission {
-            Some(admission) => {
-                if let Err(reason) = admission.grant.permits(&app, channel.as_str()) {
-                    return refused(StatusCode::FORBIDDEN, reason);
-                }
-            }
-            None if channel.kind() != ChannelKind::Public => {
-                return refused(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "{name:?} needs authorization; streams without an API key or token carry public channels only"
-                    ),
-                );
-            }
-            None => {}
-        }
-        channels.push(channel);
-    }
-
     let hub = state.hubs.hub(&app.id);
-    let connection = match hub.connect(&app, state.config.max_queued_bytes) {
-        Ok(connection) => connection,
+    let limits = state.config.session_limits();
+    let mut session = match Session::start_receiver(app, hub, limits, Instant::now()) {
+        Ok(session) => session,
         Err(error) => return refused(StatusCode::TOO_MANY_REQUESTS, error.to_string()),
     };
+    if let Some(admission) = &admission {
+        session.restrict_to(admission.grant.clone(), admission.user_id.clone());
+    }
     // A reconnecting EventSource sends the id of the last event it saw: resume from there.
     let resume_from = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    for channel in &channels {
-        if let Err(error) = hub.subscribe_from(&app, &connection, channel, None, resume_from.as_deref(), None)
-        {
-            hub.disconnect(connection.socket_id);
-            return refused(StatusCode::FORBIDDEN, error.to_string());
+    for name in requested {
+        let request = Subscribe {
+            channel: name.clone(),
+            auth: None,
+            channel_data: None,
+            filter: None,
+            position: resume_from.clone(),
+        };
+        // Dropping the session on a refusal leaves the channels already joined.
+        if let Err(error) = session.subscribe(request, Instant::now()) {
+            return subscribe_refusal(&name, error);
         }
     }
     metrics::gauge!("plexus_sse_streams").increment(1);
     if let Some(admission) = &mut admission {
-        admission.attach(&connection);
+        admission.attach(session.connection());
     }
-    let guard = StreamGuard { app, hub, connection, channels, _admission: admission };
+    let guard = Stream { session, _admission: admission };
     let heartbeat = Duration::from_secs(state.config.sse_heartbeat_secs);
     // State: the guard (dropping it leaves the hub), a reusable batch, and whether the stream
     // has said its last word.
@@ -165,7 +186,8 @@ pub async fn stream(
                 return None;
             }
             let waited =
-                tokio::time::timeout(heartbeat, guard.connection.outbound.drain_into(&mut batch)).await;
+                tokio::time::timeout(heartbeat, guard.session.connection().outbound.drain_into(&mut batch))
+                    .await;
             let Ok(drained) = waited else {
                 return Some((
                     Ok::<_, std::io::Error>(Bytes::from_static(b": heartbeat\n\n")),

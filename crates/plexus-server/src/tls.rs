@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[server.tls]`: PEM files. Both are read at start and again on SIGHUP.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The certificate chain, leaf first (e.g. Let's Encrypt's `fullchain.pem`).
@@ -38,19 +38,21 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// Why the certificate files cannot be used. Every variant names the file at fault.
+/// Why the certificate files cannot be used. Every variant names the file at fault, and its
+/// message is complete: the underlying error is part of it, not a `source` as well, so that a
+/// chain printed whole (`{:#}`) says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read TLS file {path} (server.tls.{field}): {source}")]
-    Read { field: &'static str, path: String, source: std::io::Error },
+    #[error("cannot read TLS file {path} (server.tls.{field}): {reason}")]
+    Read { field: &'static str, path: String, reason: std::io::Error },
     #[error("no PEM certificate in {path} (server.tls.cert): {reason}")]
     NoCertificate { path: String, reason: String },
     #[error("no PEM private key in {path} (server.tls.key): {reason}")]
     NoKey { path: String, reason: String },
     #[error("the private key in {key} does not match the certificate in {cert}")]
     Mismatch { cert: String, key: String },
-    #[error("unusable TLS key or certificate ({cert}, {key}): {source}")]
-    Unusable { cert: String, key: String, source: rustls::Error },
+    #[error("unusable TLS key or certificate ({cert}, {key}): {reason}")]
+    Unusable { cert: String, key: String, reason: rustls::Error },
 }
 
 fn shown(path: &Path) -> String {
@@ -64,7 +66,7 @@ fn provider() -> Arc<CryptoProvider> {
 /// Reads and checks the certificate and key named by `files`.
 fn load(files: &TlsConfig, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
     let read = |field, path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read { field, path: shown(path), source })
+        std::fs::read(path).map_err(|reason| TlsError::Read { field, path: shown(path), reason })
     };
     let cert_pem = read("cert", &files.cert)?;
     let key_pem = read("key", &files.key)?;
@@ -83,7 +85,7 @@ fn load(files: &TlsConfig, provider: &CryptoProvider) -> Result<Arc<CertifiedKey
         rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch) => {
             TlsError::Mismatch { cert: shown(&files.cert), key: shown(&files.key) }
         }
-        source => TlsError::Unusable { cert: shown(&files.cert), key: shown(&files.key), source },
+        reason => TlsError::Unusable { cert: shown(&files.cert), key: shown(&files.key), reason },
     })
 }
 
@@ -122,10 +124,10 @@ impl Tls {
         let resolver = Arc::new(Resolver { current: RwLock::new(key) });
         let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|source| TlsError::Unusable {
+            .map_err(|reason| TlsError::Unusable {
                 cert: shown(&files.cert),
                 key: shown(&files.key),
-                source,
+                reason,
             })?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());

@@ -112,6 +112,48 @@ async fn the_admin_api_needs_the_token_and_shows_live_counts_channels_and_info()
     assert_eq!(info["typed_channels"], json!([]));
 }
 
+/// `GET path` without a token: the status line and headers, lower-cased.
+async fn head_of(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let text = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("answer in time").unwrap();
+    let response = String::from_utf8_lossy(&response).to_lowercase();
+    response.split_once("\r\n\r\n").map_or(response.clone(), |(head, _)| head.to_owned())
+}
+
+/// Every file the page links is served (the browser asked for a favicon that was a 404, a
+/// failed request on every load), and the empty tables say so rather than show a bare header.
+#[tokio::test]
+async fn every_asset_the_dashboard_links_is_served_and_empty_tables_say_so() {
+    let server = TestServer::start(vec![app(1)]).await;
+    let admin = start_admin(&server).await;
+    let (_, page) = request(admin, "GET", "/", None, "").await;
+    let page = page.as_str().unwrap().to_owned();
+    assert!(page.contains(r#"<link rel="icon" href="favicon.svg" type="image/svg+xml">"#), "{page}");
+    let linked: Vec<&str> = page
+        .split('"')
+        .filter(|part| part.ends_with(".css") || part.ends_with(".js") || part.ends_with(".svg"))
+        .filter(|part| !part.contains('/') && !part.contains(' '))
+        .collect();
+    assert_eq!(linked.len(), 3, "{linked:?}");
+    for path in linked.iter().map(|p| format!("/{p}")).chain(["/favicon.ico".to_owned()]) {
+        let head = head_of(admin, &path).await;
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        if path.starts_with("/favicon") {
+            assert!(head.contains("content-type: image/svg+xml"), "{path}: {head}");
+        }
+    }
+    let (_, script) = request(admin, "GET", "/dashboard.js", None, "").await;
+    let script = script.as_str().unwrap();
+    for empty in
+        ["no occupied channels yet", "no typed channels wired", "no NATS bridges", "no apps configured"]
+    {
+        assert!(script.contains(empty), "{empty:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_debug_console_streams_events_subscriptions_and_test_events_of_one_channel() {
     let server = TestServer::start(vec![app(1)]).await;

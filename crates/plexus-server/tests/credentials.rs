@@ -148,6 +148,67 @@ async fn a_token_connection_is_closed_with_4009_when_the_token_expires() {
     long.expect("still").await;
 }
 
+#[tokio::test]
+async fn a_token_whose_exp_is_far_beyond_any_clock_is_admitted_and_the_server_keeps_serving() {
+    // 2^64−1 and i64::MAX are how some issuers write "never"; the first used to panic the
+    // upgrade handler (`UNIX_EPOCH + exp` overflowed), dropping the connection unanswered.
+    let app = stream_app();
+    let server = TestServer::start(vec![app.clone()]).await;
+    let mut clients = Vec::new();
+    for exp in [u64::MAX, i64::MAX as u64] {
+        let token = hs256(&app, json!({"exp": exp, "channels": ["feed-*"]}));
+        let (status, body) = upgrade_status(&server, &app, &format!("{QUERY}&token={token}"), "").await;
+        assert_eq!(status, 101, "exp {exp}: {body}");
+        let mut client = connect_with(&server, &app, &format!("token={token}")).await;
+        assert_eq!(client.subscribe("feed-1").await["event"], "pusher_internal:subscription_succeeded");
+        clients.push(client);
+    }
+    // The server goes on serving them and everyone else; their expiry timers did not fire.
+    let mut keyed = connect_with(&server, &app, "api_key=sk_two").await;
+    assert_eq!(keyed.subscribe("instance-1").await["event"], "pusher_internal:subscription_succeeded");
+    server.trigger(&app, "feed-1", "news", "{}").await;
+    server.trigger(&app, "instance-1", "news", "{}").await;
+    for client in clients.iter_mut().chain([&mut keyed]) {
+        client.expect("news").await;
+    }
+}
+
+#[tokio::test]
+async fn tokens_for_another_audience_or_issuer_are_refused_naming_the_claim() {
+    let iss = "https://idp.example";
+    let mut app = stream_app();
+    app.token_audience = Some("plexus".into());
+    app.token_issuer = Some(iss.into());
+    let store = Arc::new(MemoryAppStore::new([app.clone()]).unwrap());
+    let server = TestServer::start_store(ServerConfig::default(), store.clone(), None).await;
+    let exp = now_secs() + 600;
+    for (claims, claim) in [
+        // Same identity provider, same key, another service: accepted before the settings existed.
+        (json!({"exp": exp, "aud": "billing", "iss": iss}), "aud"),
+        (json!({"exp": exp, "iss": iss}), "aud"),
+        (json!({"exp": exp, "aud": "plexus", "iss": "https://other.example"}), "iss"),
+        (json!({"exp": exp, "aud": "plexus"}), "iss"),
+    ] {
+        let token = hs256(&app, claims.clone());
+        let (status, body) = upgrade_status(&server, &app, &format!("{QUERY}&token={token}"), "").await;
+        assert_eq!(status, 401, "{claims}: {body}");
+        assert!(body.contains(&format!("invalid token: {claim}")), "{claims}: {body}");
+    }
+    let good =
+        hs256(&app, json!({"exp": exp, "aud": ["billing", "plexus"], "iss": iss, "channels": ["feed-*"]}));
+    let mut client = connect_with(&server, &app, &format!("token={good}")).await;
+    assert_eq!(client.subscribe("feed-1").await["event"], "pusher_internal:subscription_succeeded");
+
+    // Moving the app to another audience closes the connection whose token names the old one.
+    let mut moved = app.clone();
+    moved.token_audience = Some("plexus-v2".into());
+    store.replace([moved]).unwrap();
+    server.state.app_changed(&app.id);
+    let (code, message) = closed_with(&mut client).await;
+    assert_eq!(code, 4009);
+    assert!(message.contains("token no longer accepted: invalid token: aud"), "{message}");
+}
+
 /// A key pair made by `openssl` for this test run: (private PKCS#8 PEM, public SPKI PEM).
 fn openssl_key_pair(algorithm: &[&str]) -> (String, String) {
     let dir = std::env::temp_dir().join(format!("plexus-jwt-{}-{}", std::process::id(), algorithm.join("-")));

@@ -57,6 +57,7 @@ async fn events_on_matching_channels_are_mirrored_to_their_subjects() {
     let mirror = MirrorConfig {
         app: app.id.clone(),
         url: NATS.into(),
+        ca_file: None,
         channels: vec!["orders-*".into()],
         subject: format!("{root}.{{channel}}.{{event}}"),
     };
@@ -87,6 +88,7 @@ async fn events_on_matching_channels_are_mirrored_to_their_subjects() {
     let mirror_private = MirrorConfig {
         app: app.id.clone(),
         url: NATS.into(),
+        ca_file: None,
         channels: vec!["*".into()],
         subject: "unused".into(),
     };
@@ -118,7 +120,13 @@ async fn a_mirror_and_a_bridge_over_the_same_subjects_do_not_feed_each_other() {
     ))
     .unwrap();
     plexus_server::bridge::start(&[bridge], &server.state).await.unwrap();
-    let mirror = MirrorConfig { app: app.id.clone(), url: NATS.into(), channels: vec!["*".into()], subject };
+    let mirror = MirrorConfig {
+        app: app.id.clone(),
+        url: NATS.into(),
+        ca_file: None,
+        channels: vec!["*".into()],
+        subject,
+    };
     plexus_server::mirror::start(&[mirror], &server.state).await.unwrap();
     let nats = async_nats::connect(NATS).await.unwrap();
     let mut watch = live_subscription(&nats, &root).await;

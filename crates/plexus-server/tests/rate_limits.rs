@@ -132,3 +132,50 @@ async fn a_connection_flood_from_one_ip_is_refused_in_band_with_4100_then_allowe
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn an_address_over_its_limit_loses_its_connection_so_a_pipelined_flood_is_not_parsed_to_the_end() {
+    let limits = RateLimitConfig { api_per_ip_per_sec: 1, api_per_ip_burst: 2, ..Default::default() };
+    let server = TestServer::start_with(limited(limits), vec![app(1)]).await;
+    // Ten unsigned requests in one write on one keep-alive connection.
+    let one = "GET /apps/app-1/channels HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(one.repeat(10).as_bytes()).await.unwrap();
+    // Until the server ends the connection (EOF, or a reset for the requests it never read).
+    let received = common::read_until_peer_closes(&mut stream, common::WAIT).await;
+    let text = String::from_utf8_lossy(&received);
+    let statuses: Vec<&str> = text.match_indices("HTTP/1.1 ").map(|(at, _)| &text[at + 9..at + 12]).collect();
+    assert_eq!(statuses, ["401", "401", "429"], "two answered within the burst, then one refusal: {text}");
+    let refusal = &text[text.rfind("HTTP/1.1 429").unwrap()..];
+    assert!(refusal.to_ascii_lowercase().contains("connection: close"), "{refusal}");
+}
+
+#[tokio::test]
+async fn an_app_over_its_own_limit_keeps_its_connection() {
+    let limits = RateLimitConfig { api_per_app_per_sec: 1, api_per_app_burst: 1, ..Default::default() };
+    let busy = app(1);
+    let server = TestServer::start_with(limited(limits), vec![busy.clone()]).await;
+    let path = format!("/apps/{}/channels", busy.id);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let query = signature::sign_api_query(&busy.key, &busy.secret, "GET", &path, b"", now, &[]);
+    let one = format!("GET {path}?{query} HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Three signed requests on one keep-alive connection: the app's backend is who it says it
+    // is, so its refusals do not cost it the connection.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(one.repeat(3).as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let answered = tokio::time::timeout(common::WAIT, async {
+        while String::from_utf8_lossy(&received).matches("HTTP/1.1 ").count() < 3 {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection ended: {}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "not every request was answered: {}", String::from_utf8_lossy(&received));
+    let text = String::from_utf8_lossy(&received);
+    let statuses: Vec<&str> = text.match_indices("HTTP/1.1 ").map(|(at, _)| &text[at + 9..at + 12]).collect();
+    assert_eq!(statuses, ["200", "429", "429"], "{text}");
+    assert!(!text.to_ascii_lowercase().contains("connection: close"), "{text}");
+}

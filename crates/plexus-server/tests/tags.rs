@@ -132,6 +132,37 @@ fn info_from_the_config_lists_proxy_channels_and_bridges_with_their_tags() {
     assert_eq!(subjects, ["opstest.{kind}"]);
 }
 
+/// `plexus info --tags` used to print INFO lines about what it left out next to its report. The
+/// report (stdout) is all it prints now; with RUST_LOG=info those lines go to stderr only, and
+/// without colour codes since stderr is a pipe here.
+#[test]
+fn info_with_tags_prints_the_report_alone_and_logs_on_stderr_only_when_asked() {
+    let path = temp_config("info-quiet", WIRED);
+    let out = plexus()
+        .args(["info", "--tags", "ops", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+    assert!(stdout.contains("bridges: 1\n") && !stdout.contains("INFO"), "{stdout}");
+    assert_eq!(stderr, "", "no log lines by default");
+
+    let out = plexus()
+        .args(["info", "--json", "--tags", "ops", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON report alone");
+    assert_eq!(report["typed_channels"], json!([]));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("INFO") && stderr.contains("action_proxy route left out"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no ANSI colour on a pipe: {stderr:?}");
+}
+
 /// A `plexus serve` process: stdout lines arrive through a channel (so waits have a deadline),
 /// stderr is collected; the process is killed if the test ends first.
 struct Served {

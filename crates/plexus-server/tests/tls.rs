@@ -248,6 +248,10 @@ fn unreadable_or_mismatched_files_stop_the_start_naming_the_file() {
     let stderr = start_error(&dir);
     let cert = dir.join("cert.pem").display().to_string();
     assert!(stderr.contains(&cert) && stderr.contains("server.tls.cert"), "{stderr}");
+    // Once: the reason used to be repeated ("…: No such file or directory (os error 2): No such
+    // file or directory (os error 2)").
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches(&cert).count(), 1, "{stderr}");
 
     let dir = temp_dir("mismatch");
     write_atomically(&dir.join("cert.pem"), &a.cert_pem);

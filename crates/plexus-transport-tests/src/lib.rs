@@ -1,8 +1,11 @@
 //! The contract every cluster [`Transport`] must keep, written once and run by each transport
-//! crate (`plexus-nats`, `plexus-redis`) against a real bus.
+//! crate (`plexus-nats`, `plexus-redis`) against a real bus, and by this crate's own tests
+//! against `plexus-core`'s in-memory bus (which `plexus-core` cannot run itself: this crate
+//! depends on it).
 //!
 //! This crate owns the contract checks (the steps, run as one test each by [`contract_tests!`]
-//! or in turn by [`run_contract`]), the reconnect scenario ([`run_reconnect`]) and what those
+//! or in turn by [`run_contract`]), the reconnect scenario ([`run_reconnect`], over any bus that
+//! can have an [`Outage`]) and what those
 //! need around them: unique cluster prefixes, an [`Inbox`] that awaits with a deadline and fails
 //! the test when the deadline passes, free loopback ports and [`ServerProcess`], a private bus
 //! server that dies with the test.
@@ -504,11 +507,31 @@ pub async fn interleaved_senders(connector: &impl Connector) {
     .await;
 }
 
-/// The reconnect scenario: two nodes on a private server see a message, the server is killed
-/// (both report `Disconnected`), messages sent meanwhile are kept or dropped but never reordered,
-/// the server comes back on the same port (both report `Connected`), and messages flow again,
-/// complete and in order, over both routes.
-pub async fn run_reconnect(server: &mut ServerProcess, connector: &impl Connector) {
+/// A bus that a test can take down and bring back: a [`ServerProcess`] (killed and restarted
+/// on the same port), or an in-memory bus (an outage and a restore).
+pub trait Outage {
+    /// The bus goes away at once, without a goodbye to its clients.
+    fn go_down(&mut self);
+
+    /// The bus is back where it was; resolves once it accepts clients again.
+    fn come_back(&mut self) -> impl Future<Output = ()>;
+}
+
+impl Outage for ServerProcess {
+    fn go_down(&mut self) {
+        self.kill();
+    }
+
+    fn come_back(&mut self) -> impl Future<Output = ()> {
+        self.restart()
+    }
+}
+
+/// The reconnect scenario: two nodes on a private bus see a message, the bus goes down (both
+/// report `Disconnected`), messages sent meanwhile are kept or dropped but never reordered, the
+/// bus comes back (both report `Connected`), and messages flow again, complete and in order,
+/// over both routes.
+pub async fn run_reconnect(server: &mut impl Outage, connector: &impl Connector) {
     let prefix = unique_prefix("reconnect");
     let mut a = Node::join(connector, &prefix, "A").await;
     let mut b = Node::join(connector, &prefix, "B").await;
@@ -516,7 +539,7 @@ pub async fn run_reconnect(server: &mut ServerProcess, connector: &impl Connecto
     a.send(Route::All, numbered("A", "before", 0));
     receive_streams(&mut b.inbox, &[("A", "before", 1)], &|_, _| false).await;
 
-    server.kill();
+    server.go_down();
     for node in [&mut a, &mut b] {
         node.inbox.event(Inbound::Disconnected, RECONNECT_WAIT).await;
     }
@@ -527,7 +550,7 @@ pub async fn run_reconnect(server: &mut ServerProcess, connector: &impl Connecto
         a.send(Route::All, numbered("A", "down", seq));
     }
 
-    server.restart().await;
+    server.come_back().await;
     let mut early = Vec::new();
     for node in [&mut a, &mut b] {
         let before = node.inbox.event(Inbound::Connected, RECONNECT_WAIT).await;

@@ -1,6 +1,6 @@
-//! `cargo run --release -p chat-example [-- PORT]`: the chat application with plexus embedded,
-//! on 127.0.0.1:PORT (default 6002; 0 picks a free port), app key `app-key`. Prints
-//! `chat listening on ADDR` once it accepts connections.
+//! `cargo run --release -p chat-example [-- --port PORT]`: the chat application with plexus
+//! embedded, on 127.0.0.1:PORT (default 6002; 0 picks a free port), app key `app-key`. Prints
+//! `chat listening on ADDR` once it accepts connections. A bare `PORT` works too, as before.
 //!
 //! `cargo run --release -p chat-example -- codegen typescript [RUNTIME]` prints the typed
 //! TypeScript client instead (importing the runtime from RUNTIME, default `@plexus/channels`).
@@ -8,9 +8,43 @@
 use std::sync::Arc;
 
 use chat_example::{channels, ChatServices};
+use clap::{Parser, Subcommand};
 use plexus_core::{App, MemoryAppStore};
 use plexus_server::config::ServerConfig;
 use plexus_server::ServerState;
+
+/// The chat example: typed channels on plexus embedded as a library (app key `app-key`).
+#[derive(Debug, Parser)]
+#[command(name = "chat-example")]
+struct Cli {
+    /// Port on 127.0.0.1 to listen on (0 picks a free one).
+    #[arg(long, short, value_name = "PORT", default_value_t = 6002)]
+    port: u16,
+    /// The same as --port (for scripts that pass the port alone).
+    #[arg(value_name = "PORT", conflicts_with = "port")]
+    bare_port: Option<u16>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print generated client code for the chat channel instead of serving.
+    Codegen {
+        #[command(subcommand)]
+        language: Language,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Language {
+    /// The typed TypeScript client, on stdout.
+    Typescript {
+        /// Where the client imports its runtime from.
+        #[arg(default_value = "@plexus/channels")]
+        runtime: String,
+    },
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,20 +54,12 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("codegen") {
-        anyhow::ensure!(
-            args.get(1).map(String::as_str) == Some("typescript"),
-            "usage: codegen typescript [RUNTIME]"
-        );
-        let runtime = args.get(2).map_or("@plexus/channels", String::as_str);
+    let cli = Cli::parse();
+    if let Some(Command::Codegen { language: Language::Typescript { runtime } }) = &cli.command {
         print!("{}", channels(ChatServices::demo()).typescript(runtime)?);
         return Ok(());
     }
-    let port = match args.first() {
-        Some(port) => port.parse()?,
-        None => 6002,
-    };
+    let port = cli.bare_port.unwrap_or(cli.port);
     let config = ServerConfig { host: "127.0.0.1".into(), port, ..ServerConfig::default() };
     let listener = plexus_server::bind(&config)?;
     let addr = listener.local_addr()?;

@@ -1,6 +1,7 @@
-//! `cargo run --release -p todos-example [-- PORT]`: a shared todo list on typed channels, served
-//! from the application's own axum router (plexus embedded as a library) on 127.0.0.1:PORT
-//! (default 6003), app key `app-key`.
+//! `cargo run --release -p todos-example [-- --port PORT]`: a shared todo list on typed channels,
+//! served from the application's own axum router (plexus embedded as a library) on
+//! 127.0.0.1:PORT (default 6003; 0 picks a free port; a bare `PORT` works too), app key
+//! `app-key`. Prints `todos listening on ADDR` once it accepts connections.
 //!
 //! - `todos` channel: `authenticate {name}` (any name: a demo), `list` (no session needed),
 //!   `create {text}`, `toggle {id}` and `delete {id}` (owners only; `delete` also for `admin`).
@@ -8,8 +9,9 @@
 //! - Middleware: every action is timed in the log; outgoing events get a `sent_at` timestamp.
 //! - `GET /todos` (the application's own route) lists them over HTTP; `POST /todos/clear` clears
 //!   them and tells every connection through the event hub.
-//! - `PLEXUS_TAGS=chat` leaves the `todos` channel (tags `todos`, `events`) out, as
-//!   `plexus serve --tags` does for its wirings: the node then serves the Pusher protocol only.
+//! - `--tags chat` (or `PLEXUS_TAGS=chat`) leaves the `todos` channel (tags `todos`, `events`)
+//!   out, as `plexus serve --tags` does for its wirings: the node then serves the Pusher
+//!   protocol only.
 
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use clap::Parser;
 use plexus_channels::{
     around, check_sync, Action, ActionError, ActionInfo, Channel, Channels, Ctx, Installed, Next, Permissions,
 };
@@ -157,6 +160,22 @@ fn now_ms() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }
 
+/// The todos example: a shared todo list on typed channels, plexus embedded in the
+/// application's own axum router (app key `app-key`).
+#[derive(Debug, Parser)]
+#[command(name = "todos-example")]
+struct Cli {
+    /// Port on 127.0.0.1 to listen on (0 picks a free one).
+    #[arg(long, short, value_name = "PORT", default_value_t = 6003)]
+    port: u16,
+    /// The same as --port (for scripts that pass the port alone).
+    #[arg(value_name = "PORT", conflicts_with = "port")]
+    bare_port: Option<u16>,
+    /// Serve only the channels carrying one of these tags, as `plexus serve --tags` does.
+    #[arg(long, env = "PLEXUS_TAGS", value_delimiter = ',', value_name = "TAG,…")]
+    tags: Option<Vec<String>>,
+}
+
 #[derive(Clone)]
 struct Http {
     todos: Arc<Todos>,
@@ -171,10 +190,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let port = match std::env::args().nth(1) {
-        Some(port) => port.parse()?,
-        None => 6003,
-    };
+    let cli = Cli::parse();
+    let port = cli.bare_port.unwrap_or(cli.port);
     let config = ServerConfig { host: "127.0.0.1".into(), port, ..ServerConfig::default() };
     let listener = plexus_server::bind(&config)?;
     let addr = listener.local_addr()?;
@@ -197,10 +214,10 @@ async fn main() -> anyhow::Result<()> {
             Some(event)
         })
         .wire(todos_channel());
-    // `PLEXUS_TAGS=a,b`, as for `plexus serve --tags`: only the channels carrying one of them.
-    let channels = match std::env::var("PLEXUS_TAGS") {
-        Ok(tags) => channels.only_tags(tags.split(',').map(str::trim).filter(|t| !t.is_empty())),
-        Err(_) => channels,
+    // `--tags a,b`, as for `plexus serve --tags`: only the channels carrying one of them.
+    let channels = match cli.tags {
+        Some(tags) => channels.only_tags(tags.iter().map(|t| t.trim()).filter(|t| !t.is_empty())),
+        None => channels,
     };
     let installed = state.install_channels(channels);
 

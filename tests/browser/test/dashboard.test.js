@@ -1,7 +1,8 @@
 // The dashboard in headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core)
 // against a real `plexus serve --dashboard`, with a real pusher-js client and the pusher SDK:
 // a connection appears, a published event arrives in the debug console, and an event sent
-// from the dashboard's form reaches pusher-js. Leaves target/browser/dashboard.png behind.
+// from the dashboard's form reaches pusher-js; empty tables say so, and no request fails.
+// Leaves target/browser/dashboard.png behind.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -19,6 +20,8 @@ const BIN = process.env.PLEXUS_BIN || join(repo, 'target', 'release', 'plexus');
 const WAIT = 15000;
 
 let server; let browser; let page; let client; let sdk;
+// Every request of the page that failed or answered >= 400, and every console error.
+const failures = []; const consoleErrors = [];
 let wsPort; let dashboardUrl;
 
 /// Resolves with the value `probe` returns once truthy; rejects naming `what` after `ms`.
@@ -51,6 +54,9 @@ before(async () => {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
   page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
+  page.on('requestfailed', (request) => failures.push(`${request.url()}: ${request.failure()?.errorText}`));
+  page.on('response', (response) => { if (response.status() >= 400) failures.push(`${response.url()}: ${response.status()}`); });
+  page.on('console', (message) => { if (message.type() === 'error') consoleErrors.push(message.text()); });
   sdk = new PusherServer({
     appId: 'browser-app', key: 'browser-key', secret: 'browser-secret', host: '127.0.0.1', port: String(wsPort), useTLS: false,
   });
@@ -67,6 +73,10 @@ test('the dashboard shows a pusher-js connection, streams a published event, and
   const appRow = page.locator('#apps tr[data-app="browser-app"]');
   await appRow.waitFor({ timeout: WAIT });
   await page.locator('#app-select').waitFor({ timeout: WAIT });
+  // Nothing subscribed or wired yet: each table says so instead of showing a bare header.
+  await page.locator('#channels tr.empty', { hasText: 'no occupied channels yet' }).waitFor({ timeout: WAIT });
+  await page.locator('#typed tr.empty', { hasText: 'no typed channels wired' }).waitFor({ timeout: WAIT });
+  await page.locator('#bridges tr.empty', { hasText: 'no NATS bridges' }).waitFor({ timeout: WAIT });
 
   client = new PusherClient('browser-key', {
     wsHost: '127.0.0.1', wsPort, forceTLS: false, enabledTransports: ['ws'], cluster: 'mt1', disableStats: true,
@@ -97,4 +107,7 @@ test('the dashboard shows a pusher-js connection, streams a published event, and
   const shots = join(repo, 'target', 'browser');
   mkdirSync(shots, { recursive: true });
   await page.screenshot({ path: join(shots, 'dashboard.png'), fullPage: true });
+  // The favicon used to be a 404 on every load.
+  assert.deepEqual(failures, [], 'no failed requests');
+  assert.deepEqual(consoleErrors, [], 'no console errors');
 });

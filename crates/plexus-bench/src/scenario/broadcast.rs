@@ -29,6 +29,7 @@ pub async fn run(ctx: Arc<Ctx>, p: Params) -> Value {
     let subs =
         Subscribers::spawn(&ctx, p.subscribers, |_| CHANNEL.to_string(), false, API_EVENT, p.events as usize);
     let plan = PublishPlan {
+        event: API_EVENT,
         events: p.events,
         channels: vec![CHANNEL.to_string()],
         rate: None,

@@ -42,6 +42,7 @@ pub async fn run(ctx: Arc<Ctx>, p: Params) -> Value {
         per_channel,
     );
     let plan = PublishPlan {
+        event: API_EVENT,
         events,
         channels: (0..channels).map(channel_name).collect(),
         rate: Some(p.rate),

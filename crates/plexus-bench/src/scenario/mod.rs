@@ -9,6 +9,7 @@ pub mod broadcast;
 pub mod client_events;
 pub mod connections;
 pub mod fanout;
+pub mod hostile;
 pub mod publish;
 
 use std::net::IpAddr;

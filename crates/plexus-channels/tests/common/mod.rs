@@ -4,17 +4,18 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use plexus_channels::{Channels, Installed};
 use plexus_core::{App, MemoryAppStore};
 use plexus_server::config::ServerConfig;
+use plexus_server::webhooks::{WebhookService, WebhooksConfig};
 use plexus_server::ServerState;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -44,6 +45,23 @@ impl TestServer {
     async fn start_with<S: Send + Sync + 'static, U: Send + Sync + 'static>(
         channels: Option<Channels<S, U>>,
     ) -> Self {
+        Self::start_full(channels, App::new(APP_ID, KEY, "secret-1"), None).await
+    }
+
+    /// A server for `app` (id [`APP_ID`], key [`KEY`]) delivering its webhooks as configured.
+    pub async fn start_with_webhooks<S: Send + Sync + 'static, U: Send + Sync + 'static>(
+        channels: Channels<S, U>,
+        app: App,
+        webhooks: WebhooksConfig,
+    ) -> Self {
+        Self::start_full(Some(channels), app, Some(webhooks)).await
+    }
+
+    async fn start_full<S: Send + Sync + 'static, U: Send + Sync + 'static>(
+        channels: Option<Channels<S, U>>,
+        app: App,
+        webhooks: Option<WebhooksConfig>,
+    ) -> Self {
         let config = ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,
@@ -52,8 +70,14 @@ impl TestServer {
         };
         let listener = plexus_server::bind(&config).expect("bind loopback");
         let addr = listener.local_addr().unwrap();
-        let apps = MemoryAppStore::new([App::new(APP_ID, KEY, "secret-1")]).unwrap();
-        let state = ServerState::new(config, Arc::new(apps));
+        let apps: Arc<dyn plexus_core::AppStore> = Arc::new(MemoryAppStore::new([app]).unwrap());
+        let state = match webhooks {
+            Some(webhooks) => {
+                let service = WebhookService::start(webhooks, apps.clone()).expect("webhook store opens");
+                ServerState::with_webhooks(config, apps, service)
+            }
+            None => ServerState::new(config, apps),
+        };
         let installed = match channels {
             Some(channels) => state.install_channels(channels),
             None => Channels::<(), ()>::new(()).into_extension(state.hubs.clone()).1,
@@ -202,5 +226,50 @@ impl Client {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+/// What is logged while the guard lives, on this thread (the test runtime is
+/// single-threaded, so that includes the server's tasks).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<(Mutex<Vec<u8>>, Notify)>);
+
+impl Logs {
+    pub fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_ansi(false).with_writer(move || logs.clone()).finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// Waits for a line holding both `level` and `needle`.
+    pub async fn wait_for(&self, level: &str, needle: &str) {
+        let found = || {
+            String::from_utf8_lossy(&self.0 .0.lock().unwrap())
+                .lines()
+                .any(|line| line.contains(level) && line.contains(needle))
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let written = self.0 .1.notified();
+            if found() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, written).await.is_err() {
+                panic!("no {level} line with {needle:?} in the log");
+            }
+        }
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 .0.lock().unwrap().extend_from_slice(buf);
+        self.0 .1.notify_waiters();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

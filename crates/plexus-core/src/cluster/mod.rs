@@ -7,13 +7,15 @@
 //! from local memory, in bounded time, and membership events fire once per user per cluster.
 //!
 //! - [`transport`]: the seam a bus implements (`plexus-nats`, `plexus-redis`), and
-//!   [`backlog`], the bounded outgoing queue both use.
+//!   [`backlog`], the bounded outgoing queue both use; [`memory`], a bus inside one process for
+//!   tests (and embedders), with controls to cut nodes off and drop or hold messages.
 //! - [`wire`]: how updates and control messages are encoded on the bus.
 //! - [`node`]: sequencing, heartbeats and leases, state sync after a gap, the leader that
 //!   alone sends state webhooks so each fires once per cluster, and the node that numbers each
 //!   history channel's events so positions mean the same on every node.
 
 pub mod backlog;
+pub mod memory;
 pub mod node;
 pub mod transport;
 pub mod wire;
@@ -25,6 +27,7 @@ use bytes::Bytes;
 use plexus_protocol::SocketId;
 
 pub use crate::hub::Position;
+pub use memory::{MemoryBus, MemoryTransport};
 pub use node::{ClusterNode, ClusterOptions};
 pub use transport::{redact_url, Inbound, InboundSender, NodeId, Route, Transport, TransportError};
 
@@ -35,12 +38,24 @@ pub enum Update<'a> {
     /// An event to deliver to the channel's subscribers on every other node. `frame` is the
     /// complete WebSocket frame as delivered here; on a history channel it carries the `position`
     /// this node gave it as the channel's numbering node, and peers record it at that position.
-    Publish { channel: &'a str, frame: &'a Bytes, except: Option<SocketId>, position: Option<Position> },
+    /// On a cache channel `keep` says what every node keeps as the channel's last event, so one
+    /// message carries both.
+    Publish {
+        channel: &'a str,
+        frame: &'a Bytes,
+        except: Option<SocketId>,
+        position: Option<Position>,
+        keep: Option<Keep<'a>>,
+    },
     /// An event for a history channel that node `by` numbers: `by` gives it the channel's next
     /// position and publishes it to everyone, this node included; the other nodes ignore this.
-    Sequence { channel: &'a str, frame: &'a Bytes, except: Option<SocketId>, by: NodeId },
-    /// A cache channel's last event, kept for `ttl`.
-    Remember { channel: &'a str, data: &'a str, frame: &'a Bytes, ttl: Duration },
+    Sequence {
+        channel: &'a str,
+        frame: &'a Bytes,
+        except: Option<SocketId>,
+        by: NodeId,
+        keep: Option<Keep<'a>>,
+    },
     /// An event for every connection signed in as `user_id`.
     ToUser { user_id: &'a str, frame: &'a Bytes },
     /// Close every connection signed in as `user_id`.
@@ -51,6 +66,14 @@ pub enum Update<'a> {
     Member { channel: &'a str, user_id: &'a str, info: Option<&'a str>, present: bool },
     /// `user_id` is now signed in on this node (`online`), or no longer.
     User { user_id: &'a str, online: bool },
+}
+
+/// What a cache channel keeps of an event published to it: its `data` (for `info=cache`) and the
+/// frame, for `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep<'a> {
+    pub data: &'a str,
+    pub ttl: Duration,
 }
 
 /// Where a hub announces its [`Update`]s. Announcements of state are made while the change is

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::wire::{self, AppSnapshot, Body, CacheState, Envelope, HistoryEvent, HistoryState, ShareState};
-use super::{ClusterLink, Inbound, NodeId, Position, Route, Transport, Update};
+use super::{ClusterLink, Inbound, Keep, NodeId, Position, Route, Transport, Update};
 use crate::app::{App, AppStore};
 use crate::hub::{HistorySnapshot, LocalShare, Member};
 use crate::webhook::{WebhookEvent, WebhookSink};
@@ -575,16 +575,20 @@ impl Receiver {
 
     fn apply_event(&self, body: Body, payload: &Bytes) {
         match body {
-            Body::Publish { app, channel, except, position } => {
+            Body::Publish { app, channel, except, position, keep } => {
                 let except = except.and_then(|id| id.parse::<SocketId>().ok());
                 let position = position.map(|(epoch, offset)| Position { epoch, offset });
                 let frame = wire::frame_of(payload);
-                self.hubs.hub(&app).deliver(&self.app(&app), &channel, &frame, except, position);
+                let keep =
+                    keep.as_ref().map(|k| Keep { data: &k.data, ttl: Duration::from_millis(k.ttl_ms) });
+                self.hubs.hub(&app).deliver(&self.app(&app), &channel, &frame, except, position, keep);
             }
-            Body::Sequence { app, channel, except, by } if by == self.node.id => {
+            Body::Sequence { app, channel, except, by, keep } if by == self.node.id => {
                 let except = except.and_then(|id| id.parse::<SocketId>().ok());
                 let frame = wire::frame_of(payload);
-                self.hubs.hub(&app).publish_numbered(&self.app(&app), &channel, &frame, except);
+                let keep =
+                    keep.as_ref().map(|k| Keep { data: &k.data, ttl: Duration::from_millis(k.ttl_ms) });
+                self.hubs.hub(&app).publish_numbered(&self.app(&app), &channel, &frame, except, keep);
             }
             Body::Remember { app, channel, data, ttl_ms } => {
                 let Ok(channel) = ChannelName::parse(&channel) else { return };
@@ -696,7 +700,7 @@ impl LeaderGate {
                 // Coming out of settling everything held is new; after a failover only what the
                 // old leader may not have reported.
                 if state.role == Role::Settling || since.is_none_or(|since| at >= since) {
-                    self.inner.submit(&app_id, event);
+                    self.inner.submit_late(&app_id, event);
                 }
             }
         }

@@ -55,6 +55,9 @@ pub enum Body {
         /// `[epoch, offset]` on a history channel, as numbered by the channel's sequencer.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         position: Option<(u32, u64)>,
+        /// On a cache channel: what every node keeps (the payload is the frame).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep: Option<KeepBody>,
     },
     /// An event of a history channel for node `by` to number and publish.
     Sequence {
@@ -63,7 +66,11 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         except: Option<String>,
         by: NodeId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep: Option<KeepBody>,
     },
+    /// A cache channel's last event, as nodes before one-message publishes sent it beside the
+    /// event (still read, never sent).
     Remember {
         app: String,
         channel: String,
@@ -96,6 +103,19 @@ pub enum Body {
         user_id: String,
         online: bool,
     },
+}
+
+/// What a cache channel keeps (see [`crate::cluster::Keep`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepBody {
+    pub data: String,
+    pub ttl_ms: u64,
+}
+
+impl KeepBody {
+    fn of(keep: Option<crate::cluster::Keep<'_>>) -> Option<KeepBody> {
+        keep.map(|keep| KeepBody { data: keep.data.to_owned(), ttl_ms: keep.ttl.as_millis() as u64 })
+    }
 }
 
 impl Body {
@@ -193,25 +213,23 @@ pub fn decode(message: &Bytes) -> Result<Envelope, WireError> {
 pub fn update_body(app: &str, update: &Update<'_>) -> (Body, Bytes) {
     let app = app.to_owned();
     match *update {
-        Update::Publish { channel, frame, except, position } => (
+        Update::Publish { channel, frame, except, position, keep } => (
             Body::Publish {
                 app,
                 channel: channel.to_owned(),
                 except: except.map(|id| id.to_string()),
                 position: position.map(|p| (p.epoch, p.offset)),
+                keep: KeepBody::of(keep),
             },
             wsframe::server_frame_payload(frame),
         ),
-        Update::Sequence { channel, frame, except, by } => (
-            Body::Sequence { app, channel: channel.to_owned(), except: except.map(|id| id.to_string()), by },
-            wsframe::server_frame_payload(frame),
-        ),
-        Update::Remember { channel, data, frame, ttl } => (
-            Body::Remember {
+        Update::Sequence { channel, frame, except, by, keep } => (
+            Body::Sequence {
                 app,
                 channel: channel.to_owned(),
-                data: data.to_owned(),
-                ttl_ms: ttl.as_millis() as u64,
+                except: except.map(|id| id.to_string()),
+                by,
+                keep: KeepBody::of(keep),
             },
             wsframe::server_frame_payload(frame),
         ),
@@ -249,13 +267,19 @@ mod tests {
     use plexus_protocol::codec::{Data, ServerEvent};
 
     #[test]
-    fn a_published_event_crosses_the_bus_byte_for_byte() {
+    fn a_published_event_crosses_the_bus_byte_for_byte_with_what_a_cache_channel_keeps() {
         let frame = ServerEvent::new("greet").channel("room").data(Data::Str("{\"a\":\"\\n\"}")).to_frame();
         let except = "123.456".parse().unwrap();
         let position = Some(crate::hub::Position { epoch: 9, offset: 3 });
         let (body, payload) = update_body(
             "app",
-            &Update::Publish { channel: "room", frame: &frame, except: Some(except), position },
+            &Update::Publish {
+                channel: "cache-room",
+                frame: &frame,
+                except: Some(except),
+                position,
+                keep: Some(crate::cluster::Keep { data: "{}", ttl: std::time::Duration::from_secs(30) }),
+            },
         );
         let bytes = encode(7, 42, body, &payload);
         let envelope = decode(&bytes).unwrap();
@@ -264,12 +288,20 @@ mod tests {
             envelope.body,
             Body::Publish {
                 app: "app".into(),
-                channel: "room".into(),
+                channel: "cache-room".into(),
                 except: Some("123.456".into()),
                 position: Some((9, 3)),
+                keep: Some(KeepBody { data: "{}".into(), ttl_ms: 30_000 }),
             }
         );
         assert_eq!(frame_of(&envelope.payload), frame, "the frame rebuilt on the other node is identical");
+    }
+
+    #[test]
+    fn a_publish_from_a_node_that_knows_no_keep_still_decodes() {
+        let old = b"{\"from\":1,\"seq\":2,\"t\":\"publish\",\"app\":\"a\",\"channel\":\"c\"}\n{}";
+        let envelope = decode(&Bytes::from_static(old)).unwrap();
+        assert!(matches!(envelope.body, Body::Publish { keep: None, .. }));
     }
 
     #[test]

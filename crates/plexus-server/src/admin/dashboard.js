@@ -14,6 +14,18 @@ let logSource = null;
 
 function cell(text) { const td = document.createElement('td'); td.textContent = String(text); return td; }
 function row(values) { const tr = document.createElement('tr'); values.forEach((v) => tr.appendChild(cell(v))); return tr; }
+/// Puts `rows` in `table`'s body, or one row saying `empty` across every column when there are none.
+function fill(table, rows, empty) {
+  if (!rows.length) {
+    const td = cell(empty);
+    td.colSpan = table.tHead.rows[0].cells.length;
+    const tr = document.createElement('tr');
+    tr.className = 'empty';
+    tr.appendChild(td);
+    rows = [tr];
+  }
+  table.tBodies[0].replaceChildren(...rows);
+}
 function append(list, node, max = 500) {
   list.appendChild(node);
   while (list.children.length > max) list.removeChild(list.firstChild);
@@ -26,17 +38,15 @@ async function refresh() {
     if (!response.ok) { $('status').textContent = `admin API: HTTP ${response.status} (is the token right?)`; return; }
     const now = await response.json();
     const at = performance.now();
-    const body = $('apps').tBodies[0];
-    body.replaceChildren();
-    for (const app of now.apps) {
+    fill($('apps'), now.apps.map((app) => {
       const before = previous && previous.data.apps.find((a) => a.id === app.id);
       const seconds = previous ? (at - previous.at) / 1000 : 0;
       const rate = (field) => (before && seconds > 0 ? ((app[field] - before[field]) / seconds).toFixed(1) : '–');
       const tr = row([app.id, app.key, app.connections, app.channels, app.subscriptions,
         rate('events_published_total'), rate('messages_delivered_total')]);
       tr.dataset.app = app.id;
-      body.appendChild(tr);
-    }
+      return tr;
+    }), 'no apps configured');
     previous = { data: now, at };
     const select = $('app-select');
     if (select.options.length !== now.apps.length) {
@@ -55,8 +65,9 @@ async function refreshChannels() {
   const response = await api(`/api/apps/${encodeURIComponent(chosenApp)}/channels`);
   if (!response.ok) return;
   const { channels } = await response.json();
-  $('channels').tBodies[0].replaceChildren(...channels.map((c) =>
-    row([c.name, c.subscription_count, c.members ? `${c.user_count}: ${c.members.join(', ')}` : '—'])));
+  fill($('channels'), channels.map((c) =>
+    row([c.name, c.subscription_count, c.members ? `${c.user_count}: ${c.members.join(', ')}` : '—'])),
+  'no occupied channels yet: they appear here as clients subscribe');
 }
 
 // What is wired does not change while the server runs: read once.
@@ -65,11 +76,12 @@ async function showWiring() {
   if (!response.ok) return;
   const info = await response.json();
   const tags = (list) => (list.length ? list.join(', ') : '—');
-  $('typed').tBodies[0].replaceChildren(...info.typed_channels.map((c) => row([c.channel, tags(c.tags), c.auth,
+  fill($('typed'), info.typed_channels.map((c) => row([c.channel, tags(c.tags), c.auth,
     c.actions.map((a) => `${a.name}(${a.input}) → ${a.output} ${a.auth}${a.permissions.length ? ` [${a.permissions.join('|')}]` : ''}`)
-      .concat(c.proxied.map((p) => `forwarded for ${p.app_id} to ${p.url}`)).join('; ') || '—'])));
-  $('bridges').tBodies[0].replaceChildren(...info.bridges.map((b) =>
-    row([b.subject, b.app, b.channel, b.event, tags(b.tags)])));
+      .concat(c.proxied.map((p) => `forwarded for ${p.app_id} to ${p.url}`)).join('; ') || '—'])),
+  'no typed channels wired ([[action_proxy]] in the config, or install_channels when embedding)');
+  fill($('bridges'), info.bridges.map((b) => row([b.subject, b.app, b.channel, b.event, tags(b.tags)])),
+    'no NATS bridges ([[bridges]] in the config)');
 }
 
 function describe(o) {

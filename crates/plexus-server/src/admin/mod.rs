@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use plexus_core::observe::Seen;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::http_api::ApiError;
@@ -37,9 +37,11 @@ use crate::ServerState;
 const INDEX_HTML: &str = include_str!("index.html");
 const DASHBOARD_JS: &str = include_str!("dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("dashboard.css");
+/// The tab's icon (browsers ask for one; a 404 there is a failed request in every page load).
+const FAVICON_SVG: &str = include_str!("favicon.svg");
 
 /// `[admin]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub enabled: bool,
@@ -100,6 +102,9 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route("/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }))
         .route("/dashboard.css", get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }))
+        // The page links favicon.svg; /favicon.ico is where a browser looks without a page.
+        .route("/favicon.svg", get(|| async { asset("image/svg+xml", FAVICON_SVG) }))
+        .route("/favicon.ico", get(|| async { asset("image/svg+xml", FAVICON_SVG) }))
         .merge(api)
         .fallback(|| async { ApiError::NotFound("no such admin route".into()) })
         .with_state(admin)

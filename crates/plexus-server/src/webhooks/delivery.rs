@@ -5,6 +5,7 @@
 //! endpoint sees its events in the order they happened.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -13,19 +14,46 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::CONTENT_TYPE;
 use hyper::Request;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use plexus_core::observe::Observation;
 use plexus_core::{AppStore, Hubs};
 use plexus_protocol::signature;
+use plexus_tls::http::HttpsConnector;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::store::{Job, JobStore};
 use super::{now_ms, WebhooksConfig};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector, Full<Bytes>>;
+
+/// HTTP clients by what they trust: one for `http://` endpoints, and one per CA file (or the
+/// system's roots) for `https://` endpoints, each with its own connection pool.
+#[derive(Default)]
+struct Clients {
+    plain: OnceLock<HttpClient>,
+    tls: Mutex<HashMap<Option<PathBuf>, HttpClient>>,
+}
+
+impl Clients {
+    /// The client for `url`; an `https://` URL gets one that verifies the endpoint against
+    /// `ca_file` or the system's roots (read once per process; a file that cannot be read is
+    /// reported on every attempt until it can).
+    fn for_url(&self, url: &str, ca_file: Option<&Path>) -> Result<HttpClient, String> {
+        let build = |connector| Client::builder(TokioExecutor::new()).build(connector);
+        if !plexus_tls::http::is_https(url) {
+            return Ok(self.plain.get_or_init(|| build(plexus_tls::http::http_connector())).clone());
+        }
+        let mut tls = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = tls.get(&ca_file.map(Path::to_owned)) {
+            return Ok(client.clone());
+        }
+        let client = build(plexus_tls::http::connector(ca_file).map_err(|err| err.to_string())?);
+        tls.insert(ca_file.map(Path::to_owned), client.clone());
+        Ok(client)
+    }
+}
 
 /// What one attempt came to.
 #[derive(Debug)]
@@ -46,7 +74,7 @@ pub struct Deliveries {
     config: WebhooksConfig,
     apps: Arc<dyn AppStore>,
     store: Arc<JobStore>,
-    client: HttpClient,
+    clients: Arc<Clients>,
     endpoints: Mutex<HashMap<(String, String), Endpoint>>,
     /// Jobs queued or in flight, across endpoints.
     outstanding: Arc<AtomicUsize>,
@@ -65,12 +93,11 @@ impl std::fmt::Debug for Deliveries {
 
 impl Deliveries {
     pub fn new(config: WebhooksConfig, apps: Arc<dyn AppStore>, store: Arc<JobStore>) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build_http();
         Deliveries {
             config,
             apps,
             store,
-            client,
+            clients: Arc::default(),
             endpoints: Mutex::default(),
             outstanding: Arc::default(),
             idle: Arc::default(),
@@ -103,7 +130,7 @@ impl Deliveries {
             config: self.config.clone(),
             apps: self.apps.clone(),
             store: self.store.clone(),
-            client: self.client.clone(),
+            clients: self.clients.clone(),
             stopping: self.stopping.clone(),
             observed: self.observed.clone(),
         };
@@ -128,6 +155,11 @@ impl Deliveries {
                 tracing::error!(%error, "cannot remove a webhook job from the store");
             }
         });
+    }
+
+    /// Jobs queued or in flight, across endpoints.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
     }
 
     /// Waits until every queued job is done or `deadline` passes; returns how many are left.
@@ -156,7 +188,7 @@ struct Worker {
     config: WebhooksConfig,
     apps: Arc<dyn AppStore>,
     store: Arc<JobStore>,
-    client: HttpClient,
+    clients: Arc<Clients>,
     stopping: Arc<AtomicBool>,
     observed: Arc<OnceLock<Weak<Hubs>>>,
 }
@@ -237,6 +269,12 @@ impl Worker {
 
     async fn attempt(&self, job: &Job) -> Attempt {
         let Some(app) = self.apps.by_id(&job.app_id) else { return Attempt::Orphaned };
+        // The endpoint's settings as the app has them now (a job outlives config changes).
+        let ca_file = app.webhooks.iter().find(|w| w.url == job.url).and_then(|w| w.ca_file.as_deref());
+        let client = match self.clients.for_url(&job.url, ca_file) {
+            Ok(client) => client,
+            Err(reason) => return Attempt::Failed(reason),
+        };
         let signature = signature::webhook_signature(&app.secret, job.body.as_bytes());
         let request = Request::post(&job.url)
             .header(CONTENT_TYPE, "application/json")
@@ -248,10 +286,12 @@ impl Worker {
             Err(error) => return Attempt::Failed(format!("invalid webhook URL: {error}")),
         };
         let timeout = Duration::from_secs(self.config.request_timeout_secs.max(1));
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        match tokio::time::timeout(timeout, client.request(request)).await {
             Ok(Ok(response)) if response.status().is_success() => Attempt::Delivered,
             Ok(Ok(response)) => Attempt::Failed(format!("HTTP {}", response.status())),
-            Ok(Err(error)) => Attempt::Failed(error.to_string()),
+            // The whole chain: hyper's own text is only "client error (Connect)"; the TLS reason
+            // (a refused certificate, with what to do about it) sits in its sources.
+            Ok(Err(error)) => Attempt::Failed(plexus_tls::describe(&error)),
             Err(_) => Attempt::Failed(format!("no response within {}s", timeout.as_secs())),
         }
     }

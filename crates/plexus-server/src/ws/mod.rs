@@ -16,6 +16,7 @@
 //! - `tungstenite` (cargo feature `tungstenite`, for the comparison in BENCHMARKS.md):
 //!   tokio-tungstenite for both directions, framing each message per recipient.
 
+pub mod echo;
 // Compiled in both builds so the comparison build keeps it checked.
 #[cfg_attr(feature = "tungstenite", allow(dead_code))]
 mod shared_frames;
@@ -31,12 +32,13 @@ use axum::http::{header, HeaderMap, Request, Response, StatusCode};
 use base64::Engine;
 use bytes::Bytes;
 use plexus_core::outbound::Drained;
-use plexus_core::{Connection, ExtensionConnect, Session};
+use plexus_core::{Connection, ExtensionConnect, Heartbeat, Session};
 use plexus_protocol::{codec, CloseCode};
 use sha1::{Digest, Sha1};
 use tokio::time::Instant;
 
 use crate::credentials::Admission;
+use crate::listener::{ConnectionSlot, Refused};
 use crate::ServerState;
 
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -45,6 +47,13 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
     Response::builder().status(status).body(Body::from(message)).expect("static response is valid")
+}
+
+/// Whether a `Sec-WebSocket-Key` is what RFC 6455 §4.1 asks of a client: 16 random bytes in
+/// base64, which is always 24 characters.
+fn is_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|bytes| bytes.len() == 16)
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -64,21 +73,10 @@ pub async fn upgrade(
     mut request: Request<Body>,
 ) -> Response<Body> {
     let headers = request.headers();
-    if !header_has_token(headers, header::UPGRADE, "websocket")
-        || !header_has_token(headers, header::CONNECTION, "upgrade")
-    {
-        return plain(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket (Pusher protocol 7)");
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
-    }
-    let Some(client_key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key header is missing");
+    let accept = match handshake(headers) {
+        Ok(accept) => accept,
+        Err(refusal) => return refusal.into_response(),
     };
-    let mut sha = Sha1::new();
-    sha.update(client_key.as_bytes());
-    sha.update(WEBSOCKET_GUID.as_bytes());
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
     // Apps with API keys or tokens refuse over HTTP, before the upgrade: event-stream clients
     // expect 401/403/429, and such apps do not serve pusher-js's retry-forever clients anyway.
     // Boxed: the admission rides along every nested future of the connection's task, and most
@@ -92,14 +90,74 @@ pub async fn upgrade(
     };
 
     // Counted before the upgrade, refused after it (in-band, like every refusal).
-    let throttled = !state.rate_limits.allow_connection(crate::rate_limit::peer_ip(&request));
+    let over_cap = request.extensions().get::<Refused>().map(|refused| refused.0);
+    let throttled = match over_cap {
+        Some(over) => Some(over.message()),
+        None => (!state.rate_limits.allow_connection(crate::rate_limit::peer_ip(&request)))
+            .then_some("Too many new connections from your address; retry later"),
+    };
+    // The socket stays counted against the caps for as long as the WebSocket lives.
+    let slot = request.extensions().get::<Arc<ConnectionSlot>>().cloned();
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => run_socket(state, upgraded, key, query, admission, throttled).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }
     });
+    switching_protocols(accept)
+}
+
+/// Why an upgrade request is not a WebSocket handshake plexus accepts (RFC 6455 §4.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandshakeRefusal {
+    NotWebSocket,
+    WrongVersion,
+    BadKey,
+}
+
+impl HandshakeRefusal {
+    fn into_response(self) -> Response<Body> {
+        match self {
+            HandshakeRefusal::NotWebSocket => {
+                plain(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket (Pusher protocol 7)")
+            }
+            // RFC 6455 §4.4: say which version we speak, so a client can retry with it.
+            HandshakeRefusal::WrongVersion => Response::builder()
+                .status(StatusCode::UPGRADE_REQUIRED)
+                .header(header::SEC_WEBSOCKET_VERSION, "13")
+                .body(Body::from("Sec-WebSocket-Version must be 13"))
+                .expect("static response is valid"),
+            HandshakeRefusal::BadKey => {
+                plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 §4.1)")
+            }
+        }
+    }
+}
+
+/// Checks an upgrade request's headers; returns the `Sec-WebSocket-Accept` value.
+fn handshake(headers: &HeaderMap) -> Result<String, HandshakeRefusal> {
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(HandshakeRefusal::NotWebSocket);
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(HandshakeRefusal::WrongVersion);
+    }
+    let Some(client_key) =
+        headers.get(header::SEC_WEBSOCKET_KEY).filter(|key| is_websocket_key(key.as_bytes()))
+    else {
+        return Err(HandshakeRefusal::BadKey);
+    };
+    let mut sha = Sha1::new();
+    sha.update(client_key.as_bytes());
+    sha.update(WEBSOCKET_GUID.as_bytes());
+    Ok(base64::engine::general_purpose::STANDARD.encode(sha.finalize()))
+}
+
+fn switching_protocols(accept: String) -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
@@ -116,17 +174,22 @@ async fn run_socket(
     key: String,
     query: Option<String>,
     admission: Option<Box<Admission>>,
-    throttled: bool,
+    throttled: Option<&'static str>,
 ) {
     #[cfg(feature = "tungstenite")]
-    {
-        let (reader, writer) = tungstenite::split(upgraded, state.config.max_frame_bytes).await;
-        run_connection(state, reader, writer, &key, query.as_deref(), admission, throttled).await;
-    }
+    let (reader, writer) = tungstenite::split(upgraded, state.config.max_frame_bytes).await;
     #[cfg(not(feature = "tungstenite"))]
-    {
-        let (reader, writer) = shared_frames::split(upgraded, state.config.max_frame_bytes);
-        run_connection(state, reader, writer, &key, query.as_deref(), admission, throttled).await;
+    let (reader, writer) = shared_frames::split(upgraded, state.config.max_frame_bytes);
+    // The connection is set up synchronously and only its loop is awaited here, so the session
+    // and the reader are stored once in the task (async fn arguments and awaited values would
+    // each keep a copy: see BENCHMARKS.md, memory per connection).
+    match start_connection(&state, reader, writer, &key, query.as_deref(), admission, throttled) {
+        Ok(serve) => serve.await,
+        Err(refused) => {
+            let (writer, code, message) = *refused;
+            // Boxed: refusals are rare, and inline they would enlarge every connection's task.
+            Box::pin(refuse(writer, code, &message)).await
+        }
     }
 }
 
@@ -238,50 +301,46 @@ fn count_refusal(code: CloseCode) {
     metrics::counter!("plexus_connections_refused_total", "code" => code.code().to_string()).increment(1);
 }
 
-/// Runs one connection: refusal checks, then the reader loop here and the writer in its own task.
-async fn run_connection<R: MessageReader, W: FrameWriter>(
-    state: Arc<ServerState>,
-    mut reader: R,
+/// A connection refused before it started: the writer to send the refusal on, and why.
+type Refusal<W> = Box<(W, CloseCode, String)>;
+
+/// Starts one connection: refusal checks, the session and its admission, then the socket loop
+/// to await (the reader there, the writer in its own task), or the refusal to send.
+fn start_connection<R: MessageReader, W: FrameWriter>(
+    state: &ServerState,
+    reader: R,
     write: W,
     key: &str,
     query: Option<&str>,
     admission: Option<Box<Admission>>,
-    throttled: bool,
-) {
+    throttled: Option<&'static str>,
+) -> Result<impl std::future::Future<Output = ()> + Send, Refusal<W>> {
     let config = &state.config;
-    let checked = if throttled {
-        Err((CloseCode::OverCapacity, "Too many new connections from your address; retry later".into()))
-    } else {
-        refusal(&state, key, query)
+    let checked = match throttled {
+        Some(reason) => Err((CloseCode::OverCapacity, reason.to_owned())),
+        None => refusal(state, key, query),
     };
     let app = match checked {
         Ok(app) => app,
         Err((code, message)) => {
             tracing::debug!(code = code.code(), %message, "connection refused");
             count_refusal(code);
-            // Boxed: refusals are rare, and inline they would enlarge every connection's task.
-            return Box::pin(refuse(write, code, &message)).await;
+            return Err(Box::new((write, code, message)));
         }
     };
     let hub = state.hubs.hub(&app.id);
-    let heartbeat = Heartbeat::of(config, &app, admission.is_some());
-    let started = Session::start(
-        app,
-        hub.clone(),
-        config.max_queued_bytes,
-        heartbeat.interval.as_secs(),
-        Instant::now(),
-    );
+    let heartbeat = heartbeat_of(config, &app, admission.is_some());
+    let started = Session::start(app, hub.clone(), config.session_limits(), heartbeat, Instant::now());
     let mut session = match started {
         Ok(session) => session,
         Err(error) => {
             count_refusal(CloseCode::OverConnectionQuota);
-            return Box::pin(refuse(write, CloseCode::OverConnectionQuota, &error.to_string())).await;
+            return Err(Box::new((write, CloseCode::OverConnectionQuota, error.to_string())));
         }
     };
-    // Held (the key's connection counted, the token's expiry armed) until this function returns.
-    let _admission = admission.map(|mut admission| {
-        session.restrict_to(admission.grant.clone());
+    // Held (the key's connection counted, the token's expiry armed) as long as the session.
+    let admission = admission.map(|mut admission| {
+        session.restrict_to(admission.grant.clone(), admission.user_id.clone());
         admission.attach(session.connection());
         admission
     });
@@ -292,81 +351,152 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
         session.set_extension(extension);
     }
     let connection = session.connection().clone();
-    let write_timeout = Duration::from_secs(config.write_timeout_secs);
-    let mut writer = tokio::spawn(write_loop(connection.clone(), write, write_timeout));
-    let frames_received = metrics::counter!("plexus_ws_frames_received_total");
-    let mut liveness = Liveness::new(
-        heartbeat.interval,
-        heartbeat.pong_grace,
-        // Apps with user authentication give a connection this long to sign in or join a
-        // private or presence channel.
-        session
-            .app()
-            .enable_user_authentication
-            .then(|| Instant::now() + Duration::from_secs(session.app().user_authentication_timeout_secs)),
-    );
-    // One timer for every deadline, re-armed lazily: hearing from the client only moves the
-    // deadline later, which the timer discovers when it fires (no timer work per frame).
-    let timer = tokio::time::sleep_until(liveness.next_wake());
-    tokio::pin!(timer);
-    let mut writer_done = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut writer => {
-                writer_done = true;
-                break;
+    let endpoint = PusherEndpoint {
+        session,
+        _admission: admission,
+        frames_received: metrics::counter!("plexus_ws_frames_received_total"),
+    };
+    Ok(socket_loop(reader, write, connection, Duration::from_secs(config.write_timeout_secs), endpoint))
+}
+
+/// What a socket serves, as [`socket_loop`] drives it: the Pusher protocol ([`PusherEndpoint`])
+/// or the conformance echo ([`echo`]). Nothing here sees the socket or reads the clock itself.
+trait Endpoint: Send {
+    /// Any frame arrived (the client is alive).
+    fn heard(&mut self, now: Instant);
+    /// A complete data message.
+    fn on_message(&mut self, text: bool, payload: &[u8], now: Instant);
+    /// When the endpoint next wants [`Endpoint::on_wake`].
+    fn wake_at(&self) -> Instant;
+    fn on_wake(&mut self, now: Instant);
+}
+
+/// The Pusher protocol on a socket: a [`Session`], which also keeps the connection's clocks.
+struct PusherEndpoint {
+    session: Session,
+    /// The credential's hold (its key's connection count, its token's expiry), released with
+    /// the session.
+    _admission: Option<Box<Admission>>,
+    frames_received: metrics::Counter,
+}
+
+impl Endpoint for PusherEndpoint {
+    fn heard(&mut self, now: Instant) {
+        self.session.heard(now);
+        self.frames_received.increment(1);
+    }
+
+    fn on_message(&mut self, _text: bool, payload: &[u8], now: Instant) {
+        match std::str::from_utf8(payload) {
+            Ok(text) => self.session.handle_text(text, now),
+            Err(_) => {
+                let error = codec::error(None, "binary frames must hold UTF-8 JSON text", None);
+                self.session.connection().outbound.push(error);
             }
-            () = &mut timer => {
-                liveness.on_timer(Instant::now(), &connection, session.is_authorized());
-                timer.as_mut().reset(liveness.next_wake());
-            }
-            read = reader.next(&connection) => match read {
-                Ok(incoming) => {
-                    liveness.heard(Instant::now());
-                    frames_received.increment(1);
-                    match incoming {
-                        Incoming::Text(payload) | Incoming::Binary(payload) => match std::str::from_utf8(&payload) {
-                            Ok(text) => session.handle_text(text, Instant::now()),
-                            Err(_) => {
-                                let error = codec::error(None, "binary frames must hold UTF-8 JSON text", None);
-                                connection.outbound.push(error);
-                            }
-                        },
-                        Incoming::Close => break,
-                        Incoming::Ignored => {}
-                    }
-                }
-                Err(fault) => {
-                    close_for_read_fault(&connection, fault);
-                    break;
-                }
-            },
         }
     }
-    // Leave the channels before the socket goes, so no one fans out to a dead queue.
-    drop(session);
-    if writer_done {
-        // We closed: give the client a moment to answer with its close frame, so the socket ends
-        // with FIN rather than a reset that could discard our last frames on its side.
-        timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
+
+    fn wake_at(&self) -> Instant {
+        self.session.next_deadline().unwrap_or_else(far_future)
+    }
+
+    fn on_wake(&mut self, now: Instant) {
+        self.session.on_deadline(now);
+    }
+}
+
+/// Drives one socket: the reader here, the writer in its own task, the endpoint's deadlines on
+/// one timer, and the close handshake at the end, however the endpoint or the client ends it.
+///
+/// A function returning an `async move` block rather than an `async fn`: an async fn keeps its
+/// arguments twice in its future (once as passed, once as locals), and the endpoint and reader
+/// are the largest part of every connection's task (measured: 5,579 → 4,583 bytes per idle
+/// connection together with `start_connection`).
+#[allow(clippy::manual_async_fn)]
+fn socket_loop<R: MessageReader, W: FrameWriter, E: Endpoint>(
+    mut reader: R,
+    write: W,
+    connection: Arc<Connection>,
+    write_timeout: Duration,
+    mut endpoint: E,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let mut writer = tokio::spawn(write_loop(connection.clone(), write, write_timeout));
+        // However this function ends — a return, a read error or a panic unwinding through it — the
+        // writer stops and releases its half of the socket.
+        let _writer_guard = WriterGuard { connection: connection.clone(), writer: writer.abort_handle() };
+        // One timer for every deadline, re-armed lazily: hearing from the client only moves the
+        // deadline later, which the timer discovers when it fires (no timer work per frame).
+        let timer = tokio::time::sleep_until(endpoint.wake_at());
+        tokio::pin!(timer);
+        let mut writer_done = false;
         loop {
             tokio::select! {
-                () = &mut timer => break,
-                read = reader.next(&connection) => {
-                    if matches!(read, Ok(Incoming::Close) | Err(_)) {
+                biased;
+                _ = &mut writer => {
+                    writer_done = true;
+                    break;
+                }
+                () = &mut timer => {
+                    endpoint.on_wake(Instant::now());
+                    timer.as_mut().reset(endpoint.wake_at());
+                }
+                read = reader.next(&connection) => match read {
+                    Ok(incoming) => {
+                        endpoint.heard(Instant::now());
+                        match incoming {
+                            Incoming::Text(payload) => endpoint.on_message(true, &payload, Instant::now()),
+                            Incoming::Binary(payload) => endpoint.on_message(false, &payload, Instant::now()),
+                            Incoming::Close => break,
+                            Incoming::Ignored => {}
+                        }
+                    }
+                    Err(fault) => {
+                        close_for_read_fault(&connection, fault);
                         break;
+                    }
+                },
+            }
+        }
+        // Leave the channels before the socket goes, so no one fans out to a dead queue.
+        drop(endpoint);
+        if writer_done {
+            // We closed: give the client a moment to answer with its close frame, so the socket ends
+            // with FIN rather than a reset that could discard our last frames on its side.
+            timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
+            loop {
+                tokio::select! {
+                    () = &mut timer => break,
+                    read = reader.next(&connection) => {
+                        if matches!(read, Ok(Incoming::Close) | Err(_)) {
+                            break;
+                        }
                     }
                 }
             }
+        } else {
+            connection.outbound.end();
+            timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
+            tokio::select! {
+                () = &mut timer => {}
+                _ = &mut writer => {}
+            }
         }
-    } else {
-        connection.outbound.end();
-        timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
-        tokio::select! {
-            () = &mut timer => {}
-            _ = &mut writer => {}
-        }
+    }
+}
+
+/// Stops a connection's writer task when its reader stops, whatever stopped it. Without it a
+/// reader that panicked left the writer waiting on the queue forever, holding the socket open
+/// (CLOSE-WAIT) after the client had gone.
+struct WriterGuard {
+    connection: Arc<Connection>,
+    writer: tokio::task::AbortHandle,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.connection.outbound.abort();
+        self.writer.abort();
     }
 }
 
@@ -374,83 +504,25 @@ async fn run_connection<R: MessageReader, W: FrameWriter>(
 /// we give up on it (close 4201). Connections with an API key or token default to 30 s / 90 s
 /// of silence in all (event-stream consumers behind proxies); Pusher connections to the server's
 /// `activity_timeout_secs` and `pong_timeout_secs`; an app's `heartbeat_*` settings override both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Heartbeat {
-    interval: Duration,
-    pong_grace: Duration,
-}
-
-impl Heartbeat {
-    fn of(config: &crate::config::ServerConfig, app: &plexus_core::App, keyed: bool) -> Heartbeat {
-        let (interval, timeout) = if keyed {
-            (30, 90)
-        } else {
-            (config.activity_timeout_secs, config.activity_timeout_secs + config.pong_timeout_secs)
-        };
-        let interval = app.heartbeat_interval_secs.unwrap_or(interval).max(1);
-        let timeout = app.heartbeat_timeout_secs.unwrap_or(timeout);
-        Heartbeat {
-            interval: Duration::from_secs(interval),
-            // App::validate keeps a configured timeout above the interval; a default timeout
-            // under a configured interval still leaves the client a second to answer.
-            pong_grace: Duration::from_secs(timeout.saturating_sub(interval).max(1)),
-        }
+fn heartbeat_of(config: &crate::config::ServerConfig, app: &plexus_core::App, keyed: bool) -> Heartbeat {
+    let (interval, timeout) = if keyed {
+        (30, 90)
+    } else {
+        (config.activity_timeout_secs, config.activity_timeout_secs + config.pong_timeout_secs)
+    };
+    let interval = app.heartbeat_interval_secs.unwrap_or(interval).max(1);
+    let timeout = app.heartbeat_timeout_secs.unwrap_or(timeout);
+    Heartbeat {
+        interval: Duration::from_secs(interval),
+        // App::validate keeps a configured timeout above the interval; a default timeout
+        // under a configured interval still leaves the client a second to answer.
+        pong_grace: Duration::from_secs(timeout.saturating_sub(interval).max(1)),
     }
 }
 
-/// The connection's clocks: when we last heard from the client, whether we pinged, and the
-/// sign-in deadline of apps that require authorization.
-struct Liveness {
-    idle: Duration,
-    pong_grace: Duration,
-    last_heard: Instant,
-    pinged_at: Option<Instant>,
-    auth_deadline: Option<Instant>,
-}
-
-impl Liveness {
-    fn new(idle: Duration, pong_grace: Duration, auth_deadline: Option<Instant>) -> Self {
-        Liveness { idle, pong_grace, last_heard: Instant::now(), pinged_at: None, auth_deadline }
-    }
-
-    /// Any frame proves the client alive.
-    fn heard(&mut self, now: Instant) {
-        self.last_heard = now;
-        self.pinged_at = None;
-    }
-
-    fn next_wake(&self) -> Instant {
-        let liveness = match self.pinged_at {
-            Some(at) => at + self.pong_grace,
-            None => self.last_heard + self.idle,
-        };
-        self.auth_deadline.map_or(liveness, |auth| auth.min(liveness))
-    }
-
-    /// Acts on whatever deadline has passed: the sign-in window (4009), silence (we ping), or no
-    /// answer to our ping (4201).
-    fn on_timer(&mut self, now: Instant, connection: &Connection, authorized: bool) {
-        if self.auth_deadline.is_some_and(|deadline| now >= deadline) {
-            self.auth_deadline = None;
-            if !authorized {
-                connection
-                    .outbound
-                    .close(CloseCode::Unauthorized, "Connection not authorized within timeout");
-            }
-        }
-        match self.pinged_at {
-            Some(at) if now >= at + self.pong_grace => {
-                connection.outbound.close(CloseCode::PongNotReceived, "Pong reply not received in time");
-                // The writer ends the connection long before the next idle deadline.
-                self.heard(now);
-            }
-            None if now >= self.last_heard + self.idle => {
-                connection.outbound.push(codec::ping());
-                self.pinged_at = Some(now);
-            }
-            _ => {}
-        }
-    }
+/// A deadline that never comes: endpoints with nothing to do on a timer.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
 /// Malformed input ends the connection with the standard WebSocket code for the fault.
@@ -465,7 +537,7 @@ fn close_for_read_fault(connection: &Connection, fault: ReadFault) {
         }
     };
     tracing::debug!(socket_id = %connection.socket_id, %message, "closing connection after a malformed frame");
-    connection.outbound.close_with_code(code, &message);
+    connection.outbound.fail(code, &message);
 }
 
 async fn write_loop<W: FrameWriter>(connection: Arc<Connection>, mut write: W, write_timeout: Duration) {

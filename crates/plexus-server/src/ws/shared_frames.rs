@@ -18,9 +18,9 @@ use hyper_util::rt::TokioIo;
 use plexus_core::Connection;
 use plexus_protocol::wsframe::{self, ClientFrameReader, ClientMessage, FrameError, Opcode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::{FrameWriter, Incoming, MessageReader, ReadFault};
+use crate::listener::PlainIo;
 
 type BoxedRead = Pin<Box<dyn AsyncRead + Send>>;
 type BoxedWrite = Pin<Box<dyn AsyncWrite + Send>>;
@@ -37,9 +37,10 @@ thread_local! {
 /// Splits an upgraded connection into this transport's reader and writer.
 pub fn split(upgraded: hyper::upgrade::Upgraded, max_message_bytes: usize) -> (FrameReader, VectoredWriter) {
     let (read, write, early): (BoxedRead, BoxedWrite, BytesMut) =
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<PlainIo>>() {
             Ok(parts) => {
-                let (read, write) = parts.io.into_inner().into_split();
+                // The HTTP layer's stall guard is dropped here: the writer has its own timeout.
+                let (read, write) = parts.io.into_inner().into_inner().into_split();
                 // Bytes the HTTP layer read past the handshake belong to the first frames. Copy them:
                 // the slice would otherwise keep hyper's whole read buffer alive for the connection.
                 (Box::pin(read), Box::pin(write), BytesMut::from(&parts.read_buf[..]))

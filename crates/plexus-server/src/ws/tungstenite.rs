@@ -57,9 +57,10 @@ pub struct TungsteniteWriter {
     sink: SplitSink<Stream, Message>,
 }
 
-/// The payload of a complete server text frame (the hub's encoding), without its header.
-fn text_payload(frame: &Bytes) -> Option<Bytes> {
-    if frame.len() < 2 || frame[0] & 0x0f != 0x1 {
+/// A complete server data frame (the hub's encoding) as tungstenite's message: text or binary,
+/// without its header. Control frames are tungstenite's own business.
+fn message_of(frame: &Bytes) -> Option<std::io::Result<Message>> {
+    if frame.len() < 2 {
         return None;
     }
     let header = match frame[1] & 0x7f {
@@ -67,15 +68,19 @@ fn text_payload(frame: &Bytes) -> Option<Bytes> {
         127 => 10,
         _ => 2,
     };
-    Some(frame.slice(header..))
+    let payload = frame.slice(header..);
+    match frame[0] & 0x0f {
+        0x1 => Some(Utf8Bytes::try_from(payload).map(Message::Text).map_err(std::io::Error::other)),
+        0x2 => Some(Ok(Message::Binary(payload))),
+        _ => None,
+    }
 }
 
 impl FrameWriter for TungsteniteWriter {
     async fn write_batch(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
         for frame in frames {
-            let Some(payload) = text_payload(frame) else { continue };
-            let text = Utf8Bytes::try_from(payload).map_err(std::io::Error::other)?;
-            self.sink.feed(Message::Text(text)).await.map_err(std::io::Error::other)?;
+            let Some(message) = message_of(frame) else { continue };
+            self.sink.feed(message?).await.map_err(std::io::Error::other)?;
         }
         self.sink.flush().await.map_err(std::io::Error::other)
     }

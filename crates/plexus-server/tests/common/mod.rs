@@ -23,6 +23,24 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// Reads a raw socket until the peer ends it (EOF, or a reset for bytes it never read); returns
+/// everything it sent. Fails if the peer keeps it open past `within`.
+pub async fn read_until_peer_closes(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let ended = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server kept the socket open");
+    all
+}
+
 pub fn app(n: u32) -> App {
     let mut app = App::new(format!("app-{n}"), format!("key-{n}"), format!("secret-{n}"));
     app.enable_client_messages = true;
@@ -48,6 +66,15 @@ impl TestServer {
     /// A server with webhook delivery configured by `webhooks`.
     pub async fn start_with_webhooks(apps: Vec<App>, webhooks: WebhooksConfig) -> TestServer {
         Self::start_full(ServerConfig::default(), apps, Some(webhooks)).await
+    }
+
+    /// A server with `config` and webhook delivery configured by `webhooks`.
+    pub async fn start_with_config_and_webhooks(
+        config: ServerConfig,
+        apps: Vec<App>,
+        webhooks: WebhooksConfig,
+    ) -> TestServer {
+        Self::start_full(config, apps, Some(webhooks)).await
     }
 
     async fn start_full(
