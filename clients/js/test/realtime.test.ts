@@ -209,6 +209,7 @@ function record<N extends keyof Events & string>(stream: EventStream<Events>, na
   const events: { data: Events[N]; meta: EventMeta }[] = [];
   const statuses: ConnectionStatus[] = [];
   const resumes: Resume[] = [];
+  const errors: PlexusError[] = [];
   const waiters = new Set<() => void>();
   const poke = () => waiters.forEach((w) => w());
   stream.on(name, (data, meta) => {
@@ -223,13 +224,18 @@ function record<N extends keyof Events & string>(stream: EventStream<Events>, na
     resumes.push(resume);
     poke();
   });
+  // Errors poke too: a refusal may arrive after the promise a test awaited has already settled.
+  stream.onError((error) => {
+    errors.push(error);
+    poke();
+  });
   const wait = (what: string, check: () => boolean) => {
     const { poke: p, done } = until(what, check);
     waiters.add(p);
     p();
     return done.finally(() => waiters.delete(p));
   };
-  return { events, statuses, resumes, wait };
+  return { events, statuses, resumes, errors, wait };
 }
 
 test("typed .on gets each published event with its channel and position", { timeout: 30_000 }, async () => {
@@ -284,9 +290,8 @@ test("a channel outside the key's grant or scope is refused with the server's re
   const stream = createClient(options(plexus.port)).realtime.events<Events>({
     channels: [granted, outside, unscoped],
   });
-  const errors: PlexusError[] = [];
   const got = record(stream, "item");
-  stream.onError((error) => errors.push(error));
+  const errors = got.errors;
   try {
     const refused = await within(WAIT, "connect() to fail", stream.connect().then(() => null, (e: unknown) => e));
     assert.ok(refused instanceof SubscriptionError, `connect() rejected with ${String(refused)}`);
