@@ -47,3 +47,9 @@ fi
   [ -d node_modules ] && [ node_modules -nt package-lock.json ] || npm ci --no-audit --no-fund
   PLEXUS_BIN="$(pwd)/../../target/release/plexus" npm test
 )
+
+# The operator's packages (README, "Install"): the .deb built, installed, served from as the
+# plexus user and purged; the Dockerfile and deploy/kubernetes/ checked (tests/packaging).
+# It packages the release binary the tests above ran (a `cargo build -p plexus-server` here would
+# resolve features for that package alone and rebuild it).
+PACKAGE_TEST_NO_BUILD=1 ./scripts/package-test.sh
