@@ -1,13 +1,22 @@
 //! The admin listener over real sockets: the token, live counts, the debug console's SSE stream,
-//! the test-event form, introspection, and `plexus info` against the config.
+//! the test-event form, introspection, `plexus info` against the config, the charts' history,
+//! and webhook health (API and Prometheus) with "retry now" against a real local receiver.
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::routing::post;
 use common::{app, TestServer, WAIT};
+use plexus_core::app::{WebhookKind, WebhookTarget};
 use plexus_server::admin::{Admin, AdminConfig};
+use plexus_server::config::MetricsConfig;
 use plexus_server::logstream::LogStream;
+use plexus_server::webhooks::WebhooksConfig;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -223,4 +232,232 @@ fn plexus_info_lists_the_configured_apps() {
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["apps"][0]["id"], "shop");
     assert!(json["apps"][0].get("secret").is_none());
+}
+
+/// Asks `GET path` until `done` holds for its JSON answer, within `within`; returns that answer.
+/// (The charts' samples come every 5 s and webhook attempts when they come: polled, never slept.)
+async fn poll_until(
+    addr: std::net::SocketAddr,
+    path: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, body) = request(addr, "GET", path, Some(TOKEN), "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path}: not as expected in time; last answer {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn last_sample(stats: &Value) -> Value {
+    stats["samples"].as_array().and_then(|s| s.last()).cloned().unwrap_or(Value::Null)
+}
+
+/// The server keeps each app's figures (so an opened dashboard draws the last 15 minutes at
+/// once): this node's connections and subscriptions, and rates of events published and
+/// messages delivered between samples; nothing per node without a cluster.
+#[tokio::test]
+async fn the_charts_history_holds_connections_subscriptions_and_rates_from_the_server() {
+    let server = TestServer::start(vec![app(1)]).await;
+    let admin = start_admin(&server).await;
+    assert_eq!(request(admin, "GET", "/api/apps/app-1/stats", None, "").await.0, 401);
+    assert_eq!(request(admin, "GET", "/api/apps/nope/stats", Some(TOKEN), "").await.0, 404);
+    // A sample is taken when the listener starts: the first point is there without waiting a
+    // sampling interval.
+    let stats = poll_until(admin, "/api/apps/app-1/stats", WAIT, |s| !last_sample(s).is_null()).await;
+    assert_eq!((stats["interval_ms"].as_u64(), stats["capacity"].as_u64()), (Some(5000), Some(180)));
+    assert_eq!(stats["node"], Value::Null, "not in a cluster");
+    assert_eq!(last_sample(&stats)["connections"], 0, "{stats}");
+
+    let mut client = server.connect("key-1").await;
+    client.subscribe("news").await;
+    client.subscribe("sport").await;
+    let within = SAMPLE_WAIT;
+    let stats =
+        poll_until(admin, "/api/apps/app-1/stats", within, |s| last_sample(s)["connections"] == 1).await;
+    let sample = last_sample(&stats);
+    assert_eq!(sample["subscriptions"], 2, "{sample}");
+    assert_eq!(sample["cluster_subscriptions"], 2, "{sample}");
+    assert_eq!(sample["peer_subscriptions"], json!({}), "{sample}");
+    assert!(
+        stats["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["events_per_sec"].as_f64().unwrap_or(0.0) == 0.0),
+        "nothing published yet: {stats}"
+    );
+
+    for n in 0..5 {
+        assert_eq!(server.trigger(&app(1), "news", "tick", &format!("{{\"n\":{n}}}")).await.0, 200);
+        client.expect("tick").await;
+    }
+    // A later sample counts them: events per second, and messages delivered to the subscriber.
+    let busy = |s: &Value| s["events_per_sec"].as_f64().is_some_and(|rate| rate > 0.0);
+    let stats = poll_until(admin, "/api/apps/app-1/stats", within, |s| {
+        s["samples"].as_array().unwrap().iter().any(busy)
+    })
+    .await;
+    let sample = stats["samples"].as_array().unwrap().iter().find(|s| busy(s)).unwrap();
+    assert!(sample["messages_per_sec"].as_f64().unwrap() > 0.0, "{sample}");
+    let times: Vec<u64> =
+        stats["samples"].as_array().unwrap().iter().map(|s| s["at_ms"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first: {times:?}");
+}
+
+/// A sample is due every 5 s; this bounds the wait for the next one.
+const SAMPLE_WAIT: Duration = Duration::from_secs(20);
+
+/// A webhook receiver on loopback that answers 500 while `failing`, then 200; hands on the body
+/// of each request it accepted.
+async fn receiver(failing: Arc<AtomicBool>) -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let router = axum::Router::new().route(
+        "/hook",
+        post(move |body: Bytes| {
+            let (tx, failing) = (tx.clone(), failing.clone());
+            async move {
+                if failing.load(Ordering::SeqCst) {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let _ = tx.send(serde_json::from_slice::<Value>(&body).unwrap());
+                StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (format!("http://{addr}/hook"), rx)
+}
+
+/// The value of the series `name{app_id="app-7",endpoint="0"}` in Prometheus text.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| line.contains("app_id=\"app-7\"") && line.contains("endpoint=\"0\""))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("metrics in time").unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// An endpoint that fails shows it everywhere an operator looks (the admin API with the reason,
+/// Prometheus by app and endpoint index), and "retry now" sends at once what would otherwise
+/// wait out an hour's backoff.
+#[tokio::test]
+async fn webhook_health_shows_a_failing_endpoint_and_retry_now_delivers_at_once() {
+    // The only test in this binary that installs the process's metrics recorder.
+    let metrics_config = MetricsConfig { enabled: true, host: "127.0.0.1".into(), port: 0 };
+    let metrics = plexus_server::metrics::start(&metrics_config).await.expect("metrics listener binds");
+    let failing = Arc::new(AtomicBool::new(true));
+    let (url, mut received) = receiver(failing.clone()).await;
+    let mut hooked = app(7);
+    hooked.webhooks =
+        vec![WebhookTarget { url: url.clone(), events: vec![WebhookKind::ChannelOccupied], ca_file: None }];
+    let data_dir = std::env::temp_dir().join(format!("plexus-admin-webhooks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let webhooks = WebhooksConfig {
+        data_dir: data_dir.clone(),
+        batch_window_ms: 10,
+        // So long that only "retry now" can explain a second attempt within the test.
+        initial_backoff_ms: 3_600_000,
+        max_backoff_secs: 3_600,
+        retry_for_secs: 7_200,
+        ..WebhooksConfig::default()
+    };
+    let server = TestServer::start_with_webhooks(vec![hooked], webhooks).await;
+    let admin = start_admin(&server).await;
+    let path = "/api/apps/app-7/webhooks";
+    assert_eq!(request(admin, "GET", path, None, "").await.0, 401);
+    let (status, health) = request(admin, "GET", path, Some(TOKEN), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["delivery"], true);
+    let endpoint = &health["endpoints"][0];
+    assert_eq!(
+        (endpoint["endpoint"].as_u64(), endpoint["url"].as_str(), endpoint["state"].as_str()),
+        (Some(0), Some(url.as_str()), Some("idle"))
+    );
+    assert_eq!(endpoint["events"], json!(["channel_occupied"]));
+    // Nothing is backing off yet: retry has nothing to wake.
+    assert_eq!(request(admin, "POST", "/api/apps/app-7/webhooks/retry", Some(TOKEN), "").await.1["woken"], 0);
+
+    let mut client = server.connect("key-7").await;
+    client.subscribe("news").await;
+    let health = poll_until(admin, path, WAIT, |h| h["endpoints"][0]["state"] == "backing_off").await;
+    let endpoint = &health["endpoints"][0];
+    assert_eq!(endpoint["queued_requests"], 1, "{endpoint}");
+    assert!(endpoint["oldest_pending_age_ms"].is_u64(), "{endpoint}");
+    assert_eq!((endpoint["last_status"].as_u64(), endpoint["failures"].as_u64()), (Some(500), Some(1)));
+    assert_eq!((endpoint["retries"].as_u64(), endpoint["delivered"].as_u64()), (Some(0), Some(0)));
+    let failure = &endpoint["recent_failures"][0];
+    assert_eq!(failure["attempt"], 1);
+    assert!(failure["reason"].as_str().unwrap().contains("500"), "{failure}");
+    assert!(endpoint["retry_at_ms"].as_u64().unwrap() > failure["at_ms"].as_u64().unwrap());
+
+    let text = scrape(metrics).await;
+    assert_eq!(series(&text, "plexus_webhook_endpoint_queued_requests"), Some(1.0), "{text}");
+    assert_eq!(series(&text, "plexus_webhook_endpoint_last_status"), Some(500.0), "{text}");
+    assert_eq!(series(&text, "plexus_webhook_endpoint_failures_total"), Some(1.0), "{text}");
+    assert!(series(&text, "plexus_webhook_endpoint_oldest_pending_age_seconds").is_some(), "{text}");
+    assert!(!text.contains(&url), "a URL is never a label");
+
+    // Bad asks are refused and wake nothing.
+    let retry = "/api/apps/app-7/webhooks/retry";
+    assert_eq!(request(admin, "POST", retry, Some(TOKEN), "{\"endpoint\":3}").await.0, 404);
+    assert_eq!(request(admin, "POST", retry, Some(TOKEN), "{\"endpoint\":\"x\"}").await.0, 400);
+    assert_eq!(request(admin, "POST", retry, None, "{}").await.0, 401);
+    assert!(received.try_recv().is_err(), "nothing accepted while failing");
+
+    failing.store(false, Ordering::SeqCst);
+    let (status, answer) = request(admin, "POST", retry, Some(TOKEN), "{\"endpoint\":0}").await;
+    assert_eq!((status, answer["woken"].as_u64()), (200, Some(1)), "{answer}");
+    let body = tokio::time::timeout(WAIT, received.recv()).await.expect("delivered at once").unwrap();
+    assert_eq!(body["events"][0]["name"], "channel_occupied");
+    assert_eq!(body["events"][0]["channel"], "news");
+    let health = poll_until(admin, path, WAIT, |h| h["endpoints"][0]["state"] == "idle").await;
+    let endpoint = &health["endpoints"][0];
+    assert_eq!(
+        (endpoint["queued_requests"].as_u64(), endpoint["last_status"].as_u64()),
+        (Some(0), Some(200))
+    );
+    assert_eq!(
+        (endpoint["delivered"].as_u64(), endpoint["failures"].as_u64(), endpoint["retries"].as_u64()),
+        (Some(1), Some(1), Some(1))
+    );
+    assert!(endpoint["oldest_pending_age_ms"].is_null(), "{endpoint}");
+    assert_eq!(endpoint["recent_failures"].as_array().unwrap().len(), 1, "failures stay listed");
+    let text = scrape(metrics).await;
+    assert_eq!(series(&text, "plexus_webhook_endpoint_queued_requests"), Some(0.0), "{text}");
+    assert_eq!(series(&text, "plexus_webhook_endpoint_delivered_total"), Some(1.0), "{text}");
+    assert_eq!(series(&text, "plexus_webhook_endpoint_retries_total"), Some(1.0), "{text}");
+    assert_eq!(series(&text, "plexus_webhook_endpoint_last_status"), Some(200.0), "{text}");
+    assert_eq!(request(admin, "POST", retry, Some(TOKEN), "{}").await.1["woken"], 0);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// An app without endpoints, on a server without webhook delivery, answers plainly.
+#[tokio::test]
+async fn webhook_health_of_an_app_without_endpoints_is_empty() {
+    let server = TestServer::start(vec![app(1)]).await;
+    let admin = start_admin(&server).await;
+    let (status, health) = request(admin, "GET", "/api/apps/app-1/webhooks", Some(TOKEN), "").await;
+    assert_eq!((status, health), (200, json!({"delivery": false, "endpoints": []})));
+    assert_eq!(request(admin, "GET", "/api/apps/nope/webhooks", Some(TOKEN), "").await.0, 404);
+    let (status, answer) = request(admin, "POST", "/api/apps/app-1/webhooks/retry", Some(TOKEN), "").await;
+    assert_eq!((status, answer), (200, json!({"woken": 0})));
 }

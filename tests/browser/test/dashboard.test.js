@@ -1,11 +1,15 @@
 // The dashboard in headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core)
-// against a real `plexus serve --dashboard`, with a real pusher-js client and the pusher SDK:
-// a connection appears, a published event arrives in the debug console, and an event sent
-// from the dashboard's form reaches pusher-js; empty tables say so, and no request fails.
-// Leaves target/browser/dashboard.png behind.
+// against a real `plexus serve --dashboard`, with a real pusher-js client and the pusher SDK,
+// used as a person would: a connection appears, a published event arrives in the debug console
+// (watch), an event sent from the dashboard's form reaches pusher-js (publish), the charts draw
+// the server's samples, and the webhook panel shows a local receiver failing, then "Retry now"
+// delivers at once (the backoff is ten minutes, so nothing else could). Empty tables say so, no
+// request fails and nothing is logged as an error. Leaves a screenshot of each view under
+// target/browser/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -23,6 +27,9 @@ let server; let browser; let page; let client; let sdk;
 // Every request of the page that failed or answered >= 400, and every console error.
 const failures = []; const consoleErrors = [];
 let wsPort; let dashboardUrl;
+// The webhook receiver: answers 500 while `failing`, then 200; `hooks` holds accepted bodies.
+let receiver; let failing = true; const hooks = []; let hookArrived = () => {};
+const shots = join(repo, 'target', 'browser');
 
 /// Resolves with the value `probe` returns once truthy; rejects naming `what` after `ms`.
 function within(ms, what, probe) {
@@ -35,9 +42,26 @@ function within(ms, what, probe) {
 before(async () => {
   const dir = join(tmpdir(), `plexus-browser-${process.pid}`);
   mkdirSync(dir, { recursive: true });
+  mkdirSync(shots, { recursive: true });
+  receiver = createServer((request, response) => {
+    let body = '';
+    request.on('data', (chunk) => { body += chunk; });
+    request.on('end', () => {
+      if (failing) { response.writeHead(500).end('receiver down'); return; }
+      hooks.push(JSON.parse(body));
+      response.writeHead(200).end('ok');
+      hookArrived();
+    });
+  });
+  await new Promise((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+  const hookUrl = `http://127.0.0.1:${receiver.address().port}/hook`;
   const config = join(dir, 'plexus.toml');
   writeFileSync(config, '[server]\nhost = "127.0.0.1"\nport = 0\n[metrics]\nenabled = false\n'
-    + '[admin]\nport = 0\n[[apps]]\nid = "browser-app"\nkey = "browser-key"\nsecret = "browser-secret"\n');
+    + `[webhooks]\ndata_dir = "${join(dir, 'data')}"\nbatch_window_ms = 20\n`
+    // Ten minutes: within the test only "Retry now" can cause a second attempt.
+    + 'initial_backoff_ms = 600000\nmax_backoff_secs = 600\n'
+    + '[admin]\nport = 0\n[[apps]]\nid = "browser-app"\nkey = "browser-key"\nsecret = "browser-secret"\n'
+    + `[[apps.webhooks]]\nurl = "${hookUrl}"\nevents = ["channel_occupied"]\n`);
   server = spawn(BIN, ['serve', '--config', config, '--dashboard'], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   await within(WAIT, 'plexus to print its listening and dashboard lines', (done) => {
@@ -66,9 +90,15 @@ after(async () => {
   if (client) client.disconnect();
   if (browser) await browser.close();
   if (server) server.kill('SIGTERM');
+  if (receiver) receiver.close();
 });
 
-test('the dashboard shows a pusher-js connection, streams a published event, and its form reaches pusher-js', async () => {
+/// A screenshot of one view (a section of the page) under target/browser/.
+async function shoot(selector, name) {
+  await page.locator(selector).screenshot({ path: join(shots, `${name}.png`) });
+}
+
+test('watch and publish: a pusher-js connection appears, a published event streams in, the form reaches pusher-js', async () => {
   await page.goto(dashboardUrl);
   const appRow = page.locator('#apps tr[data-app="browser-app"]');
   await appRow.waitFor({ timeout: WAIT });
@@ -95,6 +125,7 @@ test('the dashboard shows a pusher-js connection, streams a published event, and
   await page.locator('#console li', { hasText: 'headline' }).waitFor({ timeout: WAIT });
   const line = await page.locator('#console li', { hasText: 'headline' }).first().textContent();
   assert.match(line, /event lobby headline .*from the SDK/);
+  await shoot('section[aria-labelledby="console-heading"]', 'watch');
 
   const received = within(WAIT, 'pusher-js to receive the dashboard event', (done) => channel.bind('from-form', done));
   await page.getByLabel('Channel', { exact: true }).fill('lobby');
@@ -103,10 +134,54 @@ test('the dashboard shows a pusher-js connection, streams a published event, and
   await page.getByRole('button', { name: 'Publish' }).click();
   assert.deepEqual(await received, { sent: 'by the form' });
   await page.locator('#publish-result', { hasText: 'published' }).waitFor({ timeout: WAIT });
+  await shoot('section[aria-labelledby="publish-heading"]', 'publish');
+});
 
-  const shots = join(repo, 'target', 'browser');
-  mkdirSync(shots, { recursive: true });
+test('charts: the server\'s samples draw connections, subscriptions and rates for the chosen app', async () => {
+  // The server samples every 5 s; the page asks every 2 s. One pusher-js socket in one channel.
+  await page.locator('#chart-connections[data-last="1"]').waitFor({ timeout: WAIT });
+  await page.locator('#chart-subscriptions[data-last="1"]').waitFor({ timeout: WAIT });
+  // Two events were published (SDK and form) before some sample: a later one shows a rate.
+  await page.waitForFunction(() => ['events', 'messages'].every((id) => Number(document.querySelector(`#chart-${id}`)?.dataset.peak) > 0),
+    null, { timeout: WAIT });
+  const label = await page.locator('#chart-connections svg').getAttribute('aria-label');
+  assert.match(label, /^Connections, last 15 minutes: now 1, peak 1$/);
+  for (const id of ['connections', 'subscriptions', 'events', 'messages']) {
+    assert.equal(await page.locator(`#chart-${id} svg polyline`).count() >= 1, true, `${id} has a line`);
+  }
+  assert.match(await page.locator('#charts-heading').textContent(), /browser-app/);
+  await shoot('#charts-section', 'charts');
+});
+
+test('webhooks: a failing receiver shows with its reason, and Retry now delivers at once', async () => {
+  // pusher-js occupied "lobby": its channel_occupied went to the receiver, which answered 500.
+  const row = page.locator('#webhooks tr[data-endpoint="0"]');
+  await page.locator('#webhooks tr[data-endpoint="0"][data-state="backing_off"]').waitFor({ timeout: WAIT });
+  const cells = await row.locator('td').allTextContents();
+  assert.match(cells[1], /^http:\/\/127\.0\.0\.1:\d+\/hook$/);
+  assert.match(cells[2], /^backing off \(next try in \d+ min/);
+  assert.deepEqual([cells[3], cells[5], cells[6], cells[7]], ['1', '500', '0', '1'], `queued, last status, delivered, failures: ${cells}`);
+  await page.locator('#webhook-failures li', { hasText: 'HTTP 500' }).waitFor({ timeout: WAIT });
+  assert.equal(hooks.length, 0, 'nothing accepted yet');
+  await shoot('#webhooks-section', 'webhooks-failing');
+
+  failing = false;
+  const delivered = within(WAIT, 'the receiver to accept the retried webhook', (done) => { hookArrived = done; });
+  await page.getByRole('button', { name: 'Retry endpoint 0 now' }).click();
+  await delivered;
+  assert.deepEqual(hooks[0].events.map((e) => [e.name, e.channel]), [['channel_occupied', 'lobby']]);
+  await page.locator('#webhook-result', { hasText: 'retrying now' }).waitFor({ timeout: WAIT });
+  await page.locator('#webhooks tr[data-endpoint="0"][data-state="idle"]').waitFor({ timeout: WAIT });
+  await page.waitForFunction(() => {
+    const cells = [...document.querySelectorAll('#webhooks tr[data-endpoint="0"] td')].map((td) => td.textContent);
+    return cells[3] === '0' && cells[5] === '200' && cells[6] === '1' && cells[8] === '1';
+  }, null, { timeout: WAIT });
+  assert.equal(await page.getByRole('button', { name: 'Retry endpoint 0 now' }).isDisabled(), true);
+  await shoot('#webhooks-section', 'webhooks');
   await page.screenshot({ path: join(shots, 'dashboard.png'), fullPage: true });
+});
+
+test('no request of the page failed and nothing was logged as an error', () => {
   // The favicon used to be a 404 on every load.
   assert.deepEqual(failures, [], 'no failed requests');
   assert.deepEqual(consoleErrors, [], 'no console errors');

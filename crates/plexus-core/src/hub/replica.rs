@@ -23,6 +23,15 @@ pub struct LocalShare {
     pub members: Vec<(String, Option<String>)>,
 }
 
+/// Subscriptions per node (see [`AppHub::subscriptions_by_node`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeSubscriptions {
+    /// This node's sockets' subscriptions.
+    pub local: usize,
+    /// Every other node with subscriptions, by id.
+    pub remote: std::collections::BTreeMap<NodeId, usize>,
+}
+
 impl Channel {
     /// Sets `node`'s subscriber count here and says what changed.
     fn set_remote_count(&mut self, node: NodeId, subscriptions: usize) -> Transitions<'static> {
@@ -183,6 +192,24 @@ impl AppHub {
         if entry.is_unused() {
             channels.remove(name.as_str());
         }
+    }
+
+    /// Subscriptions held by each node, as this node knows them: its own sockets, and every
+    /// other node's share as that node last reported it (the same figures the cluster-wide
+    /// counts add up). Walks every channel; meant for occasional sampling, not the hot path.
+    pub fn subscriptions_by_node(&self) -> NodeSubscriptions {
+        let mut counts = NodeSubscriptions::default();
+        for shard in self.shards.iter() {
+            for channel in read(shard).channels.values() {
+                counts.local += channel.subscribers.len();
+                for (node, share) in &channel.remote {
+                    if share.subscriptions > 0 {
+                        *counts.remote.entry(*node).or_default() += share.subscriptions;
+                    }
+                }
+            }
+        }
+        counts
     }
 
     /// This node's part of every channel it has sockets in, for a peer that syncs.

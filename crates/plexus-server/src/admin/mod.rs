@@ -11,7 +11,10 @@
 //! `plexus_core::observe`), `POST /api/apps/{id}/events` (a test event, checked like the HTTP
 //! API's trigger), `GET /api/logs?level=&target=` (SSE: [`crate::logstream`]) and
 //! `GET /api/info` (what `plexus info --url` prints, also shown on the dashboard: typed channels
-//! and bridges; see [`crate::introspect`]).
+//! and bridges; see [`crate::introspect`]), `GET /api/apps/{id}/stats` (the charts' last 15
+//! minutes, kept by [`stats`]), `GET /api/apps/{id}/webhooks` (each endpoint's health, from
+//! [`crate::webhooks::health`]) and `POST /api/apps/{id}/webhooks/retry` (a backed-off endpoint
+//! tries again at once).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::stream::{self, Stream};
 use plexus_core::observe::Seen;
 use serde::{Deserialize, Serialize};
@@ -32,7 +35,10 @@ use serde_json::{json, Value};
 
 use crate::http_api::ApiError;
 use crate::logstream::{LogFilter, LogStream, Next as LogNext};
+use crate::webhooks::health::EndpointHealth;
 use crate::ServerState;
+
+pub mod stats;
 
 const INDEX_HTML: &str = include_str!("index.html");
 const DASHBOARD_JS: &str = include_str!("dashboard.js");
@@ -97,6 +103,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/apps/{app_id}/channels", get(channels))
         .route("/api/apps/{app_id}/observe", get(observe))
         .route("/api/apps/{app_id}/events", post(publish))
+        .route("/api/apps/{app_id}/stats", get(app_stats))
+        .route("/api/apps/{app_id}/webhooks", get(webhooks))
+        .route("/api/apps/{app_id}/webhooks/retry", post(retry_webhooks))
+        .layer(Extension(stats::Stats::start(admin.server.clone())))
         .layer(axum::middleware::from_fn_with_state(admin.clone(), require_token));
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
@@ -272,4 +282,76 @@ async fn logs(State(admin): State<Arc<Admin>>, Query(query): Query<LogQuery>) ->
         }
     });
     sse(futures_util::StreamExt::chain(hello, lines))
+}
+
+/// `GET /api/apps/{id}/stats`: the app's samples of the last 15 minutes, for the charts.
+async fn app_stats(
+    State(admin): State<Arc<Admin>>,
+    Extension(stats): Extension<Arc<stats::Stats>>,
+    Path(app_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = known_app(&admin, &app_id)?;
+    Ok(Json(stats.to_json(&app.id)))
+}
+
+/// `GET /api/apps/{id}/webhooks`: every configured endpoint of the app with its health, then
+/// any endpoint no longer configured that still has requests from before.
+async fn webhooks(
+    State(admin): State<Arc<Admin>>,
+    Path(app_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = known_app(&admin, &app_id)?;
+    let service = admin.server.webhooks.as_ref();
+    let mut health = service.map(|s| s.health(&app.id)).unwrap_or_default();
+    let mut endpoints: Vec<Value> = app
+        .webhooks
+        .iter()
+        .enumerate()
+        .map(|(index, target)| {
+            let seen = health.iter().position(|h| h.url == target.url).map(|i| health.swap_remove(i));
+            let mut entry = seen.map_or_else(EndpointHealth::unused_json, |h| h.to_json());
+            entry["endpoint"] = json!(index);
+            entry["url"] = json!(target.url);
+            entry["events"] = json!(target.events);
+            entry
+        })
+        .collect();
+    endpoints.extend(health.iter().map(|h| {
+        let mut entry = h.to_json();
+        entry["endpoint"] = Value::Null;
+        entry["url"] = json!(h.url);
+        entry["events"] = json!([]);
+        entry
+    }));
+    Ok(Json(json!({ "delivery": service.is_some(), "endpoints": endpoints })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {
+    /// The endpoint's position in the app's `webhooks` list; every endpoint when absent.
+    endpoint: Option<usize>,
+}
+
+/// `POST /api/apps/{id}/webhooks/retry`: endpoints backing off after a failure try their oldest
+/// request again now (`{"endpoint": n}`: only that one). Answers how many were backing off.
+async fn retry_webhooks(
+    State(admin): State<Arc<Admin>>,
+    Path(app_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let app = known_app(&admin, &app_id)?;
+    let body: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("retry body: {e}")))?
+    };
+    let url = match body.endpoint {
+        Some(index) => Some(app.webhooks.get(index).map(|t| t.url.as_str()).ok_or_else(|| {
+            ApiError::NotFound(format!("app {:?} has no webhook endpoint {index}", app.id))
+        })?),
+        None => None,
+    };
+    let woken = admin.server.webhooks.as_ref().map_or(0, |s| s.retry_now(&app.id, url));
+    Ok(Json(json!({ "woken": woken })))
 }

@@ -2,7 +2,9 @@
 //!
 //! A job is removed from the durable store when it is delivered (any 2xx) or given up (its retry
 //! window passed, or its app no longer exists). A worker sends one job at a time, so an
-//! endpoint sees its events in the order they happened.
+//! endpoint sees its events in the order they happened. Each worker reports what it does to its
+//! endpoint's [`EndpointHealth`] (the admin API's and Prometheus' view), whose "retry now" cuts
+//! the worker's backoff short.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use plexus_tls::http::HttpsConnector;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use super::health::EndpointHealth;
 use super::store::{Job, JobStore};
 use super::{now_ms, WebhooksConfig};
 
@@ -58,8 +61,10 @@ impl Clients {
 /// What one attempt came to.
 #[derive(Debug)]
 enum Attempt {
-    Delivered,
-    Failed(String),
+    /// A 2xx, with its status.
+    Delivered(u16),
+    /// With the HTTP status when the endpoint answered at all.
+    Failed(Option<u16>, String),
     /// The app is gone: nothing to sign with, nowhere to send.
     Orphaned,
 }
@@ -67,6 +72,7 @@ enum Attempt {
 struct Endpoint {
     tx: mpsc::UnboundedSender<Job>,
     queued: Arc<AtomicUsize>,
+    health: Arc<EndpointHealth>,
 }
 
 /// Every endpoint's worker, created on first use.
@@ -110,7 +116,7 @@ impl Deliveries {
     pub fn enqueue(&self, job: Job) {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let key = (job.app_id.clone(), job.url.clone());
-        let endpoint = endpoints.entry(key).or_insert_with(|| self.spawn_worker());
+        let endpoint = endpoints.entry(key).or_insert_with(|| self.spawn_worker(&job.app_id, &job.url));
         if endpoint.queued.load(Ordering::Relaxed) >= self.config.max_pending_per_endpoint {
             metrics::counter!("plexus_webhook_jobs_dropped_total").increment(1);
             tracing::error!(url = %job.url, app_id = %job.app_id, "webhook endpoint backlog full: job dropped");
@@ -118,15 +124,23 @@ impl Deliveries {
             return;
         }
         endpoint.queued.fetch_add(1, Ordering::Relaxed);
+        endpoint.health.queued(job.created_ms);
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("plexus_webhook_jobs_pending").increment(1);
         let _ = endpoint.tx.send(job);
     }
 
-    fn spawn_worker(&self) -> Endpoint {
+    fn spawn_worker(&self, app_id: &str, url: &str) -> Endpoint {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
+        let label = self
+            .apps
+            .by_id(app_id)
+            .and_then(|app| app.webhooks.iter().position(|w| w.url == url))
+            .map_or_else(|| "unlisted".to_owned(), |index| index.to_string());
+        let health = Arc::new(EndpointHealth::new(app_id, url, label));
         let worker = Worker {
+            health: health.clone(),
             config: self.config.clone(),
             apps: self.apps.clone(),
             store: self.store.clone(),
@@ -138,6 +152,7 @@ impl Deliveries {
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 worker.deliver(job).await;
+                worker.health.dequeued();
                 depth.fetch_sub(1, Ordering::Relaxed);
                 metrics::gauge!("plexus_webhook_jobs_pending").decrement(1);
                 if outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -145,7 +160,21 @@ impl Deliveries {
                 }
             }
         });
-        Endpoint { tx, queued }
+        Endpoint { tx, queued, health }
+    }
+
+    /// The health of every endpoint of `app_id` that has had a job since start.
+    pub fn health(&self, app_id: &str) -> Vec<Arc<EndpointHealth>> {
+        let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        endpoints.iter().filter(|((app, _), _)| app == app_id).map(|(_, e)| e.health.clone()).collect()
+    }
+
+    /// Refreshes every endpoint's age gauge.
+    pub fn tick_health(&self) {
+        let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        for endpoint in endpoints.values() {
+            endpoint.health.tick();
+        }
     }
 
     fn forget(&self, id: u64) {
@@ -185,6 +214,7 @@ impl Deliveries {
 }
 
 struct Worker {
+    health: Arc<EndpointHealth>,
     config: WebhooksConfig,
     apps: Arc<dyn AppStore>,
     store: Arc<JobStore>,
@@ -202,22 +232,26 @@ impl Worker {
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
+            self.health.sending(attempt);
             let outcome = self.attempt(&job).await;
             self.observe(&job, attempt, &outcome);
             let give_up = match &outcome {
-                Attempt::Delivered => {
+                Attempt::Delivered(status) => {
                     metrics::counter!("plexus_webhook_requests_total", "outcome" => "delivered").increment(1);
+                    self.health.delivered(*status);
                     true
                 }
                 Attempt::Orphaned => {
                     tracing::warn!(app_id = %job.app_id, "webhook job dropped: its app no longer exists");
                     true
                 }
-                Attempt::Failed(reason) => {
+                Attempt::Failed(status, reason) => {
                     metrics::counter!("plexus_webhook_requests_total", "outcome" => "failed").increment(1);
+                    self.health.failed(attempt, *status, reason);
                     let expired = now_ms() >= job.created_ms + self.config.retry_for_secs * 1000;
                     if expired {
                         metrics::counter!("plexus_webhook_jobs_abandoned_total").increment(1);
+                        self.health.abandoned();
                         tracing::error!(url = %job.url, attempt, %reason, "webhook abandoned after the retry window");
                     } else {
                         tracing::warn!(url = %job.url, attempt, %reason, retry_in_ms = backoff.as_millis() as u64, "webhook delivery failed");
@@ -235,7 +269,9 @@ impl Worker {
                 }
                 return;
             }
-            tokio::time::sleep(backoff).await;
+            // "Retry now" (admin) cuts the wait short; the backoff still grows, as the endpoint
+            // has not shown it is back.
+            self.health.back_off(backoff).await;
             backoff = (backoff * 2).min(max_backoff);
             attempt += 1;
         }
@@ -250,8 +286,8 @@ impl Worker {
             return;
         }
         let outcome = match outcome {
-            Attempt::Delivered => "delivered".to_owned(),
-            Attempt::Failed(reason) => format!("failed: {reason}"),
+            Attempt::Delivered(_) => "delivered".to_owned(),
+            Attempt::Failed(_, reason) => format!("failed: {reason}"),
             Attempt::Orphaned => "dropped: app removed".to_owned(),
         };
         let body: serde_json::Value = serde_json::from_str(&job.body).unwrap_or_default();
@@ -273,7 +309,7 @@ impl Worker {
         let ca_file = app.webhooks.iter().find(|w| w.url == job.url).and_then(|w| w.ca_file.as_deref());
         let client = match self.clients.for_url(&job.url, ca_file) {
             Ok(client) => client,
-            Err(reason) => return Attempt::Failed(reason),
+            Err(reason) => return Attempt::Failed(None, reason),
         };
         let signature = signature::webhook_signature(&app.secret, job.body.as_bytes());
         let request = Request::post(&job.url)
@@ -283,16 +319,20 @@ impl Worker {
             .body(Full::new(Bytes::from(job.body.clone())));
         let request = match request {
             Ok(request) => request,
-            Err(error) => return Attempt::Failed(format!("invalid webhook URL: {error}")),
+            Err(error) => return Attempt::Failed(None, format!("invalid webhook URL: {error}")),
         };
         let timeout = Duration::from_secs(self.config.request_timeout_secs.max(1));
         match tokio::time::timeout(timeout, client.request(request)).await {
-            Ok(Ok(response)) if response.status().is_success() => Attempt::Delivered,
-            Ok(Ok(response)) => Attempt::Failed(format!("HTTP {}", response.status())),
+            Ok(Ok(response)) if response.status().is_success() => {
+                Attempt::Delivered(response.status().as_u16())
+            }
+            Ok(Ok(response)) => {
+                Attempt::Failed(Some(response.status().as_u16()), format!("HTTP {}", response.status()))
+            }
             // The whole chain: hyper's own text is only "client error (Connect)"; the TLS reason
             // (a refused certificate, with what to do about it) sits in its sources.
-            Ok(Err(error)) => Attempt::Failed(plexus_tls::describe(&error)),
-            Err(_) => Attempt::Failed(format!("no response within {}s", timeout.as_secs())),
+            Ok(Err(error)) => Attempt::Failed(None, plexus_tls::describe(&error)),
+            Err(_) => Attempt::Failed(None, format!("no response within {}s", timeout.as_secs())),
         }
     }
 }

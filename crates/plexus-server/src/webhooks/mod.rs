@@ -12,10 +12,13 @@
 //! per wake-up, so a crash loses no accepted event. Every `batch_window_ms` it turns each app
 //! endpoint's share into a job (the exact body to send), in the same commit that deletes the
 //! events. [`delivery`] sends each endpoint's jobs in order, retrying failures with exponential
-//! backoff for `retry_for_secs`, and removes them once delivered.
+//! backoff for `retry_for_secs`, and removes them once delivered. [`health`] keeps what each
+//! endpoint's worker does (queue, last answer, failures) for the admin API and Prometheus, and
+//! carries the admin's "retry now" to a worker that is backing off.
 
 mod batcher;
 pub mod delivery;
+pub mod health;
 mod intake;
 pub mod store;
 
@@ -103,6 +106,7 @@ impl WebhookService {
             );
         }
         let deliveries = Arc::new(Deliveries::new(config.clone(), apps.clone(), store.clone()));
+        tokio::spawn(refresh_health(Arc::downgrade(&deliveries)));
         for job in pending {
             deliveries.enqueue(job);
         }
@@ -117,6 +121,27 @@ impl WebhookService {
     /// Requests made and not yet delivered or given up (queued, in flight or waiting to retry).
     pub fn jobs_outstanding(&self) -> usize {
         self.deliveries.outstanding()
+    }
+
+    /// The health of each endpoint of `app_id` that has had a request since start.
+    pub fn health(&self, app_id: &str) -> Vec<Arc<health::EndpointHealth>> {
+        self.deliveries.health(app_id)
+    }
+
+    /// Cuts the backoff of `app_id`'s endpoints short (only the one at `url` when given): each
+    /// tries its oldest request again at once. Returns how many were backing off.
+    pub fn retry_now(&self, app_id: &str, url: Option<&str>) -> usize {
+        let woken = self
+            .deliveries
+            .health(app_id)
+            .iter()
+            .filter(|health| url.is_none_or(|url| health.url == url))
+            .filter(|health| health.retry_now())
+            .count();
+        if woken > 0 {
+            tracing::info!(app_id, endpoints = woken, "webhook retry asked for from the admin listener");
+        }
+        woken
     }
 
     /// Shows delivery attempts in the debug console of `hubs` (see `crate::admin`).
@@ -136,5 +161,18 @@ impl WebhookService {
         if left > 0 {
             tracing::info!(jobs = left, "webhook jobs kept on disk for the next start");
         }
+    }
+}
+
+/// Keeps the endpoints' age gauges current: an age grows while nothing happens (an endpoint
+/// backing off for a minute), so it is refreshed every second rather than on events alone.
+/// Ends with the delivery service.
+async fn refresh_health(deliveries: std::sync::Weak<Deliveries>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(deliveries) = deliveries.upgrade() else { return };
+        deliveries.tick_health();
     }
 }
