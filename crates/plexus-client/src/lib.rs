@@ -9,14 +9,14 @@
 //! the server could not replay them all (reload what you show).
 //!
 //! ```no_run
-//! use plexus_client::{Client, ClientOptions, Credentials, EventsOptions, Filter, StreamItem};
+//! use plexus_realtime_client::{Client, ClientOptions, Credentials, EventsOptions, Filter, StreamItem};
 //!
 //! #[derive(Debug, serde::Deserialize)]
 //! struct Message {
 //!     text: String,
 //! }
 //!
-//! # async fn demo() -> Result<(), plexus_client::Error> {
+//! # async fn demo() -> Result<(), plexus_realtime_client::Error> {
 //! let client = Client::new(
 //!     ClientOptions::new("ws://127.0.0.1:6001", "app-key").credentials(Credentials::api_key("sk_live_…")),
 //! );

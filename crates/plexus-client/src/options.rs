@@ -12,7 +12,7 @@ use crate::Filter;
 ///
 /// ```
 /// use std::time::Duration;
-/// use plexus_client::{Backoff, ClientOptions, Credentials};
+/// use plexus_realtime_client::{Backoff, ClientOptions, Credentials};
 ///
 /// let options = ClientOptions::new("ws://127.0.0.1:6001", "app-key")
 ///     .credentials(Credentials::api_key("sk_live_…"))
@@ -24,7 +24,7 @@ use crate::Filter;
 /// `app-key`) for what is left out:
 ///
 /// ```
-/// use plexus_client::{ClientOptions, Credentials};
+/// use plexus_realtime_client::{ClientOptions, Credentials};
 ///
 /// let options = ClientOptions {
 ///     url: "ws://127.0.0.1:6001".into(),
@@ -130,7 +130,7 @@ impl Credentials {
     /// [`Credentials::TokenFn`] from an async function:
     ///
     /// ```
-    /// use plexus_client::Credentials;
+    /// use plexus_realtime_client::Credentials;
     ///
     /// async fn fetch_token() -> Result<String, std::io::Error> {
     ///     Ok("eyJ…".to_owned())
@@ -240,7 +240,7 @@ pub(crate) fn random_unit() -> f64 {
 /// What one [`EventStream`](crate::EventStream) reads.
 ///
 /// ```
-/// use plexus_client::{EventsOptions, Filter};
+/// use plexus_realtime_client::{EventsOptions, Filter};
 ///
 /// let options = EventsOptions::new(["instance-inst_1"])
 ///     .filters(Filter::new().events(["message.received"]).where_eq("chat.id", "c1"));

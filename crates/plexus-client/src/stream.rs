@@ -222,7 +222,7 @@ impl EventStream {
     /// does not decode goes to the error handlers as [`Error::Decode`].
     ///
     /// ```no_run
-    /// # async fn demo(stream: &mut plexus_client::EventStream) {
+    /// # async fn demo(stream: &mut plexus_realtime_client::EventStream) {
     /// #[derive(serde::Deserialize)]
     /// struct Message {
     ///     text: String,
@@ -284,7 +284,7 @@ impl EventStream {
     /// It is cancel-safe: to stop, race it against something else and then close the stream.
     ///
     /// ```no_run
-    /// # async fn demo(mut stream: plexus_client::EventStream) {
+    /// # async fn demo(mut stream: plexus_realtime_client::EventStream) {
     /// tokio::select! {
     ///     ended = stream.run() => eprintln!("the stream ended: {ended:?}"),
     ///     _ = tokio::signal::ctrl_c() => {}

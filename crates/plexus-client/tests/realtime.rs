@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use plexus_client::{
+use plexus_realtime_client::{
     Client, ClientOptions, Credentials, Error, EventsOptions, Filter, Resume, Status, StreamItem,
 };
 use serde::Deserialize;
@@ -33,11 +33,11 @@ struct Item {
     i: u32,
 }
 
-fn stream_of(options: ClientOptions, events: EventsOptions) -> plexus_client::EventStream {
+fn stream_of(options: ClientOptions, events: EventsOptions) -> plexus_realtime_client::EventStream {
     Client::new(options).realtime().events(events).expect("valid options")
 }
 
-async fn connected(stream: &mut plexus_client::EventStream) {
+async fn connected(stream: &mut plexus_realtime_client::EventStream) {
     let result = tokio::time::timeout(WAIT, stream.connect()).await.expect("connect() in time");
     result.expect("every channel subscribed");
 }
@@ -407,7 +407,7 @@ async fn close_ends_the_task_and_the_socket_connected_or_waiting_to_reconnect() 
 
     // Waiting a minute to reconnect: close() does not wait it out.
     proxy.refuse(true);
-    let slow = plexus_client::Backoff {
+    let slow = plexus_realtime_client::Backoff {
         initial: Duration::from_secs(60),
         max: Duration::from_secs(60),
         jitter: false,

@@ -5,12 +5,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use plexus_core::hub::presence::Presence;
-use plexus_core::hub::AppHub;
-use plexus_core::webhook::{WebhookEvent, WebhookSink};
-use plexus_core::App;
 use plexus_protocol::codec::{self, Data, ServerEvent};
 use plexus_protocol::{signature, ChannelName};
+use plexus_realtime_core::hub::presence::Presence;
+use plexus_realtime_core::hub::AppHub;
+use plexus_realtime_core::webhook::{WebhookEvent, WebhookSink};
+use plexus_realtime_core::App;
 
 #[derive(Debug)]
 struct NoWebhooks;

@@ -1,4 +1,4 @@
-//! The cluster protocol (`plexus_core::cluster::node`) on the in-memory bus: two or three nodes,
+//! The cluster protocol (`plexus_realtime_core::cluster::node`) on the in-memory bus: two or three nodes,
 //! each a `ClusterNode` and its `Hubs`, in one process, with tokio's clock paused.
 //!
 //! Nothing here waits for wall-clock time. The clock only moves when every task is idle, and then
@@ -13,14 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use plexus_core::app::{HistoryRule, WebhookKind, WebhookTarget};
-use plexus_core::cluster::memory::{Delivery, Fate};
-use plexus_core::cluster::wire::{self, Body};
-use plexus_core::cluster::{ClusterLink, ClusterNode, ClusterOptions, MemoryBus, MemoryTransport, NodeId};
-use plexus_core::hub::{Event, Member};
-use plexus_core::webhook::{WebhookEvent, WebhookSink};
-use plexus_core::{App, AppHub, AppStore, Connection, Hubs, MemoryAppStore};
 use plexus_protocol::ChannelName;
+use plexus_realtime_core::app::{HistoryRule, WebhookKind, WebhookTarget};
+use plexus_realtime_core::cluster::memory::{Delivery, Fate};
+use plexus_realtime_core::cluster::wire::{self, Body};
+use plexus_realtime_core::cluster::{
+    ClusterLink, ClusterNode, ClusterOptions, MemoryBus, MemoryTransport, NodeId,
+};
+use plexus_realtime_core::hub::{Event, Member};
+use plexus_realtime_core::webhook::{WebhookEvent, WebhookSink};
+use plexus_realtime_core::{App, AppHub, AppStore, Connection, Hubs, MemoryAppStore};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -628,4 +630,31 @@ async fn a_history_event_published_while_its_numbering_node_is_dying_still_reach
     pass(OPTIONS.lease + OPTIONS.heartbeat).await;
     let got: Vec<String> = events(&reader.received()).into_iter().map(|(data, _)| data).collect();
     assert_eq!(got, ["during the lease"]);
+}
+
+/// The dashboard's per-node subscriptions: each node's own sockets and every peer's reported
+/// share, which add up to the cluster-wide count; a dead peer's share goes with its lease.
+#[tokio::test(start_paused = true)]
+async fn every_node_knows_each_peers_subscriptions_and_forgets_a_dead_one() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    let one = cluster.client(1);
+    let two = cluster.client(2);
+    let three = cluster.client(3);
+    one.subscribe("news");
+    two.subscribe("news");
+    two.subscribe("sport");
+    three.subscribe("sport");
+    three.subscribe("weather");
+    three.subscribe("alerts");
+    settle().await;
+    let seen = cluster.node(1).hub().subscriptions_by_node();
+    assert_eq!(seen.local, 1);
+    assert_eq!(seen.remote.into_iter().collect::<Vec<_>>(), vec![(2, 2), (3, 3)]);
+    let total: usize = cluster.node(1).hub().channels("").iter().map(|c| c.subscription_count).sum();
+    assert_eq!(total, 6, "the per-node figures add up to the cluster's");
+
+    cluster.node(3).kill();
+    pass(OPTIONS.lease + OPTIONS.heartbeat * 2).await;
+    let seen = cluster.node(1).hub().subscriptions_by_node();
+    assert_eq!((seen.local, seen.remote.into_iter().collect::<Vec<_>>()), (1, vec![(2, 2)]));
 }

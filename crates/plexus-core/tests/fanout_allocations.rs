@@ -10,11 +10,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use plexus_core::hub::AppHub;
-use plexus_core::webhook::{WebhookEvent, WebhookSink};
-use plexus_core::App;
 use plexus_protocol::codec::{Data, ServerEvent};
 use plexus_protocol::ChannelName;
+use plexus_realtime_core::hub::AppHub;
+use plexus_realtime_core::webhook::{WebhookEvent, WebhookSink};
+use plexus_realtime_core::App;
 
 struct Counting;
 

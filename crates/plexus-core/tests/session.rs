@@ -8,10 +8,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_core::access::Grant;
-use plexus_core::webhook::{WebhookEvent, WebhookSink};
-use plexus_core::{App, AppHub, Heartbeat, Session, SessionLimits};
 use plexus_protocol::signature::{auth_token, channel_string_to_sign};
+use plexus_realtime_core::access::Grant;
+use plexus_realtime_core::webhook::{WebhookEvent, WebhookSink};
+use plexus_realtime_core::{App, AppHub, Heartbeat, Session, SessionLimits};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 

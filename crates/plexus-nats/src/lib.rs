@@ -19,6 +19,24 @@
 //! - TLS ([`tls_options`]): a `tls://` URL, or a CA file given to [`connect_with`], requires TLS
 //!   (rustls on ring), verified against the system's root certificates or that CA file instead;
 //!   a server that does not offer TLS is then an error, not a connection in the clear.
+//!
+//! Node 1 of the cluster `plexus` says something to every node and reads what the others say
+//! (the server crate wires this into a node; this is the bare transport):
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use plexus_nats::{Inbound, Route, Transport};
+//!
+//! # async fn run() -> Result<(), plexus_nats::TransportError> {
+//! let (inbound_tx, mut inbound) = tokio::sync::mpsc::unbounded_channel();
+//! let bus = plexus_nats::connect("nats://127.0.0.1:4222", "plexus", 1, inbound_tx).await?;
+//! bus.send(Route::All, Bytes::from_static(b"hello, peers"));
+//! while let Some(Inbound::Message(message)) = inbound.recv().await {
+//!     println!("{} bytes from a peer", message.len());
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod bridge;
 pub mod mirror;
@@ -31,8 +49,9 @@ use std::time::Duration;
 use async_nats::{Client, ConnectOptions, Event, RequestErrorKind, Subject, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-pub use plexus_core::cluster::TransportError;
-use plexus_core::cluster::{redact_url, Inbound, InboundSender, NodeId, Route, Transport};
+// The transport contract this crate implements, re-exported so a user needs no other import.
+use plexus_core::cluster::redact_url;
+pub use plexus_core::cluster::{Inbound, InboundSender, NodeId, Route, Transport, TransportError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

@@ -23,6 +23,24 @@
 //!   system's root certificates, or against a private CA's PEM file given to [`connect_with`]
 //!   instead. Verification cannot be turned off (`#insecure` is refused), and a CA file with a
 //!   plain `redis://` URL is an error rather than a connection in the clear.
+//!
+//! Node 1 of the cluster `plexus` says something to every node and reads what the others say
+//! (the server crate wires this into a node; this is the bare transport):
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use plexus_redis::{Inbound, Route, Transport};
+//!
+//! # async fn run() -> Result<(), plexus_redis::TransportError> {
+//! let (inbound_tx, mut inbound) = tokio::sync::mpsc::unbounded_channel();
+//! let bus = plexus_redis::connect("redis://127.0.0.1:6379", "plexus", 1, inbound_tx).await?;
+//! bus.send(Route::All, Bytes::from_static(b"hello, peers"));
+//! while let Some(Inbound::Message(message)) = inbound.recv().await {
+//!     println!("{} bytes from a peer", message.len());
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::path::Path;
@@ -31,8 +49,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-pub use plexus_core::cluster::TransportError;
-use plexus_core::cluster::{redact_url, Inbound, InboundSender, NodeId, Route, Transport};
+// The transport contract this crate implements, re-exported so a user needs no other import.
+use plexus_core::cluster::redact_url;
+pub use plexus_core::cluster::{Inbound, InboundSender, NodeId, Route, Transport, TransportError};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Client, RedisError, TlsCertificates};
 use tokio::task::JoinHandle;

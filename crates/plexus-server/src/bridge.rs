@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "nats")]
 use anyhow::Context;
+#[cfg(feature = "nats")]
 use plexus_core::hub::Event;
+#[cfg(feature = "nats")]
 use plexus_nats::bridge::{self, BridgedEvent, Rejection, RuleError, Source, SubjectRule};
 use serde::{Deserialize, Serialize};
 
@@ -56,12 +59,26 @@ fn default_group() -> String {
     "plexus-bridge".into()
 }
 
+/// Why `[[bridges]]` and `[[mirrors]]` cannot run in a build without NATS.
+#[cfg(not(feature = "nats"))]
+pub(crate) const NO_NATS: &str = "this plexus was built without the `nats` feature";
+
 impl BridgeConfig {
+    /// Why the entry is unusable, if it is.
+    pub fn check(&self) -> Result<(), String> {
+        #[cfg(feature = "nats")]
+        return self.rule().map(drop).map_err(|error| error.to_string());
+        #[cfg(not(feature = "nats"))]
+        return Err(NO_NATS.to_owned());
+    }
+
     /// The parsed rule, or why the entry is unusable.
+    #[cfg(feature = "nats")]
     pub fn rule(&self) -> Result<SubjectRule, RuleError> {
         SubjectRule::parse(&self.subject, &self.channel, &self.event)
     }
 
+    #[cfg(feature = "nats")]
     fn source(&self) -> Source {
         match &self.stream {
             Some(stream) => Source::JetStream { stream: stream.clone(), durable: self.durable.clone() },
@@ -70,7 +87,17 @@ impl BridgeConfig {
     }
 }
 
+/// Without NATS there are no bridges to start; a configured one is refused.
+#[cfg(not(feature = "nats"))]
+pub async fn start(bridges: &[BridgeConfig], _state: &Arc<ServerState>) -> anyhow::Result<()> {
+    match bridges.first() {
+        Some(bridge) => anyhow::bail!("[[bridges]] subject {}: {NO_NATS}", bridge.subject),
+        None => Ok(()),
+    }
+}
+
 /// Starts every bridge; fails if one cannot connect or set up its consumer.
+#[cfg(feature = "nats")]
 pub async fn start(bridges: &[BridgeConfig], state: &Arc<ServerState>) -> anyhow::Result<()> {
     for config in bridges {
         let rule = config.rule()?;

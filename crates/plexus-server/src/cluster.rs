@@ -5,9 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+#[cfg(any(feature = "nats", feature = "redis"))]
+use anyhow::Context as _;
 use plexus_core::cluster::node::random_node_id;
-use plexus_core::cluster::{redact_url, ClusterNode, ClusterOptions, Inbound, Transport};
+use plexus_core::cluster::{
+    redact_url, ClusterNode, ClusterOptions, Inbound, InboundSender, NodeId, Transport,
+};
 use plexus_core::webhook::WebhookSink;
 use tokio::sync::mpsc;
 
@@ -27,27 +30,49 @@ pub async fn connect(
     config: &AdapterConfig,
     webhooks: Arc<dyn WebhookSink>,
 ) -> anyhow::Result<Option<Connected>> {
+    if config.driver == AdapterDriver::Local {
+        return Ok(None);
+    }
     let id = random_node_id();
-    let url = config.url();
-    let shown = redact_url(&url, config.driver == AdapterDriver::Nats);
     let (inbound_tx, inbound) = mpsc::unbounded_channel();
-    let ca_file = config.ca_file.as_deref();
-    let transport: Arc<dyn Transport> = match config.driver {
-        AdapterDriver::Local => return Ok(None),
-        AdapterDriver::Nats => plexus_nats::connect_with(&url, ca_file, &config.prefix, id, inbound_tx)
-            .await
-            .context("cannot join the cluster over NATS")?,
-        AdapterDriver::Redis => plexus_redis::connect_with(&url, ca_file, &config.prefix, id, inbound_tx)
-            .await
-            .context("cannot join the cluster over Redis")?,
-    };
+    let transport = connect_bus(config, id, inbound_tx).await?;
     let options = ClusterOptions {
         heartbeat: Duration::from_millis(config.heartbeat_ms),
         lease: Duration::from_millis(config.lease_ms),
         ..ClusterOptions::default()
     };
+    let shown = redact_url(&config.url(), config.driver == AdapterDriver::Nats);
     tracing::info!(node = id, driver = ?config.driver, url = %shown, prefix = %config.prefix, "joined the cluster bus");
     Ok(Some(Connected { node: ClusterNode::new(id, transport, webhooks, options), inbound }))
+}
+
+/// The bus `[adapter]` names, connected; a driver whose feature this build left out is refused
+/// with the feature's name.
+async fn connect_bus(
+    config: &AdapterConfig,
+    id: NodeId,
+    inbound: InboundSender,
+) -> anyhow::Result<Arc<dyn Transport>> {
+    let url = config.url();
+    let ca_file = config.ca_file.as_deref();
+    match config.driver {
+        #[cfg(feature = "nats")]
+        AdapterDriver::Nats => Ok(plexus_nats::connect_with(&url, ca_file, &config.prefix, id, inbound)
+            .await
+            .context("cannot join the cluster over NATS")?),
+        #[cfg(feature = "redis")]
+        AdapterDriver::Redis => Ok(plexus_redis::connect_with(&url, ca_file, &config.prefix, id, inbound)
+            .await
+            .context("cannot join the cluster over Redis")?),
+        #[allow(unreachable_patterns)]
+        driver => {
+            let _ = (url, ca_file, id, inbound);
+            let feature = format!("{driver:?}").to_lowercase();
+            anyhow::bail!(
+                "[adapter] driver = {feature:?}: this plexus was built without the `{feature}` feature"
+            )
+        }
+    }
 }
 
 /// Starts receiving from the cluster into `state`'s hubs, and returns once this node has heard

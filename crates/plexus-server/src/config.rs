@@ -405,8 +405,8 @@ impl Config {
             }
         }
         for bridge in &self.bridges {
-            if let Err(reason) = bridge.rule() {
-                return Err(ConfigError::Invalid { field: "bridges", reason: reason.to_string() });
+            if let Err(reason) = bridge.check() {
+                return Err(ConfigError::Invalid { field: "bridges", reason });
             }
             if let Some(Err(error)) = bridge.ca_file.as_deref().map(plexus_tls::CaFile::read) {
                 return Err(ConfigError::Invalid { field: "bridges.ca_file", reason: error.to_string() });

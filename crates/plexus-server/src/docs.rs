@@ -23,9 +23,9 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::Value;
 
-pub const OPENAPI: &str = include_str!("../../../docs/api/openapi.json");
-pub const OPENAPI_ADMIN: &str = include_str!("../../../docs/api/openapi-admin.json");
-pub const ASYNCAPI: &str = include_str!("../../../docs/api/asyncapi.json");
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+pub const OPENAPI_ADMIN: &str = include_str!("../api/openapi-admin.json");
+pub const ASYNCAPI: &str = include_str!("../api/asyncapi.json");
 
 /// The `/docs` routes; merged into [`crate::router`].
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {

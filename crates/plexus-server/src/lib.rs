@@ -6,6 +6,31 @@
 //! the CLI and signals, tests call it directly on `127.0.0.1:0`. An application embedding plexus
 //! merges [`router`] into its own routes and runs them with [`serve_router`]; a protocol extension
 //! (typed channels) is installed with [`ServerState::install_channels`].
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use plexus_server::config::ServerConfig;
+//! use plexus_server::plexus_core::{App, MemoryAppStore};
+//! use plexus_server::ServerState;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let apps = MemoryAppStore::new([App::new("app-id", "app-key", "a-secret-of-your-own")])?;
+//! let state = ServerState::new(ServerConfig::default(), Arc::new(apps));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let address = listener.local_addr()?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(plexus_server::serve(listener, state, async move {
+//!     stopped.await.ok();
+//! }));
+//! // pusher-js connects to ws://{address}/app/app-key; the Pusher HTTP API is under /apps/app-id/.
+//! println!("serving on {address}");
+//! stop.send(()).ok();
+//! server.await??;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod admin;
 pub mod bridge;
@@ -28,6 +53,10 @@ pub mod tls;
 pub mod tokens;
 pub mod webhooks;
 pub mod ws;
+
+/// The crates a server is built from, for an embedder that does not depend on them directly
+/// (`plexus-core` is published as `plexus-realtime-core`).
+pub use {plexus_core, plexus_protocol};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 /// jemalloc returns freed memory to the OS (background purging, see .cargo/config.toml), so RSS
 /// falls after a crowd of connections leaves; glibc's malloc kept all of it (BENCHMARKS.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use plexus_server::{webhook_sink, ServerState};
 
 /// plexus — a self-hosted realtime server speaking the Pusher Channels protocol v7 and HTTP API.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "plexus", version, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -413,6 +414,12 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         .context("no database: pass --url (PLEXUS_APP_STORE_URL) or set [app_store] url")?;
     let table = config.app_store.table.clone();
     let ca_file = config.app_store.ca_file.clone();
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (url, ca_file);
+        anyhow::bail!("{NO_POSTGRES} (table {table})");
+    }
+    #[cfg(feature = "postgres")]
     runtime()?.block_on(async move {
         plexus_pg::migrate_with(&url, ca_file.as_deref(), &table)
             .await
@@ -422,9 +429,20 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     })
 }
 
+#[cfg(not(feature = "postgres"))]
+const NO_POSTGRES: &str =
+    "this plexus was built without the `postgres` feature, so it cannot keep apps in PostgreSQL";
+
+/// The PostgreSQL app store's handle, kept for its refresh.
+#[cfg(feature = "postgres")]
+type Database = Arc<plexus_pg::PgAppStore>;
+/// Built without PostgreSQL: there is never a database handle.
+#[cfg(not(feature = "postgres"))]
+type Database = std::convert::Infallible;
+
 /// The app store `[app_store]` names, with its PostgreSQL handle (for the refresh) or its
 /// in-memory one (for SIGHUP reloads).
-type OpenedStore = (Arc<dyn AppStore>, Option<Arc<plexus_pg::PgAppStore>>, Option<Arc<MemoryAppStore>>);
+type OpenedStore = (Arc<dyn AppStore>, Option<Database>, Option<Arc<MemoryAppStore>>);
 
 /// Opens the app store `[app_store]` names.
 async fn open_app_store(config: &Config) -> anyhow::Result<OpenedStore> {
@@ -433,6 +451,9 @@ async fn open_app_store(config: &Config) -> anyhow::Result<OpenedStore> {
             let apps = Arc::new(MemoryAppStore::new(config.apps.clone()).context("invalid apps")?);
             Ok((apps.clone(), None, Some(apps)))
         }
+        #[cfg(not(feature = "postgres"))]
+        AppStoreDriver::Postgres => anyhow::bail!("[app_store] driver = \"postgres\": {NO_POSTGRES}"),
+        #[cfg(feature = "postgres")]
         AppStoreDriver::Postgres => {
             let store = &config.app_store;
             let url = store.url.as_deref().context("[app_store] url is required")?;
@@ -451,8 +472,21 @@ async fn open_app_store(config: &Config) -> anyhow::Result<OpenedStore> {
     }
 }
 
+/// Re-reads the apps from the database every `every`, applying what changed.
+#[cfg(feature = "postgres")]
+fn spawn_database_refresh(state: &Arc<ServerState>, database: Database, every: Duration) {
+    let watched = state.clone();
+    database.spawn_refresh(every, move |changes| on_app_changes(&watched, changes));
+}
+
+#[cfg(not(feature = "postgres"))]
+fn spawn_database_refresh(_state: &Arc<ServerState>, database: Database, _every: Duration) {
+    match database {}
+}
+
 /// Applies app changes read from the database: a disabled or deleted app's connections close,
 /// a changed app's revoked credentials close theirs.
+#[cfg(feature = "postgres")]
 fn on_app_changes(state: &Arc<ServerState>, changes: Vec<plexus_pg::AppChange>) {
     use plexus_pg::AppChange;
     for change in changes {
@@ -628,10 +662,7 @@ fn serve(
             plexus_server::cluster::start(cluster, &state).await;
         }
         if let Some(database) = database {
-            let watched = state.clone();
-            database.spawn_refresh(Duration::from_secs(config.app_store.refresh_secs), move |changes| {
-                on_app_changes(&watched, changes)
-            });
+            spawn_database_refresh(&state, database, Duration::from_secs(config.app_store.refresh_secs));
         }
         plexus_server::bridge::start(&config.bridges, &state).await?;
         plexus_server::mirror::start(&config.mirrors, &state).await?;

@@ -6,14 +6,21 @@
 //! is mirrored once, by the node it entered on. The NATS side (bounded queue, at-most-once, loop
 //! guard against overlapping bridges) is `plexus_nats::mirror`.
 
+#[cfg(feature = "nats")]
 use std::collections::HashMap;
 use std::sync::Arc;
 
+#[cfg(feature = "nats")]
 use anyhow::Context;
+#[cfg(feature = "nats")]
 use bytes::Bytes;
+#[cfg(feature = "nats")]
 use plexus_core::access::glob_match;
+#[cfg(feature = "nats")]
 use plexus_core::EventMirror;
+#[cfg(feature = "nats")]
 use plexus_nats::mirror::MirrorPublisher;
+#[cfg(feature = "nats")]
 use plexus_protocol::wsframe;
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +56,14 @@ fn every_channel() -> Vec<String> {
 impl MirrorConfig {
     /// Why the entry is unusable, if it is.
     pub fn check(&self) -> Result<(), String> {
+        #[cfg(not(feature = "nats"))]
+        return Err(crate::bridge::NO_NATS.to_owned());
+        #[cfg(feature = "nats")]
+        self.check_template()
+    }
+
+    #[cfg(feature = "nats")]
+    fn check_template(&self) -> Result<(), String> {
         let mut rest = self.subject.as_str();
         while let Some(open) = rest.find('{') {
             let close = rest[open..].find('}').ok_or_else(|| format!("{:?}: unclosed '{{'", self.subject))?;
@@ -75,12 +90,14 @@ impl MirrorConfig {
 
     /// The subject for one event. Channel and event names may hold characters NATS gives a
     /// meaning to (`.` stays: it adds tokens; wildcards and whitespace become `_`).
+    #[cfg(feature = "nats")]
     fn subject_for(&self, channel: &str, event: &str) -> String {
         let clean = |text: &str| text.replace(|c: char| c == '*' || c == '>' || c.is_whitespace(), "_");
         self.subject.replace("{channel}", &clean(channel)).replace("{event}", &clean(event))
     }
 }
 
+#[cfg(feature = "nats")]
 #[derive(Debug)]
 struct Route {
     config: MirrorConfig,
@@ -88,11 +105,13 @@ struct Route {
 }
 
 /// Every app's mirror routes, installed as the hubs' [`EventMirror`].
+#[cfg(feature = "nats")]
 #[derive(Debug)]
 struct Mirrors {
     by_app: HashMap<String, Vec<Route>>,
 }
 
+#[cfg(feature = "nats")]
 impl EventMirror for Mirrors {
     fn published(&self, app_id: &str, channel: &str, frame: &Bytes) {
         let Some(routes) = self.by_app.get(app_id) else { return };
@@ -114,8 +133,18 @@ impl EventMirror for Mirrors {
     }
 }
 
+/// Without NATS there are no mirrors to start; a configured one is refused.
+#[cfg(not(feature = "nats"))]
+pub async fn start(mirrors: &[MirrorConfig], _state: &Arc<ServerState>) -> anyhow::Result<()> {
+    match mirrors.first() {
+        Some(mirror) => anyhow::bail!("[[mirrors]] subject {}: {}", mirror.subject, crate::bridge::NO_NATS),
+        None => Ok(()),
+    }
+}
+
 /// Connects every mirror (one NATS connection per URL) and installs them; fails if one cannot
 /// connect at start.
+#[cfg(feature = "nats")]
 pub async fn start(mirrors: &[MirrorConfig], state: &Arc<ServerState>) -> anyhow::Result<()> {
     if mirrors.is_empty() {
         return Ok(());
@@ -144,7 +173,7 @@ pub async fn start(mirrors: &[MirrorConfig], state: &Arc<ServerState>) -> anyhow
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "nats"))]
 mod tests {
     use super::*;
 

@@ -132,13 +132,43 @@ fn env_overrides_and_sigterm_exits_zero() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "RFC 6455 sample accept key: {head}");
 
-    // The metrics listener reports the open connection and times API requests by route.
+    // A ping (masked with a zero key, so the payload is sent as is), answered before we look at
+    // the received bytes: the server has read it by then.
+    let ping = br#"{"event":"pusher:ping","data":{}}"#;
+    let mut frame = vec![0x81, 0x80 | ping.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(ping);
+    stream.write_all(&frame).unwrap();
+    while !String::from_utf8_lossy(&received).contains("pusher:pong") {
+        let n = stream.read(&mut buf).expect("the pong arrives");
+        assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+
+    // The metrics listener reports the open connection, what it sent us, the process, and times
+    // API requests by route.
     let unsigned = http_get(&addr, "/apps/app-id/channels");
     assert!(unsigned.starts_with("HTTP/1.1 401"), "{unsigned}");
     let metrics = http_get(&metrics_addr, "/metrics");
     assert!(metrics.contains("plexus_connections{app_id=\"app-id\"} 1"), "{metrics}");
+    assert!(metrics.contains("plexus_connections_opened_total{app_id=\"app-id\"} 1\n"), "{metrics}");
+    assert!(metrics.contains(&format!("plexus_ws_bytes_received_total {}\n", ping.len())), "{metrics}");
     assert!(metrics.contains("route=\"/apps/{app_id}/channels\""), "{metrics}");
+    assert!(metric_value(&metrics, "plexus_http_sent_bytes_total") > 0.0, "{metrics}");
+    for process_metric in ["process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"]
+    {
+        assert!(metric_value(&metrics, process_metric) > 0.0, "{process_metric}: {metrics}");
+    }
     drop(stream);
+    // The departure is counted once the server has seen the socket close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = http_get(&metrics_addr, "/metrics");
+        if metrics.contains("plexus_connections_closed_total{app_id=\"app-id\"} 1\n") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no disconnection counted: {metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -147,6 +177,13 @@ fn env_overrides_and_sigterm_exits_zero() {
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(stderr.contains("development credentials") || stderr.contains("development app"), "{stderr}");
+}
+
+/// The value of an unlabelled series in Prometheus text, or a panic naming the missing series.
+fn metric_value(metrics: &str, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    let line = metrics.lines().find(|line| line.starts_with(&prefix)).unwrap_or_else(|| panic!("no {name}"));
+    line[prefix.len()..].trim().parse().unwrap()
 }
 
 fn http_get(addr: &str, path: &str) -> String {

@@ -17,6 +17,17 @@
 //!
 //! Errors name what failed and why; [`describe`] turns a client library's error chain into one
 //! line and adds a hint when the reason is a refused certificate ([`hint`]).
+//!
+//! ```no_run
+//! use std::path::Path;
+//!
+//! // The system's roots, as for a webhook receiver on the public internet...
+//! let public = plexus_tls::client_config(None)?;
+//! // ...or only a private CA's certificates, as for a database on an internal network.
+//! let internal = plexus_tls::client_config(Some(Path::new("/etc/plexus/internal-ca.pem")))?;
+//! # let _ = (public, internal);
+//! # Ok::<(), plexus_tls::TlsError>(())
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

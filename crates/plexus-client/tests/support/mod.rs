@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use plexus_client::{Backoff, ClientOptions, Credentials, Event, EventStream, Resume, Status, StreamItem};
+use plexus_realtime_client::{
+    Backoff, ClientOptions, Credentials, Event, EventStream, Resume, Status, StreamItem,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -402,7 +404,7 @@ impl Recorder {
             .collect()
     }
 
-    pub fn errors(&self) -> Vec<&plexus_client::Error> {
+    pub fn errors(&self) -> Vec<&plexus_realtime_client::Error> {
         self.items
             .iter()
             .filter_map(|item| match item {

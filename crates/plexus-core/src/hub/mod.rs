@@ -60,7 +60,7 @@ pub use fanout::EventMirror;
 pub use history::{HistorySnapshot, Position};
 pub use publish::{Event, Prepared, PublishError};
 pub use registry::{ChannelSummary, JoinError, Member};
-pub use replica::LocalShare;
+pub use replica::{LocalShare, NodeSubscriptions};
 
 use cache::{CacheSlot, CacheUsage};
 use fanout::MirrorSlot;
@@ -102,6 +102,8 @@ pub enum ConnectError {
 /// the hot path pays one atomic add, not a registry lookup.
 struct HubMetrics {
     connections: Gauge,
+    connections_opened: Counter,
+    connections_closed: Counter,
     subscriptions: Gauge,
     channels: Gauge,
     events_published: Counter,
@@ -114,6 +116,8 @@ impl HubMetrics {
         let app = app_id.to_owned();
         HubMetrics {
             connections: metrics::gauge!("plexus_connections", "app_id" => app.clone()),
+            connections_opened: metrics::counter!("plexus_connections_opened_total", "app_id" => app.clone()),
+            connections_closed: metrics::counter!("plexus_connections_closed_total", "app_id" => app.clone()),
             subscriptions: metrics::gauge!("plexus_subscriptions", "app_id" => app.clone()),
             channels: metrics::gauge!("plexus_channels_occupied", "app_id" => app.clone()),
             events_published: metrics::counter!("plexus_events_published_total", "app_id" => app.clone()),
@@ -276,6 +280,7 @@ impl AppHub {
         connections.insert(socket_id, connection.clone());
         self.connection_count.store(connections.len(), Ordering::Relaxed);
         self.metrics.connections.increment(1);
+        self.metrics.connections_opened.increment(1);
         Ok(connection)
     }
 
@@ -284,6 +289,7 @@ impl AppHub {
         let mut connections = lock(&self.connections);
         if connections.remove(&socket_id).is_some() {
             self.metrics.connections.decrement(1);
+            self.metrics.connections_closed.increment(1);
             shrink_if_sparse(&mut connections);
         }
         self.connection_count.store(connections.len(), Ordering::Relaxed);

@@ -10,8 +10,8 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use plexus_core::outbound::{CloseReason, Drained};
-use plexus_core::Outbound;
+use plexus_realtime_core::outbound::{CloseReason, Drained};
+use plexus_realtime_core::Outbound;
 use serde_json::Value;
 
 /// Everything queued for one connection so far.

@@ -7,16 +7,22 @@
 //! the batch window or held back, by sequence number) and `webhook_jobs` (request bodies, by job
 //! id). A file written before events were persisted has only `webhook_jobs`; opening it adds the
 //! other table.
+//!
+//! Built without the `redb` feature (an embedder's choice), the same queue is kept in memory: it
+//! behaves the same while the process runs and loses what is pending when it stops.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use plexus_core::webhook::WebhookEvent;
+#[cfg(feature = "redb")]
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+#[cfg(feature = "redb")]
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("webhook_jobs");
+#[cfg(feature = "redb")]
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("webhook_events");
 
 /// One request to make: a body for one endpoint of one app.
@@ -80,6 +86,7 @@ impl Changes {
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[cfg(feature = "redb")]
     #[error("webhook store: {0}")]
     Redb(#[from] redb::Error),
     #[error("webhook store: cannot create {path}: {source}")]
@@ -97,6 +104,24 @@ pub enum StoreError {
     UnknownEvent { seq: u64 },
 }
 
+/// A stored event's bytes: its webhook JSON, so the file reads like what is sent.
+fn encode_event(stored: &StoredEvent) -> Result<Vec<u8>, StoreError> {
+    let record = EventRecord {
+        app_id: stored.app_id.clone(),
+        event: stored.event.to_json(),
+        hold_until_ms: stored.hold_until_ms,
+    };
+    Ok(serde_json::to_vec(&record)?)
+}
+
+/// The inverse of [`encode_event`].
+fn decode_stored(seq: u64, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+    let record: EventRecord = serde_json::from_slice(bytes)?;
+    let event = decode_event(&record.event).ok_or(StoreError::UnknownEvent { seq })?;
+    Ok(StoredEvent { app_id: record.app_id, event, hold_until_ms: record.hold_until_ms })
+}
+
+#[cfg(feature = "redb")]
 fn redb_error(error: impl Into<redb::Error>) -> StoreError {
     StoreError::Redb(error.into())
 }
@@ -104,14 +129,17 @@ fn redb_error(error: impl Into<redb::Error>) -> StoreError {
 /// redb's page cache for the store. redb's default is a 1 GiB ceiling, filled as pages are
 /// touched and never given back; the store is a queue whose live pages are few, so a small cache
 /// costs a re-read at most and keeps a webhook flood from growing the process for good.
+#[cfg(feature = "redb")]
 const STORE_CACHE_BYTES: usize = 4 << 20;
 
 /// Pending webhook events and jobs on disk.
+#[cfg(feature = "redb")]
 #[derive(Debug)]
 pub struct JobStore {
     db: Database,
 }
 
+#[cfg(feature = "redb")]
 impl JobStore {
     /// Opens (or creates) `data_dir/webhooks.redb`.
     pub fn open(data_dir: &Path) -> Result<JobStore, StoreError> {
@@ -153,13 +181,7 @@ impl JobStore {
         let mut events = Vec::new();
         for entry in table.iter().map_err(redb_error)? {
             let (key, value) = entry.map_err(redb_error)?;
-            let seq = key.value();
-            let record: EventRecord = serde_json::from_slice(value.value())?;
-            let event = decode_event(&record.event).ok_or(StoreError::UnknownEvent { seq })?;
-            events.push((
-                seq,
-                StoredEvent { app_id: record.app_id, event, hold_until_ms: record.hold_until_ms },
-            ));
+            events.push((key.value(), decode_stored(key.value(), value.value())?));
         }
         Ok(events)
     }
@@ -170,13 +192,7 @@ impl JobStore {
         {
             let mut events = tx.open_table(EVENTS).map_err(redb_error)?;
             for (seq, stored) in &changes.insert {
-                let record = EventRecord {
-                    app_id: stored.app_id.clone(),
-                    event: stored.event.to_json(),
-                    hold_until_ms: stored.hold_until_ms,
-                };
-                let bytes = serde_json::to_vec(&record)?;
-                events.insert(*seq, bytes.as_slice()).map_err(redb_error)?;
+                events.insert(*seq, encode_event(stored)?.as_slice()).map_err(redb_error)?;
             }
             for seq in &changes.delete {
                 events.remove(*seq).map_err(redb_error)?;
@@ -190,11 +206,6 @@ impl JobStore {
         tx.commit().map_err(redb_error)
     }
 
-    /// Writes jobs in one durable commit.
-    pub fn insert(&self, jobs: &[Job]) -> Result<(), StoreError> {
-        self.commit(&Changes { jobs: jobs.to_vec(), ..Changes::default() })
-    }
-
     pub fn remove(&self, id: u64) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(redb_error)?;
         {
@@ -202,6 +213,70 @@ impl JobStore {
             table.remove(id).map_err(redb_error)?;
         }
         tx.commit().map_err(redb_error)
+    }
+}
+
+/// Pending webhook events and jobs in memory (built without `redb`): the same records as on
+/// disk, gone when the process stops.
+#[cfg(not(feature = "redb"))]
+#[derive(Debug, Default)]
+pub struct JobStore {
+    tables: std::sync::Mutex<MemoryTables>,
+}
+
+#[cfg(not(feature = "redb"))]
+#[derive(Debug, Default)]
+struct MemoryTables {
+    jobs: BTreeMap<u64, Vec<u8>>,
+    events: BTreeMap<u64, Vec<u8>>,
+}
+
+#[cfg(not(feature = "redb"))]
+impl JobStore {
+    pub fn open(data_dir: &Path) -> Result<JobStore, StoreError> {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "built without the `redb` feature: pending webhooks are kept in memory and lost on restart"
+        );
+        Ok(JobStore::default())
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, MemoryTables> {
+        self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn pending(&self) -> Result<Vec<Job>, StoreError> {
+        self.tables().jobs.values().map(|bytes| Ok(serde_json::from_slice(bytes)?)).collect()
+    }
+
+    pub fn events(&self) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
+        self.tables().events.iter().map(|(seq, bytes)| Ok((*seq, decode_stored(*seq, bytes)?))).collect()
+    }
+
+    pub fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
+        let mut tables = self.tables();
+        for (seq, stored) in &changes.insert {
+            tables.events.insert(*seq, encode_event(stored)?);
+        }
+        for seq in &changes.delete {
+            tables.events.remove(seq);
+        }
+        for job in &changes.jobs {
+            tables.jobs.insert(job.id, serde_json::to_vec(job)?);
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, id: u64) -> Result<(), StoreError> {
+        self.tables().jobs.remove(&id);
+        Ok(())
+    }
+}
+
+impl JobStore {
+    /// Writes jobs in one commit.
+    pub fn insert(&self, jobs: &[Job]) -> Result<(), StoreError> {
+        self.commit(&Changes { jobs: jobs.to_vec(), ..Changes::default() })
     }
 }
 
@@ -230,7 +305,7 @@ fn decode_event(value: &Value) -> Option<WebhookEvent> {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redb"))]
 mod tests {
     use super::*;
 

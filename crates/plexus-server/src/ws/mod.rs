@@ -355,6 +355,7 @@ fn start_connection<R: MessageReader, W: FrameWriter>(
         session,
         _admission: admission,
         frames_received: metrics::counter!("plexus_ws_frames_received_total"),
+        bytes_received: metrics::counter!("plexus_ws_bytes_received_total"),
     };
     Ok(socket_loop(reader, write, connection, Duration::from_secs(config.write_timeout_secs), endpoint))
 }
@@ -378,6 +379,7 @@ struct PusherEndpoint {
     /// the session.
     _admission: Option<Box<Admission>>,
     frames_received: metrics::Counter,
+    bytes_received: metrics::Counter,
 }
 
 impl Endpoint for PusherEndpoint {
@@ -387,6 +389,7 @@ impl Endpoint for PusherEndpoint {
     }
 
     fn on_message(&mut self, _text: bool, payload: &[u8], now: Instant) {
+        self.bytes_received.increment(payload.len() as u64);
         match std::str::from_utf8(payload) {
             Ok(text) => self.session.handle_text(text, now),
             Err(_) => {
