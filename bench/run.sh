@@ -24,6 +24,12 @@ SCENARIOS=(
   "connections|connections --connections 19000 --rate 2000 --hold-secs 10 --sources 8"
   "client-events|client-events --pairs 500 --rate 2000 --duration 10"
   "publish|publish --requests 20000 --concurrency 32"
+  # permessage-deflate (bench/run.sh deflate): ~1 KB events shaped like real ones, every
+  # subscriber plain, then every subscriber compressed; idle connections plain, then compressed.
+  "deflate-broadcast-plain|broadcast --subscribers 2000 --events 200 --payload-bytes 950 --realistic-payload"
+  "deflate-broadcast|broadcast --subscribers 2000 --events 200 --payload-bytes 950 --realistic-payload --deflate"
+  "deflate-connections-plain|connections --connections 19000 --rate 2000 --hold-secs 10 --sources 8"
+  "deflate-connections|connections --connections 19000 --rate 2000 --hold-secs 10 --sources 8 --deflate"
 )
 
 selected=()

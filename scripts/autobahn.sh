@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs the Autobahn|Testsuite WebSocket conformance cases (1-7, 9, 10) against the `ws-echo`
 # example — plexus's own codec and connection loop — on both transports: the default one and
-# the tokio-tungstenite comparison build, so the two stay comparable. Fails unless every case is
-# OK, NON-STRICT or INFORMATIONAL. Reports land in target/autobahn/{plexus,tungstenite}/.
+# the tokio-tungstenite comparison build, so the two stay comparable. Then the permessage-deflate
+# cases (12, 13) against the default transport, the one that negotiates the extension. Fails
+# unless every case is OK, NON-STRICT or INFORMATIONAL. Reports land in
+# target/autobahn/{plexus,tungstenite,plexus-deflate}/.
 #
-#   scripts/autobahn.sh [CASES]     # CASES: a JSON list, e.g. '["1.*","2.*"]'
+#   scripts/autobahn.sh [CASES [DEFLATE_CASES]]   # JSON lists, e.g. '["1.*","2.*"]'; "none" skips
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cases=${1:-'["1.*","2.*","3.*","4.*","5.*","6.*","7.*","9.*","10.*"]'}
+deflate_cases=${2:-'["12.*","13.*"]'}
 
 # The suite's runner is the team's shared tool (it installs autobahntestsuite for Python 2.7).
 run=""
@@ -51,3 +54,10 @@ for transport in tungstenite plexus; do
   bash "$run" "ws://127.0.0.1:$port" "$cases" "$PWD/target/autobahn/$transport"
   stop
 done
+
+if [ "$deflate_cases" != none ]; then
+  port=$(start_echo target/release/examples/ws-echo)
+  echo "Autobahn permessage-deflate cases against ws-echo (plexus transport) on port $port" >&2
+  bash "$run" "ws://127.0.0.1:$port" "$deflate_cases" "$PWD/target/autobahn/plexus-deflate"
+  stop
+fi

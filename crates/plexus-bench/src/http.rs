@@ -220,6 +220,7 @@ mod tests {
             app_id: "3".into(),
             key: "k".into(),
             secret: "s".into(),
+            deflate: false,
         };
         let mut out = Vec::new();
         Signer::new(&target).post("events", b"{}", &mut out);

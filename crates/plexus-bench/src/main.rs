@@ -59,6 +59,14 @@ struct Common {
     /// Padding bytes in every event's data (besides the sequence number and timestamp).
     #[arg(long, global = true, default_value_t = 100)]
     payload_bytes: usize,
+    /// Pad with text shaped like real events (words, ids, prices) instead of one repeated
+    /// character, so compression ratios mean something.
+    #[arg(long, global = true)]
+    realistic_payload: bool,
+    /// Offer permessage-deflate on every WebSocket, as browsers do, and inflate what arrives
+    /// compressed. Reports count the bytes read from the sockets either way.
+    #[arg(long, global = true)]
+    deflate: bool,
     /// Hard deadline for the whole run; the scenario stops itself when it passes. Default: 60,
     /// or for `hostile` the time its phases and waits can take.
     #[arg(long, global = true)]
@@ -478,12 +486,17 @@ fn setup(cli: &Cli) -> Result<Ctx, String> {
             app_id: c.app_id.clone(),
             key: c.key.clone(),
             secret: c.secret.clone(),
+            deflate: c.deflate,
         }
     };
     Ok(Ctx {
         target: target_at(c.port),
         subscriber_targets: c.subscriber_ports.iter().map(|port| target_at(*port)).collect(),
-        padding: "x".repeat(c.payload_bytes),
+        padding: if c.realistic_payload {
+            realistic_text(c.payload_bytes)
+        } else {
+            "x".repeat(c.payload_bytes)
+        },
         deadline: Instant::now() + Duration::from_secs(timeout_secs(cli)),
         server_pid: c.server_pid,
         read_buffer: match cli.scenario {
@@ -495,6 +508,32 @@ fn setup(cli: &Cli) -> Result<Ctx, String> {
         setup_concurrency: c.setup_concurrency,
         drain: Duration::from_secs_f64(c.drain_secs.max(0.0)),
     })
+}
+
+/// `len` bytes of text shaped like the fields of real events — words from a small vocabulary,
+/// ids, quantities and prices — from a fixed seed, so every run pads alike. No quotes or
+/// backslashes: it sits inside a JSON string as it is.
+fn realistic_text(len: usize) -> String {
+    const WORDS: &[&str] = &[
+        "order", "filled", "buy", "sell", "ACME", "GLOBEX", "INITECH", "user", "status", "active", "pending",
+        "region", "eu-west", "us-east", "price", "qty", "chat", "message", "room", "ok",
+    ];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |bound: u64| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % bound
+    };
+    let mut text = String::with_capacity(len + 32);
+    while text.len() < len {
+        let piece = match next(4) {
+            0 => format!("{}-{} ", WORDS[next(WORDS.len() as u64) as usize], next(100_000)),
+            1 => format!("{}.{:02} ", next(1000), next(100)),
+            _ => format!("{} ", WORDS[next(WORDS.len() as u64) as usize]),
+        };
+        text.push_str(&piece);
+    }
+    text.truncate(len);
+    text
 }
 
 /// `--timeout-secs`, or the scenario's default.

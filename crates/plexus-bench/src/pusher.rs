@@ -110,7 +110,15 @@ impl Session {
         deadline: Instant,
     ) -> Result<Session, String> {
         let path = target.ws_path();
-        let connect = WsConn::connect(target.addr, source, &target.host_header, &path, seed, read_buffer);
+        let connect = WsConn::connect(
+            target.addr,
+            source,
+            &target.host_header,
+            &path,
+            seed,
+            read_buffer,
+            target.deflate,
+        );
         let mut ws = match tokio::time::timeout_at(deadline.into(), connect).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => return Err(ws_reason("connect", &e)),

@@ -12,6 +12,8 @@ pub struct Target {
     pub app_id: String,
     pub key: String,
     pub secret: String,
+    /// Offer permessage-deflate on every WebSocket (`--deflate`).
+    pub deflate: bool,
 }
 
 impl Target {

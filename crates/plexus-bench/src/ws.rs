@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -29,6 +30,16 @@ const OP_PONG: u8 = 0xA;
 /// allocation.
 const MAX_MESSAGE: u64 = 16 * 1024 * 1024;
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const RSV1: u8 = 0x40;
+
+/// Bytes every connection of this process read from its socket after the handshake: what the
+/// server put on the wire, compressed or not.
+static WIRE_BYTES_RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// [`WIRE_BYTES_RECEIVED`] so far.
+pub fn wire_bytes_received() -> u64 {
+    WIRE_BYTES_RECEIVED.load(Ordering::Relaxed)
+}
 
 /// Why a connection stopped working; [`WsError::reason`] names it for the error tallies.
 #[derive(Debug)]
@@ -88,22 +99,27 @@ pub enum Flow {
 pub struct FrameHeader {
     pub fin: bool,
     pub opcode: u8,
+    /// RSV1: a permessage-deflate message.
+    pub compressed: bool,
     pub header_len: usize,
     pub payload_len: u64,
 }
 
 /// Parses a server frame header from the front of `buf`; `Ok(None)` when more bytes are needed.
-pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, WsError> {
+/// `inflate`: the connection negotiated permessage-deflate, so RSV1 is allowed.
+pub fn parse_header(buf: &[u8], inflate: bool) -> Result<Option<FrameHeader>, WsError> {
     if buf.len() < 2 {
         return Ok(None);
     }
-    if buf[0] & 0x70 != 0 {
+    let allowed = if inflate { RSV1 } else { 0 };
+    if buf[0] & 0x70 & !allowed != 0 {
         return Err(WsError::Protocol("rsv_bits"));
     }
     if buf[1] & 0x80 != 0 {
         return Err(WsError::Protocol("masked_server_frame"));
     }
     let fin = buf[0] & 0x80 != 0;
+    let compressed = buf[0] & RSV1 != 0;
     let opcode = buf[0] & 0x0f;
     let (payload_len, header_len) = match buf[1] & 0x7f {
         126 => match buf.get(2..4) {
@@ -128,7 +144,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, WsError> {
     if payload_len > MAX_MESSAGE {
         return Err(WsError::Protocol("frame_too_large"));
     }
-    Ok(Some(FrameHeader { fin, opcode, header_len, payload_len }))
+    Ok(Some(FrameHeader { fin, opcode, compressed, header_len, payload_len }))
 }
 
 /// Frames waiting to be written, masked as a client must.
@@ -192,6 +208,9 @@ impl Outbox {
 pub struct Decoder {
     fragments: Vec<u8>,
     in_fragmented: bool,
+    /// permessage-deflate was agreed: RSV1 messages are inflated (plexus sends each message in
+    /// one frame, so only whole compressed messages are expected).
+    inflate: bool,
 }
 
 impl Decoder {
@@ -204,7 +223,7 @@ impl Decoder {
     {
         loop {
             let data = rx.data();
-            let Some(h) = parse_header(data)? else {
+            let Some(h) = parse_header(data, self.inflate)? else {
                 return Ok(());
             };
             let total = h.header_len + h.payload_len as usize;
@@ -214,6 +233,11 @@ impl Decoder {
             let payload = &data[h.header_len..total];
             let mut flow = Flow::Continue;
             match h.opcode {
+                OP_TEXT | OP_BINARY if h.fin && !self.in_fragmented && h.compressed => {
+                    let inflated = plexus_protocol::deflate::inflate_message(payload, MAX_MESSAGE as usize)
+                        .map_err(|_| WsError::Protocol("bad_compressed_message"))?;
+                    flow = on_text(&inflated, out);
+                }
                 OP_TEXT | OP_BINARY if h.fin && !self.in_fragmented => {
                     flow = on_text(payload, out);
                 }
@@ -259,6 +283,7 @@ pub struct WsConn {
 
 impl WsConn {
     /// TCP connect (optionally from `source`, port chosen by the kernel) and upgrade.
+    /// `deflate`: offer permessage-deflate as a browser does, and inflate what comes compressed.
     pub async fn connect(
         addr: SocketAddr,
         source: Option<IpAddr>,
@@ -266,6 +291,7 @@ impl WsConn {
         path: &str,
         seed: u32,
         read_buffer: usize,
+        deflate: bool,
     ) -> Result<WsConn, WsError> {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -283,11 +309,11 @@ impl WsConn {
             out: Outbox::new(seed),
             decoder: Decoder::default(),
         };
-        conn.handshake(host_header, path).await?;
+        conn.handshake(host_header, path, deflate).await?;
         Ok(conn)
     }
 
-    async fn handshake(&mut self, host_header: &str, path: &str) -> Result<(), WsError> {
+    async fn handshake(&mut self, host_header: &str, path: &str, deflate: bool) -> Result<(), WsError> {
         let mut nonce = [0u8; 16];
         for chunk in nonce.chunks_mut(4) {
             chunk.copy_from_slice(&self.out.next_mask());
@@ -295,7 +321,12 @@ impl WsConn {
         let key = base64::engine::general_purpose::STANDARD.encode(nonce);
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+            if deflate {
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            } else {
+                ""
+            }
         );
         self.stream.write_all(request.as_bytes()).await.map_err(WsError::Io)?;
         let head_len = loop {
@@ -312,7 +343,14 @@ impl WsConn {
         let head = std::str::from_utf8(&self.rx.data()[..head_len])
             .map_err(|_| WsError::Handshake("not_utf8".into()))?;
         check_upgrade_response(head, &key)?;
+        // Compressed frames are inflated only where the server agreed to send them.
+        self.decoder.inflate =
+            head.split("\r\n").filter_map(|line| line.split_once(':')).any(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("sec-websocket-extensions")
+                    && value.contains("permessage-deflate")
+            });
         self.rx.consume(head_len);
+        WIRE_BYTES_RECEIVED.fetch_add(self.rx.data().len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -320,7 +358,10 @@ impl WsConn {
     pub async fn fill(&mut self) -> Result<(), WsError> {
         match self.rx.fill(&mut self.stream).await {
             Ok(0) => Err(WsError::Eof),
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                WIRE_BYTES_RECEIVED.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(())
+            }
             Err(e) => Err(WsError::Io(e)),
         }
     }
@@ -484,26 +525,26 @@ mod tests {
     #[test]
     fn sixteen_and_sixty_four_bit_lengths() {
         let f = frame(Opcode::Text, &[b'x'; 300]);
-        let h = parse_header(&f).unwrap().unwrap();
+        let h = parse_header(&f, false).unwrap().unwrap();
         assert_eq!((h.header_len, h.payload_len), (4, 300));
         let f = frame(Opcode::Text, &vec![b'y'; 70_000]);
-        let h = parse_header(&f).unwrap().unwrap();
+        let h = parse_header(&f, false).unwrap().unwrap();
         assert_eq!((h.header_len, h.payload_len), (10, 70_000));
-        assert!(parse_header(&f[..9]).unwrap().is_none());
-        assert!(parse_header(&f[..3]).unwrap().is_none());
+        assert!(parse_header(&f[..9], false).unwrap().is_none());
+        assert!(parse_header(&f[..3], false).unwrap().is_none());
         let (got, _) = messages(&[&f[..5000], &f[5000..]]);
         assert_eq!(got[0].len(), 70_000);
         // A 64-bit length with the top bit set is invalid.
         let mut bad = vec![0x81, 127];
         bad.extend_from_slice(&u64::MAX.to_be_bytes());
-        assert!(parse_header(&bad).is_err());
+        assert!(parse_header(&bad, false).is_err());
     }
 
     #[test]
     fn masked_or_oversized_control_frames_are_refused() {
-        assert!(parse_header(&[0x81, 0x85, 0, 0, 0, 0]).is_err());
-        assert!(parse_header(&[0x89, 126, 0, 200]).is_err());
-        assert!(parse_header(&[0x09, 0]).is_err());
+        assert!(parse_header(&[0x81, 0x85, 0, 0, 0, 0], false).is_err());
+        assert!(parse_header(&[0x89, 126, 0, 200], false).is_err());
+        assert!(parse_header(&[0x09, 0], false).is_err());
     }
 
     #[test]
@@ -543,5 +584,27 @@ mod tests {
         assert_eq!(find(b"abc", b"abcd"), None);
         assert_eq!(find(b"aaa", b"b"), None);
         assert_eq!(find(b"x\r\n\r\n", b"\r\n\r\n"), Some(1));
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_only_once_deflate_was_agreed() {
+        let message = br#"{"event":"quote","data":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+        let compressed = plexus_protocol::deflate::compress_frame(&frame(Opcode::Text, message)).unwrap();
+        let mut rx = ReadBuf::new(256);
+        rx.push(&compressed);
+        let mut plain = Decoder::default();
+        assert!(
+            plain.drain(&mut rx, &mut Outbox::new(7), |_, _| Flow::Continue).is_err(),
+            "RSV1 unasked for"
+        );
+        let mut decoder = Decoder { inflate: true, ..Decoder::default() };
+        let mut got = Vec::new();
+        decoder
+            .drain(&mut rx, &mut Outbox::new(7), |m, _| {
+                got.push(m.to_vec());
+                Flow::Continue
+            })
+            .unwrap();
+        assert_eq!(got, vec![message.to_vec()]);
     }
 }

@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the hot path: codec, signatures, fan-out, presence. Run with
-//! `cargo bench -p plexus-core`; CI only builds them (`--no-run`), they never assert a time.
+//! Micro-benchmarks of the hot path: codec, compression, signatures, fan-out, presence. Run with
+//! `cargo bench -p plexus-realtime-core`; CI only builds them (`--no-run`), they never assert a time.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -31,6 +31,23 @@ fn codec_benches(c: &mut Criterion) {
         b.iter(|| {
             ServerEvent::new("tick").channel(black_box("room")).data(Data::Str(black_box(&data))).to_frame()
         })
+    });
+    // What permessage-deflate costs per event (once per event, whatever the subscriber count).
+    let rows: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                r#"{{"symbol":"SYM{i}","bid":{}.{},"ask":{}.{},"venue":"XNAS","ts":17650{i}3321}}"#,
+                100 + i * 7,
+                i * 13 % 100,
+                101 + i * 7,
+                i * 17 % 100
+            )
+        })
+        .collect();
+    let quote = format!("[{}]", rows.join(","));
+    let frame = ServerEvent::new("quote").channel("prices").data(Data::Str(&quote)).to_frame();
+    c.bench_function(&format!("compress a {}-byte event frame", frame.len()), |b| {
+        b.iter(|| plexus_protocol::deflate::compress_frame(black_box(&frame)))
     });
 }
 

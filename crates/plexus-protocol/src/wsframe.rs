@@ -18,6 +18,10 @@ pub const MAX_HEADER_LEN: usize = 10;
 
 const FIN: u8 = 0x80;
 
+/// The RSV1 bit: set on the first frame of a message compressed with permessage-deflate
+/// ([`crate::deflate`]).
+pub const RSV1: u8 = 0x40;
+
 /// Most bytes reserved ahead of a frame still arriving; larger frames grow as their bytes come.
 const RESERVE_AHEAD: usize = 16 * 1024;
 
@@ -53,10 +57,20 @@ impl FrameBuf {
     }
 
     /// Writes the header in front of the payload and returns the whole frame.
-    pub fn finish(mut self, opcode: Opcode) -> Bytes {
+    pub fn finish(self, opcode: Opcode) -> Bytes {
+        self.finish_with(opcode, 0)
+    }
+
+    /// [`FrameBuf::finish`] for a payload compressed with permessage-deflate (RSV1 set).
+    pub fn finish_compressed(self, opcode: Opcode) -> Bytes {
+        self.finish_with(opcode, RSV1)
+    }
+
+    fn finish_with(mut self, opcode: Opcode, reserved_bits: u8) -> Bytes {
         let len = self.buf.len() - MAX_HEADER_LEN;
         let mut header = [0u8; MAX_HEADER_LEN];
         let header_len = write_header(&mut header, opcode, len);
+        header[0] |= reserved_bits;
         let start = MAX_HEADER_LEN - header_len;
         self.buf[start..MAX_HEADER_LEN].copy_from_slice(&header[..header_len]);
         Bytes::from(self.buf).slice(start..)
@@ -154,13 +168,21 @@ pub enum FrameError {
 #[derive(Debug)]
 pub struct ClientFrameReader {
     max_message: usize,
-    /// A fragmented text (true) or binary message being reassembled.
-    fragments: Option<(bool, BytesMut)>,
+    /// permessage-deflate was negotiated: a data message may arrive compressed (RSV1).
+    inflate: bool,
+    /// A fragmented message being reassembled: text (or binary), compressed, its bytes so far.
+    fragments: Option<(bool, bool, BytesMut)>,
 }
 
 impl ClientFrameReader {
     pub fn new(max_message: usize) -> Self {
-        ClientFrameReader { max_message, fragments: None }
+        ClientFrameReader { max_message, inflate: false, fragments: None }
+    }
+
+    /// A reader for a connection that negotiated permessage-deflate: compressed messages are
+    /// inflated, and `max_message` bounds them after inflating as well as before.
+    pub fn with_inflate(max_message: usize) -> Self {
+        ClientFrameReader { max_message, inflate: true, fragments: None }
     }
 
     /// Takes the next complete message out of `buf`; `Ok(None)` means more bytes are needed.
@@ -180,7 +202,10 @@ impl ClientFrameReader {
             return Ok(None);
         }
         let (b0, b1) = (buf[0], buf[1]);
-        if b0 & 0x70 != 0 {
+        // RSV1 marks a compressed message: allowed on the first frame of a data message only,
+        // and only once permessage-deflate is agreed (RFC 7692 §6.1).
+        let compressed = b0 & 0x70 == RSV1 && self.inflate && matches!(b0 & 0x0f, 0x1 | 0x2);
+        if b0 & 0x70 != 0 && !compressed {
             return Err(FrameError::Protocol("reserved bits set without an extension"));
         }
         if b1 & 0x80 == 0 {
@@ -207,7 +232,7 @@ impl ClientFrameReader {
         // its fragments (RFC 6455 §5.4) is not part of it, and a data frame that starts another
         // message is refused as a protocol error once it is whole.
         let buffered = match &self.fragments {
-            Some((_, fragments)) if opcode == 0x0 => fragments.len(),
+            Some((_, _, fragments)) if opcode == 0x0 => fragments.len(),
             _ => 0,
         };
         let room = self.max_message.saturating_sub(buffered) as u64;
@@ -232,31 +257,31 @@ impl ClientFrameReader {
         for (i, byte) in frame.iter_mut().enumerate() {
             *byte ^= mask[i & 3];
         }
-        Ok(Some(RawFrame { fin, opcode, payload: frame }))
+        Ok(Some(RawFrame { fin, opcode, compressed, payload: frame }))
     }
 
     fn assemble(&mut self, frame: RawFrame) -> Result<Option<ClientMessage>, FrameError> {
-        let RawFrame { fin, opcode, payload } = frame;
+        let RawFrame { fin, opcode, compressed, payload } = frame;
         match opcode {
             0x0 => {
-                let Some((_, buffer)) = self.fragments.as_mut() else {
+                let Some((_, _, buffer)) = self.fragments.as_mut() else {
                     return Err(FrameError::Protocol("continuation frame without a message to continue"));
                 };
                 buffer.extend_from_slice(&payload);
                 if !fin {
                     return Ok(None);
                 }
-                let (text, whole) = self.fragments.take().expect("checked above");
-                data_message(text, whole).map(Some)
+                let (text, compressed, whole) = self.fragments.take().expect("checked above");
+                self.data_message(text, compressed, whole).map(Some)
             }
             0x1 | 0x2 => {
                 if self.fragments.is_some() {
                     return Err(FrameError::Protocol("new message before the previous one was finished"));
                 }
                 if fin {
-                    return data_message(opcode == 0x1, payload).map(Some);
+                    return self.data_message(opcode == 0x1, compressed, payload).map(Some);
                 }
-                self.fragments = Some((opcode == 0x1, payload));
+                self.fragments = Some((opcode == 0x1, compressed, payload));
                 Ok(None)
             }
             0x8 => {
@@ -279,6 +304,25 @@ impl ClientFrameReader {
             _ => Err(FrameError::Protocol("unknown opcode")),
         }
     }
+
+    fn data_message(
+        &self,
+        text: bool,
+        compressed: bool,
+        payload: BytesMut,
+    ) -> Result<ClientMessage, FrameError> {
+        if !compressed {
+            return data_message(text, payload);
+        }
+        let inflated =
+            crate::deflate::inflate_message(&payload, self.max_message).map_err(|error| match error {
+                crate::deflate::InflateError::TooLarge(max) => FrameError::TooLarge(max),
+                crate::deflate::InflateError::Corrupt => {
+                    FrameError::Protocol("compressed message is not valid DEFLATE data")
+                }
+            })?;
+        data_message(text, BytesMut::from(&inflated[..]))
+    }
 }
 
 /// Whether a peer may send `code` in a close frame (RFC 6455 §7.4): the defined codes except
@@ -291,6 +335,8 @@ pub fn close_code_allowed_on_wire(code: u16) -> bool {
 struct RawFrame {
     fin: bool,
     opcode: u8,
+    /// RSV1 on the first frame of a data message: the message is deflated.
+    compressed: bool,
     payload: BytesMut,
 }
 
@@ -615,5 +661,56 @@ mod reader_tests {
             let framed = frame(Opcode::Text, &payload);
             assert_eq!(server_frame_payload(&framed), payload, "payload of {len} bytes");
         }
+    }
+
+    /// A client's compressed message: RSV1 on its first frame, the deflated payload masked.
+    fn compressed_client_frames(message: &[u8], fragment_at: Option<usize>) -> Vec<u8> {
+        let compressed = crate::deflate::compress_frame_payload(message, Opcode::Text).unwrap();
+        let deflated = server_frame_payload(&compressed);
+        let (first, rest) = deflated.split_at(fragment_at.unwrap_or(deflated.len()));
+        let mut bytes = client_frame(Opcode::Text, rest.is_empty(), first, MASK);
+        bytes[0] |= RSV1;
+        if !rest.is_empty() {
+            bytes.extend(client_frame(Opcode::Continuation, true, rest, MASK));
+        }
+        bytes
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_whole_or_fragmented() {
+        let message = br#"{"event":"client-typing","channel":"private-chat","data":{"who":"ann"}}"#.repeat(8);
+        for fragment_at in [None, Some(5)] {
+            let bytes = compressed_client_frames(&message, fragment_at);
+            let messages = parse_all(&mut ClientFrameReader::with_inflate(4096), &bytes).unwrap();
+            assert_eq!(messages, vec![ClientMessage::Text(Bytes::from(message.clone()))], "{fragment_at:?}");
+        }
+    }
+
+    #[test]
+    fn rsv1_is_refused_unless_deflate_was_agreed_and_only_on_a_first_frame() {
+        let message = b"hello hello hello hello".repeat(4);
+        let bytes = compressed_client_frames(&message, None);
+        assert_eq!(
+            parse_all(&mut ClientFrameReader::new(4096), &bytes),
+            Err(FrameError::Protocol("reserved bits set without an extension"))
+        );
+        let mut continuation = client_frame(Opcode::Text, false, b"a", MASK);
+        let mut second = client_frame(Opcode::Continuation, true, b"b", MASK);
+        second[0] |= RSV1;
+        continuation.extend(second);
+        assert!(parse_all(&mut ClientFrameReader::with_inflate(4096), &continuation).is_err());
+        let mut ping = client_frame(Opcode::Ping, true, b"p", MASK);
+        ping[0] |= RSV1;
+        assert!(parse_all(&mut ClientFrameReader::with_inflate(4096), &ping).is_err());
+    }
+
+    #[test]
+    fn a_compressed_message_over_the_limit_once_inflated_is_too_large() {
+        let bomb = compressed_client_frames(&vec![b' '; 1 << 20], None);
+        assert!(bomb.len() < 4096, "a 1 MiB message of spaces is {} bytes compressed", bomb.len());
+        assert_eq!(
+            parse_all(&mut ClientFrameReader::with_inflate(64 * 1024), &bomb),
+            Err(FrameError::TooLarge(64 * 1024))
+        );
     }
 }

@@ -168,8 +168,15 @@ pub struct ServerConfig {
     pub activity_timeout_secs: u64,
     /// Seconds to wait for any frame after our ping before closing with 4201.
     pub pong_timeout_secs: u64,
-    /// Largest WebSocket message accepted from a client, in bytes.
+    /// Largest WebSocket message accepted from a client, in bytes (after inflating, for a
+    /// compressed one).
     pub max_frame_bytes: usize,
+    /// Accept permessage-deflate (RFC 7692) when a client offers it: each event is compressed
+    /// once and the same bytes go to every client that negotiated it.
+    pub compression: bool,
+    /// Event frames shorter than this many bytes go out uncompressed even to clients that
+    /// negotiated compression (small frames barely shrink).
+    pub compression_min_bytes: u32,
     /// Bytes that may wait in one connection's outbound queue before it is closed as too slow (4100).
     pub max_queued_bytes: usize,
     /// Seconds one write to a client may stall before the connection is dropped.
@@ -264,6 +271,8 @@ impl Default for ServerConfig {
             activity_timeout_secs: plexus_protocol::limits::ACTIVITY_TIMEOUT_SECS,
             pong_timeout_secs: 30,
             max_frame_bytes: 64 * 1024,
+            compression: true,
+            compression_min_bytes: 128,
             max_queued_bytes: 1024 * 1024,
             write_timeout_secs: 10,
             max_request_body_kb: 1024,

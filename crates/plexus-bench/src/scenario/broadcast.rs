@@ -26,6 +26,7 @@ pub const CHANNEL: &str = "bench-broadcast";
 pub async fn run(ctx: Arc<Ctx>, p: Params) -> Value {
     let mut errors = Errors::default();
     let rss_before = ctx.server_rss();
+    let wire_before = crate::ws::wire_bytes_received();
     let subs =
         Subscribers::spawn(&ctx, p.subscribers, |_| CHANNEL.to_string(), false, API_EVENT, p.events as usize);
     let plan = PublishPlan {
@@ -50,6 +51,7 @@ pub async fn run(ctx: Arc<Ctx>, p: Params) -> Value {
     let bench_cpu_measure = cpu.fraction();
     let server_cpu_measure = server_cpu.and_then(|m| m.fraction());
     let results = subs.stop().await;
+    let wire_bytes = crate::ws::wire_bytes_received() - wire_before;
     let d = Deliveries::collect(results, |_| accepted);
     errors.merge(report.errors);
     errors.merge(d.errors);
@@ -76,6 +78,9 @@ pub async fn run(ctx: Arc<Ctx>, p: Params) -> Value {
         "delivery_secs": delivery_secs.map(round3),
         "deliveries_per_sec": delivery_secs.filter(|s| *s > 0.0).map(|s| (d.received as f64 / s).round()),
         "latency_ms": d.latencies.summary(),
+        // Everything the subscribers read after their handshakes (their setup frames too), over
+        // the deliveries: the bytes on the wire one delivered event costs.
+        "wire_bytes_per_delivery": (d.received > 0).then(|| (wire_bytes as f64 / d.received as f64).round()),
         "publish": {
             "secs": publish_secs.map(round3),
             "http_latency_ms": report.http.summary(),

@@ -168,9 +168,10 @@ impl AppHub {
             return self.deliver_filtered(entry, frame, except);
         }
         let mut delivered = 0;
+        let mut frames = EventFrames::new(frame);
         for (id, connection) in &entry.subscribers {
             if Some(*id) != except {
-                if connection.outbound.push(frame.clone()) == Push::Overflowed {
+                if connection.outbound.push(frames.for_connection(connection)) == Push::Overflowed {
                     self.metrics.slow_consumer_closes.increment(1);
                 }
                 delivered += 1;
@@ -189,6 +190,7 @@ impl AppHub {
         let name = parsed.as_ref().map_or("", |e| &*e.event);
         let mut data: Option<Option<serde_json::Value>> = None;
         let mut delivered = 0;
+        let mut frames = EventFrames::new(frame);
         for (id, connection) in &entry.subscribers {
             if Some(*id) == except {
                 continue;
@@ -209,7 +211,7 @@ impl AppHub {
                     continue;
                 }
             }
-            if connection.outbound.push(frame.clone()) == Push::Overflowed {
+            if connection.outbound.push(frames.for_connection(connection)) == Push::Overflowed {
                 self.metrics.slow_consumer_closes.increment(1);
             }
             delivered += 1;
@@ -222,5 +224,33 @@ impl AppHub {
     /// Events published on this node and frames queued to its subscribers, since start.
     pub fn totals(&self) -> (u64, u64) {
         (self.published_total.load(Ordering::Relaxed), self.delivered_total.load(Ordering::Relaxed))
+    }
+}
+
+/// One event's frame for a fan-out, and its permessage-deflate twin, compressed at most once per
+/// event and only if some subscriber takes it: every compressed subscriber gets the same bytes,
+/// every other subscriber the plain frame.
+pub(super) struct EventFrames<'a> {
+    plain: &'a Bytes,
+    /// `None` until a subscriber asks; then `Some(None)` if the frame did not shrink.
+    compressed: Option<Option<Bytes>>,
+}
+
+impl<'a> EventFrames<'a> {
+    pub(super) fn new(plain: &'a Bytes) -> Self {
+        EventFrames { plain, compressed: None }
+    }
+
+    /// The frame `connection` gets.
+    pub(super) fn for_connection(&mut self, connection: &Connection) -> Bytes {
+        if connection.takes_compressed(self.plain.len()) {
+            let plain = self.plain;
+            if let Some(compressed) =
+                self.compressed.get_or_insert_with(|| plexus_protocol::deflate::compress_frame(plain))
+            {
+                return compressed.clone();
+            }
+        }
+        self.plain.clone()
     }
 }

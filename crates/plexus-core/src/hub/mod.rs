@@ -38,7 +38,7 @@ mod users;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use metrics::{Counter, Gauge};
@@ -76,11 +76,33 @@ const COUNT_INTERVAL: Duration = Duration::from_secs(5);
 /// At most one `cache_miss` webhook per channel this often (Pusher de-duplicates them).
 const CACHE_MISS_WEBHOOK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The hub's handle on a live connection: its id and its outbound queue.
+/// The hub's handle on a live connection: its id, its outbound queue, and whether it takes
+/// compressed events.
 #[derive(Debug)]
 pub struct Connection {
     pub socket_id: SocketId,
     pub outbound: Outbound,
+    /// permessage-deflate: event frames of at least this many bytes go out compressed;
+    /// `u32::MAX` (never) until the transport says the client negotiated it.
+    compress_from: AtomicU32,
+}
+
+impl Connection {
+    pub fn new(socket_id: SocketId, outbound: Outbound) -> Connection {
+        Connection { socket_id, outbound, compress_from: AtomicU32::new(u32::MAX) }
+    }
+
+    /// The client negotiated permessage-deflate: events whose frame is at least `min_bytes`
+    /// long reach it compressed (the fan-out compresses each event once for all such clients).
+    pub fn compress_events_from(&self, min_bytes: u32) {
+        self.compress_from.store(min_bytes, Ordering::Relaxed);
+    }
+
+    /// Whether a frame of `len` bytes goes to this connection compressed.
+    pub fn takes_compressed(&self, len: usize) -> bool {
+        let from = self.compress_from.load(Ordering::Relaxed);
+        from != u32::MAX && len >= from as usize
+    }
 }
 
 #[derive(Debug, Default)]
@@ -276,7 +298,7 @@ impl AppHub {
                 break candidate;
             }
         };
-        let connection = Arc::new(Connection { socket_id, outbound: Outbound::new(queue_max_bytes) });
+        let connection = Arc::new(Connection::new(socket_id, Outbound::new(queue_max_bytes)));
         connections.insert(socket_id, connection.clone());
         self.connection_count.store(connections.len(), Ordering::Relaxed);
         self.metrics.connections.increment(1);

@@ -137,7 +137,7 @@ mod tests {
     use crate::outbound::Outbound;
 
     fn conn(n: u64) -> Arc<Connection> {
-        Arc::new(Connection { socket_id: SocketId::from_random(n, n), outbound: Outbound::new(1024) })
+        Arc::new(Connection::new(SocketId::from_random(n, n), Outbound::new(1024)))
     }
 
     #[test]

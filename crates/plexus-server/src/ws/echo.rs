@@ -12,11 +12,12 @@ use axum::http::Response;
 use axum::Router;
 use plexus_core::outbound::Outbound;
 use plexus_core::Connection;
+use plexus_protocol::deflate;
 use plexus_protocol::wsframe::{self, Opcode};
 use plexus_protocol::SocketId;
 use tokio::time::Instant;
 
-use super::{handshake, switching_protocols, Endpoint};
+use super::{handshake, offered_deflate, switching_protocols, Endpoint};
 
 /// What the echo endpoint allows.
 #[derive(Debug, Clone, Copy)]
@@ -38,25 +39,29 @@ async fn upgrade(State(limits): State<EchoLimits>, mut request: Request) -> Resp
         Ok(accept) => accept,
         Err(refusal) => return refusal.into_response(),
     };
+    let deflate = offered_deflate(request.headers());
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
-        let connection = Arc::new(Connection {
-            socket_id: SocketId::from_random(0, 0),
-            outbound: Outbound::new(limits.max_queued_bytes),
-        });
-        let echo = Echo { connection: connection.clone() };
+        let connection =
+            Arc::new(Connection::new(SocketId::from_random(0, 0), Outbound::new(limits.max_queued_bytes)));
+        let compress = deflate.is_some_and(|agreement| agreement.compresses_to_client());
+        let echo = Echo { connection: connection.clone(), compress };
         #[cfg(feature = "tungstenite")]
         let (reader, writer) = super::tungstenite::split(upgraded, limits.max_message_bytes).await;
         #[cfg(not(feature = "tungstenite"))]
-        let (reader, writer) = super::shared_frames::split(upgraded, limits.max_message_bytes);
+        let (reader, writer) =
+            super::shared_frames::split(upgraded, limits.max_message_bytes, deflate.is_some());
         super::socket_loop(reader, writer, connection, limits.write_timeout, echo).await;
     });
-    switching_protocols(accept)
+    switching_protocols(accept, deflate)
 }
 
 struct Echo {
     connection: Arc<Connection>,
+    /// The client negotiated permessage-deflate (with a full window): echoes go back compressed,
+    /// through the same compressor the fan-out uses.
+    compress: bool,
 }
 
 impl Endpoint for Echo {
@@ -64,7 +69,12 @@ impl Endpoint for Echo {
 
     fn on_message(&mut self, text: bool, payload: &[u8], _now: Instant) {
         let opcode = if text { Opcode::Text } else { Opcode::Binary };
-        self.connection.outbound.push(wsframe::frame(opcode, payload));
+        let plain = wsframe::frame(opcode, payload);
+        let frame = match self.compress {
+            true => deflate::compress_frame(&plain).unwrap_or(plain),
+            false => plain,
+        };
+        self.connection.outbound.push(frame);
     }
 
     fn wake_at(&self) -> Instant {

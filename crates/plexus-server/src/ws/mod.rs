@@ -33,7 +33,7 @@ use base64::Engine;
 use bytes::Bytes;
 use plexus_core::outbound::Drained;
 use plexus_core::{Connection, ExtensionConnect, Heartbeat, Session};
-use plexus_protocol::{codec, CloseCode};
+use plexus_protocol::{codec, deflate, CloseCode};
 use sha1::{Digest, Sha1};
 use tokio::time::Instant;
 
@@ -77,6 +77,7 @@ pub async fn upgrade(
         Ok(accept) => accept,
         Err(refusal) => return refusal.into_response(),
     };
+    let deflate = state.config.compression.then(|| offered_deflate(headers)).flatten();
     // Apps with API keys or tokens refuse over HTTP, before the upgrade: event-stream clients
     // expect 401/403/429, and such apps do not serve pusher-js's retry-forever clients anyway.
     // Boxed: the admission rides along every nested future of the connection's task, and most
@@ -99,14 +100,35 @@ pub async fn upgrade(
     // The socket stays counted against the caps for as long as the WebSocket lives.
     let slot = request.extensions().get::<Arc<ConnectionSlot>>().cloned();
     let on_upgrade = hyper::upgrade::on(&mut request);
+    let agreed = Agreed { admission, throttled, deflate };
     tokio::spawn(async move {
         let _slot = slot;
         match on_upgrade.await {
-            Ok(upgraded) => run_socket(state, upgraded, key, query, admission, throttled).await,
+            Ok(upgraded) => run_socket(state, upgraded, key, query, agreed).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }
     });
-    switching_protocols(accept)
+    switching_protocols(accept, deflate)
+}
+
+/// What the upgrade request settled for the connection it starts.
+struct Agreed {
+    /// The credential's hold, for apps with API keys or tokens.
+    admission: Option<Box<Admission>>,
+    /// Over a socket cap or rate limit: refused in-band once upgraded.
+    throttled: Option<&'static str>,
+    /// permessage-deflate, when the client offered it and the server allows it.
+    deflate: Option<deflate::Agreement>,
+}
+
+/// The permessage-deflate offer this transport accepts, if the client made one. The tungstenite
+/// comparison transport does its own framing and speaks no extension.
+fn offered_deflate(headers: &HeaderMap) -> Option<deflate::Agreement> {
+    if cfg!(feature = "tungstenite") {
+        return None;
+    }
+    let offers = headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok());
+    deflate::negotiate(offers)
 }
 
 /// Why an upgrade request is not a WebSocket handshake plexus accepts (RFC 6455 §4.2.1).
@@ -157,14 +179,16 @@ fn handshake(headers: &HeaderMap) -> Result<String, HandshakeRefusal> {
     Ok(base64::engine::general_purpose::STANDARD.encode(sha.finalize()))
 }
 
-fn switching_protocols(accept: String) -> Response<Body> {
-    Response::builder()
+fn switching_protocols(accept: String, deflate: Option<deflate::Agreement>) -> Response<Body> {
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "Upgrade")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .expect("upgrade response is valid")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(agreement) = deflate {
+        response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, agreement.response_header());
+    }
+    response.body(Body::empty()).expect("upgrade response is valid")
 }
 
 /// Hands the upgraded socket to the configured transport.
@@ -173,17 +197,17 @@ async fn run_socket(
     upgraded: hyper::upgrade::Upgraded,
     key: String,
     query: Option<String>,
-    admission: Option<Box<Admission>>,
-    throttled: Option<&'static str>,
+    agreed: Agreed,
 ) {
     #[cfg(feature = "tungstenite")]
     let (reader, writer) = tungstenite::split(upgraded, state.config.max_frame_bytes).await;
     #[cfg(not(feature = "tungstenite"))]
-    let (reader, writer) = shared_frames::split(upgraded, state.config.max_frame_bytes);
+    let (reader, writer) =
+        shared_frames::split(upgraded, state.config.max_frame_bytes, agreed.deflate.is_some());
     // The connection is set up synchronously and only its loop is awaited here, so the session
     // and the reader are stored once in the task (async fn arguments and awaited values would
     // each keep a copy: see BENCHMARKS.md, memory per connection).
-    match start_connection(&state, reader, writer, &key, query.as_deref(), admission, throttled) {
+    match start_connection(&state, reader, writer, &key, query.as_deref(), agreed) {
         Ok(serve) => serve.await,
         Err(refused) => {
             let (writer, code, message) = *refused;
@@ -312,9 +336,9 @@ fn start_connection<R: MessageReader, W: FrameWriter>(
     write: W,
     key: &str,
     query: Option<&str>,
-    admission: Option<Box<Admission>>,
-    throttled: Option<&'static str>,
+    agreed: Agreed,
 ) -> Result<impl std::future::Future<Output = ()> + Send, Refusal<W>> {
+    let Agreed { admission, throttled, deflate } = agreed;
     let config = &state.config;
     let checked = match throttled {
         Some(reason) => Err((CloseCode::OverCapacity, reason.to_owned())),
@@ -351,6 +375,9 @@ fn start_connection<R: MessageReader, W: FrameWriter>(
         session.set_extension(extension);
     }
     let connection = session.connection().clone();
+    if deflate.is_some_and(|agreement| agreement.compresses_to_client()) {
+        connection.compress_events_from(config.compression_min_bytes);
+    }
     let endpoint = PusherEndpoint {
         session,
         _admission: admission,

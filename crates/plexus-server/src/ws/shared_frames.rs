@@ -35,7 +35,12 @@ thread_local! {
 }
 
 /// Splits an upgraded connection into this transport's reader and writer.
-pub fn split(upgraded: hyper::upgrade::Upgraded, max_message_bytes: usize) -> (FrameReader, VectoredWriter) {
+/// `inflate`: the client negotiated permessage-deflate, so its messages may arrive compressed.
+pub fn split(
+    upgraded: hyper::upgrade::Upgraded,
+    max_message_bytes: usize,
+    inflate: bool,
+) -> (FrameReader, VectoredWriter) {
     let (read, write, early): (BoxedRead, BoxedWrite, BytesMut) =
         match upgraded.downcast::<TokioIo<PlainIo>>() {
             Ok(parts) => {
@@ -50,7 +55,12 @@ pub fn split(upgraded: hyper::upgrade::Upgraded, max_message_bytes: usize) -> (F
                 (Box::pin(read), Box::pin(write), BytesMut::new())
             }
         };
-    let reader = FrameReader { read, pending: early, frames: ClientFrameReader::new(max_message_bytes) };
+    let frames = if inflate {
+        ClientFrameReader::with_inflate(max_message_bytes)
+    } else {
+        ClientFrameReader::new(max_message_bytes)
+    };
+    let reader = FrameReader { read, pending: early, frames };
     (reader, VectoredWriter { write })
 }
 

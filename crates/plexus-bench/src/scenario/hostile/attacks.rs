@@ -335,7 +335,7 @@ async fn run_once(env: &Arc<AttackEnv>, attack: Attack, run: Run, t: &mut Tally)
         Attack::LogForgingKey => {
             if run.seq.is_multiple_of(2) {
                 let path = format!("/app/{}%0A{FORGED_MARKER}%20via%20ws%20key?protocol=7", env.a.key);
-                let conn = WsConn::connect(env.addr, run.source, &env.host, &path, run.seed(), 4096);
+                let conn = WsConn::connect(env.addr, run.source, &env.host, &path, run.seed(), 4096, false);
                 match tokio::time::timeout_at(quick.into(), conn).await {
                     Ok(Ok(mut ws)) => {
                         let started = Instant::now();

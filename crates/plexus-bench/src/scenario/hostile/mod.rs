@@ -148,6 +148,7 @@ pub async fn run(ctx: Arc<Ctx>, p: Params) -> Value {
         app_id: c.id.clone(),
         key: c.key.clone(),
         secret: c.secret.clone(),
+        deflate: ctx.target.deflate,
     };
     let b = app_target(&p.app_b);
     let channels = p.channels.max(1);
