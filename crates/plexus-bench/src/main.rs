@@ -510,29 +510,40 @@ fn setup(cli: &Cli) -> Result<Ctx, String> {
     })
 }
 
-/// `len` bytes of text shaped like the fields of real events — words from a small vocabulary,
-/// ids, quantities and prices — from a fixed seed, so every run pads alike. No quotes or
-/// backslashes: it sits inside a JSON string as it is.
+/// `len` bytes shaped like a real event's JSON — a list of order records whose keys repeat and
+/// whose values (ids, users, symbols, prices, quantities) vary, from a fixed seed so every run
+/// pads alike. Its quotes are escaped, as JSON inside Pusher's string `data` is on the wire, so
+/// it sits inside a JSON string as it is.
 fn realistic_text(len: usize) -> String {
-    const WORDS: &[&str] = &[
-        "order", "filled", "buy", "sell", "ACME", "GLOBEX", "INITECH", "user", "status", "active", "pending",
-        "region", "eu-west", "us-east", "price", "qty", "chat", "message", "room", "ok",
-    ];
+    const SYMBOLS: &[&str] = &["ACME", "GLOBEX", "INITECH", "UMBRELLA", "HOOLI", "VANDELAY"];
+    const STATUSES: &[&str] = &["open", "filled", "partially_filled", "cancelled"];
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = |bound: u64| {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (state >> 33) % bound
     };
-    let mut text = String::with_capacity(len + 32);
+    let mut text = String::with_capacity(len + 160);
     while text.len() < len {
-        let piece = match next(4) {
-            0 => format!("{}-{} ", WORDS[next(WORDS.len() as u64) as usize], next(100_000)),
-            1 => format!("{}.{:02} ", next(1000), next(100)),
-            _ => format!("{} ", WORDS[next(WORDS.len() as u64) as usize]),
-        };
-        text.push_str(&piece);
+        let record = format!(
+            r#"{{\"id\":{},\"user\":\"user-{}\",\"symbol\":\"{}\",\"side\":\"{}\",\"price\":{}.{:02},\"qty\":{},\"status\":\"{}\"}},"#,
+            4_800_000 + next(100_000),
+            next(10_000),
+            SYMBOLS[next(SYMBOLS.len() as u64) as usize],
+            if next(2) == 0 { "buy" } else { "sell" },
+            next(1000),
+            next(100),
+            1 + next(500),
+            STATUSES[next(STATUSES.len() as u64) as usize],
+        );
+        text.push_str(&record);
     }
-    text.truncate(len);
+    // Whole records only, so no escape is cut in half.
+    while text.len() > len {
+        match text[..text.len() - 1].rfind("},") {
+            Some(end) if end > 0 => text.truncate(end + 2),
+            _ => break,
+        }
+    }
     text
 }
 

@@ -234,9 +234,7 @@ impl Decoder {
             let mut flow = Flow::Continue;
             match h.opcode {
                 OP_TEXT | OP_BINARY if h.fin && !self.in_fragmented && h.compressed => {
-                    let inflated = plexus_protocol::deflate::inflate_message(payload, MAX_MESSAGE as usize)
-                        .map_err(|_| WsError::Protocol("bad_compressed_message"))?;
-                    flow = on_text(&inflated, out);
+                    flow = with_inflated(payload, |inflated| on_text(inflated, out))?;
                 }
                 OP_TEXT | OP_BINARY if h.fin && !self.in_fragmented => {
                     flow = on_text(payload, out);
@@ -270,6 +268,34 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Compressed messages this thread inflated lately, by their bytes, at most this many.
+const INFLATED_KEPT: usize = 4096;
+
+thread_local! {
+    /// What recent compressed messages inflated to. The server compresses each event once and
+    /// every compressed subscriber gets the same bytes, so one inflate serves all of this
+    /// thread's subscribers (whose reads interleave events): the load generator then measures
+    /// the server rather than thousands of inflates of one message.
+    static INFLATED: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Vec<u8>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Calls `use_message` with the inflated `compressed` message.
+fn with_inflated<T>(compressed: &[u8], use_message: impl FnOnce(&[u8]) -> T) -> Result<T, WsError> {
+    INFLATED.with(|inflated| {
+        let mut inflated = inflated.borrow_mut();
+        if !inflated.contains_key(compressed) {
+            if inflated.len() >= INFLATED_KEPT {
+                inflated.clear();
+            }
+            let message = plexus_protocol::deflate::inflate_message(compressed, MAX_MESSAGE as usize)
+                .map_err(|_| WsError::Protocol("bad_compressed_message"))?;
+            inflated.insert(compressed.to_vec(), message);
+        }
+        Ok(use_message(&inflated[compressed]))
+    })
 }
 
 /// One client WebSocket connection.
