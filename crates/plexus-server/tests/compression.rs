@@ -1,6 +1,10 @@
 //! permessage-deflate (RFC 7692) on `/app/{key}`, checked on the wire with a raw socket: what the
 //! handshake answers, which frames carry RSV1 and what they inflate to, what a client may send
 //! compressed, and the limit on what it inflates to.
+//!
+//! Not for the tungstenite comparison build, whose transport does its own framing and negotiates
+//! no extension.
+#![cfg(not(feature = "tungstenite"))]
 
 mod common;
 
