@@ -20,10 +20,18 @@ done
 [ -n "$run" ] || { echo "Autobahn runner not found: set AUTOBAHN_RUN=path/to/run.sh" >&2; exit 2; }
 
 pid=""
-stop() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; pid=""; }
+# The server dies of the signal (status 143), which is how it should end: not a failure.
+stop() {
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  pid=""
+}
 trap stop EXIT
 
-# Starts an echo binary on a free port and prints that port.
+# Starts an echo binary on a free port; sets `pid` and `port`. Not called in a command
+# substitution: a subshell would keep `pid` to itself, and `stop` would leave the server running.
 start_echo() {
   local log
   log=$(mktemp)
@@ -31,7 +39,7 @@ start_echo() {
   pid=$!
   for _ in $(seq 100); do
     if grep -q "listening on" "$log"; then
-      sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$log"
+      port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$log")
       return
     fi
     kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
@@ -43,20 +51,20 @@ start_echo() {
 for transport in tungstenite plexus; do
   if [ "$transport" = tungstenite ]; then
     cargo build --release -p plexus-server --example ws-echo --features tungstenite
-    cp target/release/examples/ws-echo target/release/examples/ws-echo-tungstenite
+    cp --remove-destination target/release/examples/ws-echo target/release/examples/ws-echo-tungstenite
     binary=target/release/examples/ws-echo-tungstenite
   else
     cargo build --release -p plexus-server --example ws-echo
     binary=target/release/examples/ws-echo
   fi
-  port=$(start_echo "$binary")
+  start_echo "$binary"
   echo "Autobahn against ws-echo ($transport transport) on port $port" >&2
   bash "$run" "ws://127.0.0.1:$port" "$cases" "$PWD/target/autobahn/$transport"
   stop
 done
 
 if [ "$deflate_cases" != none ]; then
-  port=$(start_echo target/release/examples/ws-echo)
+  start_echo target/release/examples/ws-echo
   echo "Autobahn permessage-deflate cases against ws-echo (plexus transport) on port $port" >&2
   bash "$run" "ws://127.0.0.1:$port" "$deflate_cases" "$PWD/target/autobahn/plexus-deflate"
   stop
