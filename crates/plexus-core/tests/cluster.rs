@@ -35,6 +35,7 @@ const OPTIONS: ClusterOptions = ClusterOptions {
     heartbeat: Duration::from_secs(1),
     lease: Duration::from_secs(3),
     settle: Duration::from_millis(2500),
+    load_every: Duration::from_secs(5),
 };
 
 /// Lets the cluster run for `duration` of paused time: the clock jumps from timer to timer, and
@@ -657,4 +658,42 @@ async fn every_node_knows_each_peers_subscriptions_and_forgets_a_dead_one() {
     pass(OPTIONS.lease + OPTIONS.heartbeat * 2).await;
     let seen = cluster.node(1).hub().subscriptions_by_node();
     assert_eq!((seen.local, seen.remote.into_iter().collect::<Vec<_>>()), (1, vec![(2, 2)]));
+}
+
+/// The dashboard's per-node connections and rates: each node reports its own figures on a timer,
+/// every peer turns two reports into rates, and a dead peer's figures go with its lease.
+#[tokio::test(start_paused = true)]
+async fn every_node_hears_each_peers_connections_and_rates_and_forgets_a_dead_one() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    let _one = cluster.client(1);
+    let two: Vec<Client> = (0..2).map(|_| cluster.client(2)).collect();
+    let three: Vec<Client> = (0..3).map(|_| cluster.client(3)).collect();
+    for client in two.iter().chain(&three) {
+        client.subscribe("news");
+    }
+    // Two reports from every node, with 10 events published on node 2 between them (each
+    // reaches 2 subscribers on node 2 and 3 on node 3).
+    pass(OPTIONS.load_every).await;
+    for n in 0..10 {
+        cluster.publish(2, "news", &format!("event {n}"));
+    }
+    pass(OPTIONS.load_every).await;
+    let seen = cluster.node(1).cluster.peer_loads(APP);
+    let by_node: Vec<(NodeId, u64)> = seen.iter().map(|l| (l.node, l.connections)).collect();
+    assert_eq!(by_node, vec![(2, 2), (3, 3)], "every peer's connections, not node 1's own: {seen:?}");
+    let per_sec = OPTIONS.load_every.as_secs_f64();
+    assert_eq!(seen[0].events_per_sec, Some(10.0 / per_sec), "{seen:?}");
+    assert_eq!(seen[0].messages_per_sec, Some(20.0 / per_sec), "{seen:?}");
+    assert_eq!(seen[1].events_per_sec, Some(0.0), "node 3 published nothing: {seen:?}");
+    assert_eq!(seen[1].messages_per_sec, Some(30.0 / per_sec), "{seen:?}");
+    assert_eq!(received_count(&three[0]), 10);
+
+    cluster.node(3).kill();
+    pass(OPTIONS.lease + OPTIONS.heartbeat * 2).await;
+    let seen = cluster.node(1).cluster.peer_loads(APP);
+    assert_eq!(seen.iter().map(|l| l.node).collect::<Vec<_>>(), vec![2], "{seen:?}");
+}
+
+fn received_count(client: &Client) -> usize {
+    events(&client.received()).len()
 }

@@ -14,7 +14,7 @@ use axum::routing::post;
 use common::{app, TestServer, WAIT};
 use plexus_core::app::{WebhookKind, WebhookTarget};
 use plexus_server::admin::{Admin, AdminConfig};
-use plexus_server::config::MetricsConfig;
+use plexus_server::config::{AdapterConfig, AdapterDriver, MetricsConfig};
 use plexus_server::logstream::LogStream;
 use plexus_server::webhooks::WebhooksConfig;
 use serde_json::{json, Value};
@@ -311,6 +311,74 @@ async fn the_charts_history_holds_connections_subscriptions_and_rates_from_the_s
     let times: Vec<u64> =
         stats["samples"].as_array().unwrap().iter().map(|s| s["at_ms"].as_u64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first: {times:?}");
+}
+
+/// Two nodes over the real NATS: the charts of one show the other's connections, subscriptions
+/// and rates as it reported them, and the cluster's totals.
+#[tokio::test]
+async fn in_a_cluster_the_charts_show_each_nodes_figures_and_the_clusters_totals() {
+    let adapter = AdapterConfig {
+        driver: AdapterDriver::Nats,
+        url: Some("nats://127.0.0.1:4222".into()),
+        prefix: format!("stats-{}", std::process::id()),
+        heartbeat_ms: 200,
+        lease_ms: 1_000,
+        ..AdapterConfig::default()
+    };
+    let here = TestServer::start_clustered(&adapter, vec![app(1)]).await;
+    let there = TestServer::start_clustered(&adapter, vec![app(1)]).await;
+    let there_id = there.state.cluster.as_ref().unwrap().id().to_string();
+    let admin = start_admin(&here).await;
+    let mut local = here.connect("key-1").await;
+    local.subscribe("news").await;
+    let mut remote = Vec::new();
+    for _ in 0..2 {
+        let mut client = there.connect("key-1").await;
+        client.subscribe("news").await;
+        remote.push(client);
+    }
+    // Events published on the other node for as long as it takes a sample to show its rates
+    // (its reports come every second, the samples every 5 s).
+    let publishing = tokio::spawn(async move {
+        for n in 0u64.. {
+            assert_eq!(there.trigger(&app(1), "news", "tick", &format!("{{\"n\":{n}}}")).await.0, 200);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let shows_everything = |s: &Value| {
+        s["samples"].as_array().unwrap().iter().any(|sample| {
+            let peer = &sample["peers"][&there_id];
+            peer["connections"] == 2
+                && peer["subscriptions"] == 2
+                && peer["events_per_sec"].as_f64().is_some_and(|rate| rate > 0.0)
+                && peer["messages_per_sec"].as_f64().is_some_and(|rate| rate > 0.0)
+                && sample["events_per_sec"].is_number()
+        })
+    };
+    let stats = poll_until(admin, "/api/apps/app-1/stats", SAMPLE_WAIT * 2, shows_everything).await;
+    publishing.abort();
+    assert_eq!(stats["node"], here.state.cluster.as_ref().unwrap().id().to_string());
+    let sample = stats["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|s| shows_everything(&json!({"samples": [s]})))
+        .unwrap();
+    assert_eq!(
+        (sample["connections"].as_u64(), sample["cluster_connections"].as_u64()),
+        (Some(1), Some(3)),
+        "{sample}"
+    );
+    assert_eq!(sample["cluster_subscriptions"], 3, "{sample}");
+    assert_eq!(sample["peer_subscriptions"], json!({ there_id.clone(): 2 }), "{sample}");
+    let own = sample["events_per_sec"].as_f64().unwrap();
+    let peer = sample["peers"][&there_id]["events_per_sec"].as_f64().unwrap();
+    let total = sample["cluster_events_per_sec"].as_f64().unwrap();
+    assert!((total - (own + peer)).abs() < 0.011, "the cluster's rate adds every node's: {sample}");
+    for client in remote.iter_mut().chain([&mut local]) {
+        client.expect("tick").await;
+    }
 }
 
 /// A sample is due every 5 s; this bounds the wait for the next one.

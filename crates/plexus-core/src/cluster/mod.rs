@@ -10,11 +10,14 @@
 //!   [`backlog`], the bounded outgoing queue both use; [`memory`], a bus inside one process for
 //!   tests (and embedders), with controls to cut nodes off and drop or hold messages.
 //! - [`wire`]: how updates and control messages are encoded on the bus.
+//! - [`load`]: every other node's connections and event and message rates per app, reported
+//!   by each node on a timer, for the operator's per-node view.
 //! - [`node`]: sequencing, heartbeats and leases, state sync after a gap, the leader that
 //!   alone sends state webhooks so each fires once per cluster, and the node that numbers each
 //!   history channel's events so positions mean the same on every node.
 
 pub mod backlog;
+pub mod load;
 pub mod memory;
 pub mod node;
 pub mod transport;
@@ -27,6 +30,7 @@ use bytes::Bytes;
 use plexus_protocol::SocketId;
 
 pub use crate::hub::Position;
+pub use load::PeerLoad;
 pub use memory::{MemoryBus, MemoryTransport};
 pub use node::{ClusterNode, ClusterOptions};
 pub use transport::{redact_url, Inbound, InboundSender, NodeId, Route, Transport, TransportError};

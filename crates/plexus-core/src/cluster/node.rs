@@ -22,6 +22,9 @@
 //!   the same event at the same position and a client can resume on any of them. A new
 //!   sequencer (a node joined or died) starts a new epoch: positions from before resume with
 //!   `recovered: false`, never with a hole.
+//! - **Figures:** every [`ClusterOptions::load_every`] a node reports its connections and
+//!   event and message totals per app, unnumbered ([`super::load`]); [`ClusterNode::peer_loads`]
+//!   gives each peer's, for the dashboard's per-node charts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +36,7 @@ use plexus_protocol::{ChannelName, SocketId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::load::{self, PeerLoad, PeerLoads};
 use super::wire::{self, AppSnapshot, Body, CacheState, Envelope, HistoryEvent, HistoryState, ShareState};
 use super::{ClusterLink, Inbound, Keep, NodeId, Position, Route, Transport, Update};
 use crate::app::{App, AppStore};
@@ -49,6 +53,8 @@ pub struct ClusterOptions {
     pub lease: Duration,
     /// How long a starting node listens before it may lead.
     pub settle: Duration,
+    /// How often a node reports its figures per app to its peers ([`super::load`]).
+    pub load_every: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -57,6 +63,7 @@ impl Default for ClusterOptions {
             heartbeat: Duration::from_secs(1),
             lease: Duration::from_secs(5),
             settle: Duration::from_millis(2500),
+            load_every: Duration::from_secs(5),
         }
     }
 }
@@ -91,6 +98,8 @@ pub struct ClusterNode {
     ready: tokio::sync::watch::Sender<bool>,
     /// The live peers, as the receive loop last saw them (for choosing history sequencers).
     peers: RwLock<Vec<NodeId>>,
+    /// What every peer last reported of its figures.
+    loads: PeerLoads,
 }
 
 impl ClusterLink for ClusterNode {
@@ -144,6 +153,7 @@ impl ClusterNode {
             options,
             ready,
             peers: RwLock::default(),
+            loads: PeerLoads::default(),
         })
     }
 
@@ -176,6 +186,19 @@ impl ClusterNode {
         self.transport.send(Route::Node(to), wire::encode(self.id, 0, body, b""));
     }
 
+    /// Every live peer's connections and event and message rates for `app_id`, by node id, as
+    /// each last reported them (a peer that has not reported the app lately is left out).
+    pub fn peer_loads(&self, app_id: &str) -> Vec<PeerLoad> {
+        self.loads.of_app(app_id, Instant::now(), self.options.load_every * 3)
+    }
+
+    /// Sends this node's figures to every peer, unnumbered (see [`super::load`]).
+    fn report_load(&self, hubs: &Hubs) {
+        for apps in load::own_reports(hubs) {
+            self.transport.send(Route::All, wire::encode(self.id, 0, Body::Load { apps }, b""));
+        }
+    }
+
     /// Tells peers this node is leaving, so they drop its state now.
     pub fn leave(&self) {
         self.broadcast(Body::Bye, b"");
@@ -200,6 +223,7 @@ impl ClusterNode {
         let mut ticker = tokio::time::interval(self.options.heartbeat / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_heartbeat = Instant::now() + self.options.heartbeat;
+        let mut next_load = Instant::now() + self.options.load_every;
         loop {
             tokio::select! {
                 message = inbound.recv() => match message {
@@ -218,6 +242,10 @@ impl ClusterNode {
                     if now >= next_heartbeat {
                         self.broadcast(Body::Heartbeat, b"");
                         next_heartbeat = now + self.options.heartbeat;
+                    }
+                    if now >= next_load {
+                        self.report_load(&state.hubs);
+                        next_load = now + self.options.load_every;
                     }
                     state.expire(now);
                     state.retry_syncs(now);
@@ -454,6 +482,12 @@ impl Receiver {
         match envelope.body {
             Body::SyncRequest => self.send_snapshot(from),
             Body::Snapshot { of, part, parts, apps } => self.snapshot_part(from, of, part, parts, apps),
+            // Only from a peer this node knows: a report racing a departure must not bring its
+            // sender's figures back.
+            Body::Load { apps } if self.peers.contains_key(&from) => {
+                self.node.loads.record(from, apps, Instant::now())
+            }
+            Body::Load { .. } => {}
             other => tracing::warn!(peer = from, ?other, "unexpected direct cluster message"),
         }
     }
@@ -610,6 +644,7 @@ impl Receiver {
     }
 
     fn forget(&self, peer: NodeId) {
+        self.node.loads.forget(peer);
         for hub in self.hubs.all() {
             hub.forget_node(&self.app(hub.app_id()), peer);
         }

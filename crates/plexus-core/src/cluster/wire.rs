@@ -103,6 +103,22 @@ pub enum Body {
         user_id: String,
         online: bool,
     },
+    /// The sender's figures per app (see [`super::load`]); sent unnumbered, like a direct
+    /// message, because nothing depends on its order.
+    Load {
+        apps: Vec<AppLoad>,
+    },
+}
+
+/// One app's figures on the sending node, as totals since it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppLoad {
+    pub app: String,
+    pub connections: u64,
+    /// Events published on the sender.
+    pub published: u64,
+    /// Messages queued to the sender's subscribers.
+    pub delivered: u64,
 }
 
 /// What a cache channel keeps (see [`crate::cluster::Keep`]).

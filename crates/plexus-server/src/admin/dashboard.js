@@ -90,7 +90,7 @@ const SVG = 'http://www.w3.org/2000/svg';
 const COLOURS = ['#0a58ca', '#b42318', '#1a7f37', '#9a6700', '#8250df', '#57606a'];
 const CHARTS = [
   { id: 'connections', title: 'Connections', field: 'connections', whole: true },
-  { id: 'subscriptions', title: 'Subscriptions', field: 'subscriptions', whole: true, perNode: true },
+  { id: 'subscriptions', title: 'Subscriptions', field: 'subscriptions', whole: true },
   { id: 'events', title: 'Events published /s', field: 'events_per_sec' },
   { id: 'messages', title: 'Messages delivered /s', field: 'messages_per_sec' },
 ];
@@ -101,15 +101,15 @@ function svg(name, attributes, text) {
   return node;
 }
 function shown(value, whole) { return value == null ? '–' : (whole ? String(value) : value.toFixed(1)); }
-/// The series of one chart: this node's figure, and in a cluster (subscriptions) each peer's and
-/// the total.
+/// The series of one chart: this node's figure, and in a cluster the cluster's total and each
+/// peer's (as that peer last reported it; a gap while it had not).
 function seriesOf(chart, stats) {
   const own = stats.node ? `this node (${stats.node})` : 'this server';
   const series = [{ label: own, values: stats.samples.map((s) => s[chart.field]) }];
-  if (chart.perNode && stats.node) {
-    const peers = [...new Set(stats.samples.flatMap((s) => Object.keys(s.peer_subscriptions)))].sort();
-    peers.forEach((id) => series.push({ label: `node ${id}`, values: stats.samples.map((s) => s.peer_subscriptions[id] ?? 0) }));
-    series.unshift({ label: 'cluster total', values: stats.samples.map((s) => s.cluster_subscriptions) });
+  if (stats.node) {
+    const peers = [...new Set(stats.samples.flatMap((s) => Object.keys(s.peers ?? {})))].sort();
+    peers.forEach((id) => series.push({ label: `node ${id}`, values: stats.samples.map((s) => s.peers?.[id]?.[chart.field] ?? null) }));
+    series.unshift({ label: 'cluster total', values: stats.samples.map((s) => s[`cluster_${chart.field}`]) });
   }
   return series;
 }
@@ -181,7 +181,7 @@ async function refreshCharts() {
   $('charts').replaceChildren(...CHARTS.map((chart) => drawChart(chart, stats)));
   $('charts-heading').textContent = `Activity of ${stats.app_id}, last 15 minutes`;
   $('charts-note').textContent = stats.node
-    ? `node ${stats.node}: connections, events and messages are this node's (nodes do not exchange them); subscriptions per node and in total; sampled every ${stats.interval_ms / 1000} s`
+    ? `node ${stats.node}: every figure per node and for the whole cluster (peers' as they last reported them); sampled every ${stats.interval_ms / 1000} s`
     : `sampled by the server every ${stats.interval_ms / 1000} s`;
 }
 

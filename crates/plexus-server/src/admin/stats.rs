@@ -6,10 +6,10 @@
 //! the history at the next sample). A sample costs one walk over the app's channels, the same
 //! walk `GET /api/overview` makes on every dashboard refresh.
 //!
-//! What a cluster node knows about its peers: the subscriptions each holds (their shares of
-//! every channel, exchanged for the cluster-wide counts), so those are per node and in total.
-//! Connections and event and message counts are not exchanged, so they are this node's own,
-//! labelled with its id.
+//! In a cluster every figure is also given per peer and for the whole cluster: subscriptions
+//! from the shares nodes exchange for the cluster-wide counts, connections and rates from the
+//! figures each node reports on a timer (`plexus_core::cluster::load`). A peer's figures are as
+//! fresh as its last report (one every five heartbeats).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -32,9 +32,18 @@ struct Sample {
     connections: usize,
     /// This node's sockets' subscriptions.
     subscriptions: usize,
-    /// Every other node's reported share, by node id (empty on a single node).
-    peer_subscriptions: Vec<(u64, usize)>,
     /// Rates since the previous sample; `None` for an app's first sample.
+    events_per_sec: Option<f64>,
+    messages_per_sec: Option<f64>,
+    /// Every other node's figures, by node id (empty on a single node).
+    peers: Vec<(u64, PeerSample)>,
+}
+
+/// One other node's figures at one moment, as it last reported them.
+#[derive(Debug, Clone, Default)]
+struct PeerSample {
+    connections: Option<u64>,
+    subscriptions: usize,
     events_per_sec: Option<f64>,
     messages_per_sec: Option<f64>,
 }
@@ -95,13 +104,24 @@ impl Stats {
             if entry.samples.len() == SAMPLES {
                 entry.samples.pop_front();
             }
+            let mut peers: std::collections::BTreeMap<u64, PeerSample> = by_node
+                .remote
+                .into_iter()
+                .map(|(node, subscriptions)| (node, PeerSample { subscriptions, ..PeerSample::default() }))
+                .collect();
+            for load in self.server.cluster.iter().flat_map(|node| node.peer_loads(&app.id)) {
+                let peer = peers.entry(load.node).or_default();
+                peer.connections = Some(load.connections);
+                peer.events_per_sec = load.events_per_sec;
+                peer.messages_per_sec = load.messages_per_sec;
+            }
             entry.samples.push_back(Sample {
                 at_ms,
                 connections: hub.connection_count(),
                 subscriptions: by_node.local,
-                peer_subscriptions: by_node.remote.into_iter().collect(),
                 events_per_sec,
                 messages_per_sec,
+                peers: peers.into_iter().collect(),
             });
         }
     }
@@ -115,17 +135,43 @@ impl Stats {
             .into_iter()
             .flat_map(|h| h.samples.iter())
             .map(|s| {
-                let peers: serde_json::Map<String, Value> =
-                    s.peer_subscriptions.iter().map(|(id, n)| (id.to_string(), json!(n))).collect();
-                let round = |rate: Option<f64>| rate.map(|r| (r * 100.0).round() / 100.0);
+                let peer_subscriptions: serde_json::Map<String, Value> = s
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.subscriptions > 0)
+                    .map(|(id, p)| (id.to_string(), json!(p.subscriptions)))
+                    .collect();
+                let peers: serde_json::Map<String, Value> = s
+                    .peers
+                    .iter()
+                    .map(|(id, p)| {
+                        let figures = json!({
+                            "connections": p.connections,
+                            "subscriptions": p.subscriptions,
+                            "events_per_sec": round(p.events_per_sec),
+                            "messages_per_sec": round(p.messages_per_sec),
+                        });
+                        (id.to_string(), figures)
+                    })
+                    .collect();
+                // The cluster's figure adds every node's that is known; a peer that has not
+                // reported yet adds nothing rather than hiding the rest.
+                let cluster_rate = |own: Option<f64>, peer: fn(&PeerSample) -> Option<f64>| {
+                    own.map(|own| own + s.peers.iter().filter_map(|(_, p)| peer(p)).sum::<f64>())
+                };
+                let peers_total = |peer: fn(&PeerSample) -> usize| s.peers.iter().map(|(_, p)| peer(p)).sum::<usize>();
                 json!({
                     "at_ms": s.at_ms,
                     "connections": s.connections,
                     "subscriptions": s.subscriptions,
-                    "peer_subscriptions": peers,
-                    "cluster_subscriptions": s.subscriptions + s.peer_subscriptions.iter().map(|(_, n)| n).sum::<usize>(),
                     "events_per_sec": round(s.events_per_sec),
                     "messages_per_sec": round(s.messages_per_sec),
+                    "peers": peers,
+                    "peer_subscriptions": peer_subscriptions,
+                    "cluster_connections": s.connections + peers_total(|p| p.connections.unwrap_or(0) as usize),
+                    "cluster_subscriptions": s.subscriptions + peers_total(|p| p.subscriptions),
+                    "cluster_events_per_sec": round(cluster_rate(s.events_per_sec, |p| p.events_per_sec)),
+                    "cluster_messages_per_sec": round(cluster_rate(s.messages_per_sec, |p| p.messages_per_sec)),
                 })
             })
             .collect();
@@ -137,6 +183,11 @@ impl Stats {
             "samples": samples,
         })
     }
+}
+
+/// A rate to two decimals, as the dashboard shows it.
+fn round(rate: Option<f64>) -> Option<f64> {
+    rate.map(|r| (r * 100.0).round() / 100.0)
 }
 
 fn now_ms() -> u64 {

@@ -109,6 +109,29 @@ impl TestServer {
         TestServer { addr, state, shutdown: Some(tx), task: Some(task) }
     }
 
+    /// A node of the cluster `adapter` names (a real NATS or Redis), serving once it has synced
+    /// with its peers.
+    pub async fn start_clustered(
+        adapter: &plexus_server::config::AdapterConfig,
+        apps: Vec<App>,
+    ) -> TestServer {
+        let config = ServerConfig { host: "127.0.0.1".into(), port: 0, ..ServerConfig::default() };
+        let listener = plexus_server::bind(&config).expect("bind loopback");
+        let addr = listener.local_addr().unwrap();
+        let connected = plexus_server::cluster::connect(adapter, plexus_server::webhook_sink(None))
+            .await
+            .expect("the bus is up")
+            .expect("a cluster adapter");
+        let apps: Arc<dyn plexus_core::AppStore> = Arc::new(MemoryAppStore::new(apps).unwrap());
+        let state = ServerState::assemble(config, apps, None, Some(connected.node.clone()));
+        plexus_server::cluster::start(connected, &state).await;
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(plexus_server::serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestServer { addr, state, shutdown: Some(tx), task: Some(task) }
+    }
+
     /// Signals shutdown and waits for `serve` to return.
     pub async fn stop(&mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
