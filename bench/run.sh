@@ -6,6 +6,7 @@
 #   bench/run.sh                 # every standard scenario, RUNS (default 3) times each
 #   bench/run.sh fanout          # only the scenarios named fanout or fanout-*
 #   RUNS=1 bench/run.sh publish  # one run
+#   SKIP_BUILD=1 PLEXUS_BIN=/tmp/plexus-before bench/run.sh   # binaries built beforehand
 #
 # Result lines go to stdout (and to $OUT_DIR/results.jsonl when OUT_DIR is set); progress and
 # server logs go to stderr.
@@ -44,7 +45,11 @@ if [[ ${#selected[@]} -eq 0 ]]; then
   exit 2
 fi
 
-cargo build --release -p plexus-server -p plexus-bench >&2
+# SKIP_BUILD=1: use the binaries already built (e.g. by the test command, whose feature set a
+# `cargo build -p` here would differ from and so rebuild).
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+  cargo build --release -p plexus-server -p plexus-bench >&2
+fi
 SERVER="${PLEXUS_BIN:-target/release/plexus}"   # PLEXUS_BIN: compare another build
 BENCH=target/release/plexus-bench
 

@@ -10,6 +10,12 @@
 //! (pusher-js backs off and reconnects). Closing is a state of the queue, so a close requested by
 //! any task (slow consumer, shutdown, app decision) reaches the writer in order after the frames
 //! already queued.
+//!
+//! A queue holds what its reader's transport writes: WebSocket frames, or, for a server-sent
+//! events stream ([`Outbound::for_sse`]), SSE events. Producers always push WebSocket frames; an
+//! SSE queue turns each into its SSE event as it is pushed ([`plexus_protocol::sse`]), and a
+//! producer that has the SSE event already (the fan-out renders one per event for all SSE
+//! readers) hands it over with [`Outbound::push_encoded`].
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -49,6 +55,8 @@ pub struct Outbound {
     state: Mutex<State>,
     wake_writer: Notify,
     max_bytes: usize,
+    /// Holds SSE events rather than WebSocket frames.
+    sse: bool,
 }
 
 /// What the writer got from one [`Outbound::drain_into`].
@@ -63,8 +71,28 @@ pub enum Drained {
 }
 
 impl Outbound {
+    /// A queue of WebSocket frames.
     pub fn new(max_bytes: usize) -> Self {
-        Outbound { state: Mutex::new(State::default()), wake_writer: Notify::new(), max_bytes }
+        Outbound { state: Mutex::new(State::default()), wake_writer: Notify::new(), max_bytes, sse: false }
+    }
+
+    /// A queue of server-sent events: every frame pushed is stored as its SSE event.
+    pub fn for_sse(max_bytes: usize) -> Self {
+        Outbound { sse: true, ..Outbound::new(max_bytes) }
+    }
+
+    /// Whether this queue holds SSE events.
+    pub fn is_sse(&self) -> bool {
+        self.sse
+    }
+
+    /// `frame` as this queue stores it.
+    fn encode(&self, frame: Bytes) -> Bytes {
+        if self.sse {
+            plexus_protocol::sse::event_from_frame(&frame)
+        } else {
+            frame
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -73,8 +101,14 @@ impl Outbound {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a frame for the writer.
+    /// Queues a WebSocket frame for the writer (as its SSE event on an SSE queue).
     pub fn push(&self, frame: Bytes) -> Push {
+        self.push_encoded(self.encode(frame))
+    }
+
+    /// Queues bytes already in this queue's form: a WebSocket frame, or on an SSE queue an SSE
+    /// event.
+    pub fn push_encoded(&self, frame: Bytes) -> Push {
         let mut state = self.lock();
         if state.closing.is_some() {
             return Push::Closed;
@@ -83,7 +117,8 @@ impl Outbound {
             state.frames.clear();
             state.bytes = 0;
             let message = format!("too slow: more than {} bytes waiting to be sent", self.max_bytes);
-            state.frames.push_back(codec::error(Some(CloseCode::OverCapacity.code()), &message, None));
+            let error = self.encode(codec::error(Some(CloseCode::OverCapacity.code()), &message, None));
+            state.frames.push_back(error);
             state.closing = Some(Some(CloseReason { code: CloseCode::OverCapacity.code(), message }));
             drop(state);
             self.wake_writer.notify_one();
@@ -110,7 +145,7 @@ impl Outbound {
         if state.closing.is_some() {
             return;
         }
-        state.frames.push_back(codec::error(Some(code), message, None));
+        state.frames.push_back(self.encode(codec::error(Some(code), message, None)));
         state.closing = Some(Some(CloseReason { code, message: message.to_owned() }));
         drop(state);
         self.wake_writer.notify_one();

@@ -27,6 +27,7 @@ use crate::access::{Grant, NotGranted};
 use crate::app::{App, WebhookKind};
 use crate::extension::ExtensionSession;
 use crate::hub::{AppHub, ConnectError, Connection, JoinError, Member};
+use crate::outbound::Outbound;
 use crate::webhook::{wanted, WebhookEvent};
 
 /// Why a subscription was refused. The connection stays open; the client sees
@@ -277,7 +278,8 @@ impl Session {
         heartbeat: Heartbeat,
         now: Instant,
     ) -> Result<Session, ConnectError> {
-        let mut session = Session::start_receiver(app, hub, limits, now)?;
+        let outbound = Outbound::new(limits.queue_max_bytes);
+        let mut session = Session::open(app, hub, limits, now, outbound)?;
         // Apps with user authentication give a connection this long to sign in or join a private
         // or presence channel (4009).
         let auth_deadline = session
@@ -293,13 +295,25 @@ impl Session {
 
     /// Registers a connection that only receives (an SSE stream): no `connection_established`,
     /// and the same admission, limits and teardown as a socket.
+    /// Its queue holds SSE events ([`Outbound::for_sse`]).
     pub fn start_receiver(
         app: Arc<App>,
         hub: Arc<AppHub>,
         limits: SessionLimits,
         now: Instant,
     ) -> Result<Session, ConnectError> {
-        let connection = hub.connect(&app, limits.queue_max_bytes)?;
+        let outbound = Outbound::for_sse(limits.queue_max_bytes);
+        Session::open(app, hub, limits, now, outbound)
+    }
+
+    fn open(
+        app: Arc<App>,
+        hub: Arc<AppHub>,
+        limits: SessionLimits,
+        now: Instant,
+        outbound: Outbound,
+    ) -> Result<Session, ConnectError> {
+        let connection = hub.connect_with(&app, outbound)?;
         let socket_id_text = connection.socket_id.to_string();
         Ok(Session {
             app,

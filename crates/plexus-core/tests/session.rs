@@ -8,6 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use plexus_protocol::codec::{Data, ServerEvent, Subscribe};
 use plexus_protocol::signature::{auth_token, channel_string_to_sign};
 use plexus_realtime_core::access::Grant;
 use plexus_realtime_core::webhook::{WebhookEvent, WebhookSink};
@@ -15,7 +16,7 @@ use plexus_realtime_core::{App, AppHub, Heartbeat, Session, SessionLimits};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use common::{drain, Received};
+use common::{drain, drain_raw, Received};
 
 #[derive(Debug)]
 struct NoWebhooks;
@@ -461,4 +462,47 @@ fn an_app_requiring_sign_in_closes_4009_at_the_deadline_unless_authorized() {
     let received = member.received();
     assert!(received.close.is_none(), "{received:?}");
     assert_eq!(member.session.next_deadline(), Some(world.now + heartbeat().interval));
+}
+
+/// An SSE stream's session queues server-sent events, not WebSocket frames: its own replies are
+/// converted as they are queued, and a fanned-out event is rendered once for every stream (the
+/// very same bytes in each queue) while WebSocket subscribers get the frame.
+#[test]
+fn streams_get_server_sent_events_and_one_rendering_of_each_event_is_shared_by_all() {
+    let world = World::new(app());
+    let mut socket = world.connect();
+    socket.subscribe("news", None);
+    assert!(succeeded(&socket.received(), "news"));
+    let mut streams: Vec<Session> = (0..2)
+        .map(|_| {
+            Session::start_receiver(world.app.clone(), world.hub.clone(), SessionLimits::default(), world.now)
+        })
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for stream in &mut streams {
+        let request = Subscribe {
+            channel: "news".into(),
+            auth: None,
+            channel_data: None,
+            filter: None,
+            position: None,
+        };
+        stream.subscribe(request, world.now).unwrap();
+        let (queued, _) = drain_raw(&stream.connection().outbound);
+        let text: Vec<&str> = queued.iter().map(|b| std::str::from_utf8(b).unwrap()).collect();
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(text[0].starts_with("event: pusher_internal:subscription_succeeded\ndata: {"), "{text:?}");
+    }
+
+    let frame = ServerEvent::new("update").channel("news").data(Data::Str("{\"n\":1}")).to_frame();
+    assert_eq!(world.hub.publish_frame(&world.app, "news", &frame, None), 3);
+    let (first, _) = drain_raw(&streams[0].connection().outbound);
+    let (second, _) = drain_raw(&streams[1].connection().outbound);
+    assert_eq!((first.len(), second.len()), (1, 1));
+    assert_eq!(first[0].as_ptr(), second[0].as_ptr(), "one rendering, shared");
+    assert_eq!(
+        std::str::from_utf8(&first[0]).unwrap(),
+        "event: update\ndata: {\"event\":\"update\",\"channel\":\"news\",\"data\":\"{\\\"n\\\":1}\"}\n\n"
+    );
+    assert_eq!(socket.received().events(), ["update"]);
 }

@@ -3,7 +3,8 @@
 //! This crate owns everything that is true of the wire regardless of how a server is built:
 //! decoding client frames ([`codec::decode_client_frame`]), encoding server frames once so they can
 //! be shared by every subscriber ([`codec`], [`wsframe`]) and compressed once for all that negotiated
-//! permessage-deflate ([`deflate`]), channel names and kinds ([`channel`]),
+//! permessage-deflate ([`deflate`]) or rendered once as server-sent events for every SSE reader
+//! ([`sse`]), channel names and kinds ([`channel`]),
 //! socket ids ([`socket_id`]), server-side subscription filters ([`filter`]), close codes and what a client does on them ([`close_code`]), and
 //! every signature the protocol uses ([`signature`]). It does no I/O and knows nothing of tokio;
 //! the server crates own sockets, clocks and state.
@@ -38,6 +39,7 @@ pub mod filter;
 pub mod limits;
 pub mod signature;
 pub mod socket_id;
+pub mod sse;
 pub mod wsframe;
 
 pub use channel::{ChannelError, ChannelKind, ChannelName};

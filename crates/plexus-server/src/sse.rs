@@ -2,10 +2,10 @@
 //! `text/event-stream`, for consumers that cannot hold a WebSocket (curl, `EventSource`, proxies
 //! that only pass plain HTTP).
 //!
-//! The stream is an ordinary hub connection: it subscribes like a socket and gets the same
-//! shared, pre-encoded frames in the same bounded queue, so fan-out knows nothing of SSE. Each
-//! frame becomes one SSE event (`event:` the Pusher event name, `data:` the Pusher message JSON,
-//! one line). A comment line goes out every `sse_heartbeat_secs` so proxies keep the stream
+//! The stream is an ordinary hub connection: it subscribes like a socket, through the same
+//! session, into the same kind of bounded queue; the queue holds SSE events
+//! ([`plexus_protocol::sse`]: `event:` the Pusher event name, `data:` the Pusher message JSON),
+//! each rendered once per event for every stream that gets it, as deflate is compressed once. A comment line goes out every `sse_heartbeat_secs` so proxies keep the stream
 //! open. A consumer that falls behind by more than `max_queued_bytes` is dropped (its queue
 //! overflows, as for a socket) without slowing anyone else.
 //!
@@ -28,7 +28,7 @@ use plexus_core::outbound::Drained;
 use plexus_core::session::SubscribeError;
 use plexus_core::Session;
 use plexus_protocol::codec::Subscribe;
-use plexus_protocol::wsframe;
+use plexus_protocol::sse;
 use tokio::time::Instant;
 
 use crate::credentials::{self, Admission, Refusal};
@@ -53,46 +53,6 @@ impl Drop for Stream {
     fn drop(&mut self) {
         metrics::gauge!("plexus_sse_streams").decrement(1);
     }
-}
-
-/// Writes `value` as the rest of one SSE field line: a name that carried a line break or
-/// another control character into here would end the field and forge the next one, so they are
-/// replaced (names are checked where they enter; this is the second fence).
-fn push_field(out: &mut Vec<u8>, field: &[u8], value: &str) {
-    out.extend_from_slice(field);
-    for c in value.chars() {
-        let c = if c.is_control() { char::REPLACEMENT_CHARACTER } else { c };
-        let mut utf8 = [0u8; 4];
-        out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-    }
-    out.push(b'\n');
-}
-
-/// `event: {name}` and `data: {message}` for one frame; the name is read from the JSON. The
-/// message is one line unless a client's raw JSON data held line breaks between its tokens; then
-/// it goes out as several `data:` lines, which an SSE reader joins back with line feeds.
-fn sse_event(frame: &Bytes) -> Option<Bytes> {
-    #[derive(serde::Deserialize)]
-    struct Named<'a> {
-        #[serde(borrow)]
-        event: std::borrow::Cow<'a, str>,
-        #[serde(default, borrow)]
-        position: Option<std::borrow::Cow<'a, str>>,
-    }
-    let payload = wsframe::server_frame_payload(frame);
-    let named: Named<'_> = serde_json::from_slice(&payload).ok()?;
-    let mut out = Vec::with_capacity(payload.len() + named.event.len() + 48);
-    if let Some(position) = &named.position {
-        push_field(&mut out, b"id: ", position);
-    }
-    push_field(&mut out, b"event: ", &named.event);
-    for line in payload.split(|b| *b == b'\n' || *b == b'\r').filter(|line| !line.is_empty()) {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    Some(Bytes::from(out))
 }
 
 /// The HTTP answer to a channel the stream may not follow.
@@ -190,27 +150,21 @@ pub async fn stream(
                     .await;
             let Ok(drained) = waited else {
                 return Some((
-                    Ok::<_, std::io::Error>(Bytes::from_static(b": heartbeat\n\n")),
+                    Ok::<_, std::io::Error>(Bytes::from_static(sse::HEARTBEAT)),
                     (guard, batch, false),
                 ));
             };
-            let mut chunk = Vec::new();
-            for frame in batch.drain(..) {
-                if let Some(event) = sse_event(&frame) {
-                    chunk.extend_from_slice(&event);
-                }
+            // The queue holds SSE events already (rendered once per event by the fan-out).
+            let mut chunk = Vec::with_capacity(batch.iter().map(Bytes::len).sum());
+            for event in batch.drain(..) {
+                chunk.extend_from_slice(&event);
             }
             match drained {
                 Drained::Frames => Some((Ok(Bytes::from(chunk)), (guard, batch, false))),
                 // Dropped as too slow, or the app was disabled: say why, then end the stream.
                 Drained::Close(reason) => {
                     tracing::debug!(code = reason.code, message = %reason.message, "SSE stream closed");
-                    let message = serde_json::Value::String(reason.message.clone());
-                    let line = format!(
-                        "event: plexus:closed\ndata: {{\"code\":{},\"message\":{message}}}\n\n",
-                        reason.code
-                    );
-                    chunk.extend_from_slice(line.as_bytes());
+                    chunk.extend_from_slice(&sse::closed(reason.code, &reason.message));
                     Some((Ok(Bytes::from(chunk)), (guard, batch, true)))
                 }
                 Drained::End => (!chunk.is_empty()).then(|| (Ok(Bytes::from(chunk)), (guard, batch, true))),

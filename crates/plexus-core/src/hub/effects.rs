@@ -24,6 +24,7 @@ use plexus_protocol::{ChannelName, SocketId};
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::fanout::EventFrames;
 use super::registry::Channel;
 use super::*;
 
@@ -89,16 +90,18 @@ impl AppHub {
             match *transition {
                 Transition::MemberAdded { user_id, info, joiner, .. } => {
                     let added = codec::member_added(channel.as_str(), user_id, info);
+                    let mut added = EventFrames::new(&added);
                     for (id, subscriber) in &entry.subscribers {
                         if Some(*id) != joiner {
-                            subscriber.outbound.push(added.clone());
+                            added.push_to(subscriber);
                         }
                     }
                 }
                 Transition::MemberRemoved { user_id, .. } => {
                     let removed = codec::member_removed(channel.as_str(), user_id);
+                    let mut removed = EventFrames::new(&removed);
                     for subscriber in entry.subscribers.values() {
-                        subscriber.outbound.push(removed.clone());
+                        removed.push_to(subscriber);
                     }
                 }
                 _ => {}

@@ -171,7 +171,7 @@ impl AppHub {
         let mut frames = EventFrames::new(frame);
         for (id, connection) in &entry.subscribers {
             if Some(*id) != except {
-                if connection.outbound.push(frames.for_connection(connection)) == Push::Overflowed {
+                if frames.push_to(connection) == Push::Overflowed {
                     self.metrics.slow_consumer_closes.increment(1);
                 }
                 delivered += 1;
@@ -211,7 +211,7 @@ impl AppHub {
                     continue;
                 }
             }
-            if connection.outbound.push(frames.for_connection(connection)) == Push::Overflowed {
+            if frames.push_to(connection) == Push::Overflowed {
                 self.metrics.slow_consumer_closes.increment(1);
             }
             delivered += 1;
@@ -227,30 +227,36 @@ impl AppHub {
     }
 }
 
-/// One event's frame for a fan-out, and its permessage-deflate twin, compressed at most once per
-/// event and only if some subscriber takes it: every compressed subscriber gets the same bytes,
-/// every other subscriber the plain frame.
+/// One event's frame for a fan-out, in every form its subscribers take: the plain WebSocket
+/// frame, its permessage-deflate twin and its server-sent event. Each form is made at most once
+/// per event, and only if some subscriber takes it: every compressed subscriber gets the same
+/// bytes, every SSE reader the same event, every other subscriber the plain frame.
 pub(super) struct EventFrames<'a> {
     plain: &'a Bytes,
     /// `None` until a subscriber asks; then `Some(None)` if the frame did not shrink.
     compressed: Option<Option<Bytes>>,
+    sse: Option<Bytes>,
 }
 
 impl<'a> EventFrames<'a> {
     pub(super) fn new(plain: &'a Bytes) -> Self {
-        EventFrames { plain, compressed: None }
+        EventFrames { plain, compressed: None, sse: None }
     }
 
-    /// The frame `connection` gets.
-    pub(super) fn for_connection(&mut self, connection: &Connection) -> Bytes {
-        if connection.takes_compressed(self.plain.len()) {
-            let plain = self.plain;
+    /// Queues the event for `connection`, in the form it takes.
+    pub(super) fn push_to(&mut self, connection: &Connection) -> Push {
+        let plain = self.plain;
+        if connection.outbound.is_sse() {
+            let event = self.sse.get_or_insert_with(|| plexus_protocol::sse::event_from_frame(plain));
+            return connection.outbound.push_encoded(event.clone());
+        }
+        if connection.takes_compressed(plain.len()) {
             if let Some(compressed) =
                 self.compressed.get_or_insert_with(|| plexus_protocol::deflate::compress_frame(plain))
             {
-                return compressed.clone();
+                return connection.outbound.push_encoded(compressed.clone());
             }
         }
-        self.plain.clone()
+        connection.outbound.push_encoded(plain.clone())
     }
 }

@@ -286,8 +286,15 @@ impl AppHub {
         }
     }
 
-    /// Registers a new connection with a fresh, unique socket id, unless the app is at its quota.
+    /// Registers a new WebSocket connection with a fresh, unique socket id, unless the app is at
+    /// its quota.
     pub fn connect(&self, app: &App, queue_max_bytes: usize) -> Result<Arc<Connection>, ConnectError> {
+        self.connect_with(app, Outbound::new(queue_max_bytes))
+    }
+
+    /// [`AppHub::connect`] with the queue its transport writes from (an SSE stream's holds SSE
+    /// events: [`Outbound::for_sse`]).
+    pub fn connect_with(&self, app: &App, outbound: Outbound) -> Result<Arc<Connection>, ConnectError> {
         let mut connections = lock(&self.connections);
         if app.max_connections > 0 && connections.len() as u64 >= app.max_connections {
             return Err(ConnectError::OverQuota(app.max_connections));
@@ -298,7 +305,7 @@ impl AppHub {
                 break candidate;
             }
         };
-        let connection = Arc::new(Connection::new(socket_id, Outbound::new(queue_max_bytes)));
+        let connection = Arc::new(Connection::new(socket_id, outbound));
         connections.insert(socket_id, connection.clone());
         self.connection_count.store(connections.len(), Ordering::Relaxed);
         self.metrics.connections.increment(1);

@@ -17,6 +17,7 @@ use crate::cluster::NodeId;
 use crate::webhook::WebhookEvent;
 
 use super::effects::{Transition, Transitions};
+use super::fanout::EventFrames;
 use super::*;
 
 #[derive(Debug, Default)]
@@ -291,8 +292,9 @@ impl AppHub {
         entry.count_pending = false;
         if count > 0 && !entry.subscribers.is_empty() {
             let frame = codec::subscription_count(channel.as_str(), count);
+            let mut frames = EventFrames::new(&frame);
             for subscriber in entry.subscribers.values() {
-                subscriber.outbound.push(frame.clone());
+                frames.push_to(subscriber);
             }
         }
         self.webhook(app, WebhookKind::SubscriptionCount, || WebhookEvent::SubscriptionCount {

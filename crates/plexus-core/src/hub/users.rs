@@ -9,6 +9,7 @@ use plexus_protocol::{CloseCode, SocketId};
 
 use crate::cluster::{NodeId, Update};
 
+use super::fanout::EventFrames;
 use super::*;
 
 /// `pusher_internal:watchlist_events` with one online or offline entry.
@@ -36,8 +37,9 @@ impl AppHub {
         }
         if came.cluster {
             let frame = watchlist_frame(&[user_id], &[]);
+            let mut frames = EventFrames::new(&frame);
             for watcher in users.watchers_of(user_id) {
-                watcher.outbound.push(frame.clone());
+                frames.push_to(watcher);
             }
         }
         if !watchlist.is_empty() {
@@ -56,8 +58,9 @@ impl AppHub {
         }
         if went.cluster {
             let frame = watchlist_frame(&[], &[user_id]);
+            let mut frames = EventFrames::new(&frame);
             for watcher in users.watchers_of(user_id) {
-                watcher.outbound.push(frame.clone());
+                frames.push_to(watcher);
             }
         }
     }
@@ -69,8 +72,9 @@ impl AppHub {
         if users.set_remote(node, user_id, online) {
             let frame =
                 if online { watchlist_frame(&[user_id], &[]) } else { watchlist_frame(&[], &[user_id]) };
+            let mut frames = EventFrames::new(&frame);
             for watcher in users.watchers_of(user_id) {
-                watcher.outbound.push(frame.clone());
+                frames.push_to(watcher);
             }
         }
     }
@@ -102,8 +106,9 @@ impl AppHub {
     pub fn deliver_to_user(&self, user_id: &str, frame: &Bytes) -> usize {
         let users = lock(&self.users);
         let connections = users.connections_of(user_id);
+        let mut frames = EventFrames::new(frame);
         for connection in connections {
-            connection.outbound.push(frame.clone());
+            frames.push_to(connection);
         }
         self.metrics.frames_delivered.increment(connections.len() as u64);
         connections.len()

@@ -39,6 +39,17 @@ impl Received {
 /// Takes everything queued for the connection, without waiting: the queue is drained as the
 /// connection's writer would, but polled once instead of awaited.
 pub fn drain(outbound: &Outbound) -> Received {
+    let (frames, drained) = drain_raw(outbound);
+    let close = match drained {
+        Some(Drained::Close(reason)) => Some(reason),
+        _ => None,
+    };
+    Received { frames: frames.iter().map(parse).collect(), close }
+}
+
+/// The bytes queued for the connection, as its writer would take them (WebSocket frames, or
+/// an SSE stream's events), and how the drain ended (`None`: nothing queued).
+pub fn drain_raw(outbound: &Outbound) -> (Vec<Bytes>, Option<Drained>) {
     let mut frames: Vec<Bytes> = Vec::new();
     let drained = {
         let mut drain = pin!(outbound.drain_into(&mut frames));
@@ -47,11 +58,7 @@ pub fn drain(outbound: &Outbound) -> Received {
             Poll::Pending => None,
         }
     };
-    let close = match drained {
-        Some(Drained::Close(reason)) => Some(reason),
-        _ => None,
-    };
-    Received { frames: frames.iter().map(parse).collect(), close }
+    (frames, drained)
 }
 
 fn parse(frame: &Bytes) -> Value {
