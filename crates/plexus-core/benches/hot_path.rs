@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the hot path: codec, compression, signatures, fan-out, presence. Run with
+//! Micro-benchmarks of the hot path: codec, compression, SSE rendering, signatures, fan-out, presence. Run with
 //! `cargo bench -p plexus-realtime-core`; CI only builds them (`--no-run`), they never assert a time.
 
 use std::hint::black_box;
@@ -48,6 +48,10 @@ fn codec_benches(c: &mut Criterion) {
     let frame = ServerEvent::new("quote").channel("prices").data(Data::Str(&quote)).to_frame();
     c.bench_function(&format!("compress a {}-byte event frame", frame.len()), |b| {
         b.iter(|| plexus_protocol::deflate::compress_frame(black_box(&frame)))
+    });
+    // What an SSE stream's form of an event costs (once per event, whatever the stream count).
+    c.bench_function(&format!("render a {}-byte event frame as a server-sent event", frame.len()), |b| {
+        b.iter(|| plexus_protocol::sse::event_from_frame(black_box(&frame)))
     });
 }
 

@@ -204,7 +204,7 @@ pub struct ServerConfig {
     /// Cache channels one app may keep at once; a publish that would start another is refused
     /// with 429.
     pub max_cached_channels_per_app: usize,
-    /// KiB one app's cache channels may keep (event data and frames); a publish past it is
+    /// KiB one app's cache channels may keep (their last events' frames); a publish past it is
     /// refused with 429.
     pub max_cache_kb_per_app: usize,
     /// Sockets held at once (HTTP and WebSocket); over it new ones are refused (503, or 4100

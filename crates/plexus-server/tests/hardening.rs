@@ -473,9 +473,10 @@ async fn an_sse_reader_that_stops_reading_is_dropped() {
 
 #[tokio::test]
 async fn cache_channels_are_bounded_per_app() {
-    // Each kept event costs its data twice (the data, and the frame around it).
+    // Each kept event costs its frame (the data is kept only inside it): two 9 KiB events fit
+    // in 24 KiB, a third does not.
     let config =
-        ServerConfig { max_cached_channels_per_app: 3, max_cache_kb_per_app: 48, ..ServerConfig::default() };
+        ServerConfig { max_cached_channels_per_app: 3, max_cache_kb_per_app: 24, ..ServerConfig::default() };
     let server = TestServer::start_with(config, vec![app(1)]).await;
     let a = app(1);
     for n in 0..3 {

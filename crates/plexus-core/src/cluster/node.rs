@@ -572,7 +572,7 @@ impl Receiver {
                 let Ok(channel) = ChannelName::parse(&event.channel) else { continue };
                 if hub.cached(channel.as_str()).is_none() {
                     let frame = wire::frame_of(event.payload.as_bytes());
-                    hub.remember_here(&channel, &event.data, &frame, Duration::from_millis(event.ttl_ms));
+                    hub.remember_here(&channel, &frame, Duration::from_millis(event.ttl_ms));
                 }
             }
             for history in snapshot.histories {
@@ -624,14 +624,10 @@ impl Receiver {
                     keep.as_ref().map(|k| Keep { data: &k.data, ttl: Duration::from_millis(k.ttl_ms) });
                 self.hubs.hub(&app).publish_numbered(&self.app(&app), &channel, &frame, except, keep);
             }
-            Body::Remember { app, channel, data, ttl_ms } => {
+            Body::Remember { app, channel, ttl_ms, .. } => {
                 let Ok(channel) = ChannelName::parse(&channel) else { return };
-                self.hubs.hub(&app).remember_here(
-                    &channel,
-                    &data,
-                    &wire::frame_of(payload),
-                    Duration::from_millis(ttl_ms),
-                );
+                let ttl = Duration::from_millis(ttl_ms);
+                self.hubs.hub(&app).remember_here(&channel, &wire::frame_of(payload), ttl);
             }
             Body::ToUser { app, user_id } => {
                 self.hubs.hub(&app).deliver_to_user(&user_id, &wire::frame_of(payload));

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use plexus_protocol::codec::{self};
@@ -23,7 +22,7 @@ use super::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
     pub max_channels: usize,
-    /// Event data and frame bytes, summed over the app's cache channels.
+    /// Frame bytes, summed over the app's cache channels.
     pub max_bytes: usize,
 }
 
@@ -47,8 +46,10 @@ pub enum CacheFull {
 /// What a shard knows about a cache channel.
 #[derive(Debug)]
 pub(super) enum CacheSlot {
-    /// The last event published, as a ready frame, until it expires.
-    Event { data: Arc<str>, frame: Bytes, expires: Instant },
+    /// The last event published, as a ready frame, until it expires. Its `data` is kept only
+    /// inside the frame ([`data_of`]): replays need the frame, and only the HTTP API and a
+    /// peer's snapshot read the data.
+    Event { frame: Bytes, expires: Instant },
     /// No event; when the last `cache_miss` webhook went out.
     Missed { webhook_at: Instant },
 }
@@ -56,7 +57,7 @@ pub(super) enum CacheSlot {
 impl CacheSlot {
     pub(super) fn bytes(&self) -> usize {
         match self {
-            CacheSlot::Event { data, frame, .. } => data.len() + frame.len(),
+            CacheSlot::Event { frame, .. } => frame.len(),
             CacheSlot::Missed { .. } => 0,
         }
     }
@@ -142,9 +143,9 @@ impl AppHub {
         });
     }
 
-    /// Whether the app's cache has room for `channel` to keep an event of `data` and `frame`
-    /// (checked before publishing, so a refused event reaches no one).
-    pub fn cache_room(&self, channel: &ChannelName, data: &str, frame: &Bytes) -> Result<(), CacheFull> {
+    /// Whether the app's cache has room for `channel` to keep `frame` (checked before
+    /// publishing, so a refused event reaches no one).
+    pub fn cache_room(&self, channel: &ChannelName, frame: &Bytes) -> Result<(), CacheFull> {
         let held = read(self.shard(channel.as_str())).cache.get(channel).map(CacheSlot::bytes);
         let limits = self.cache_limits;
         let channels = self.cache_usage.channels.load(Ordering::Relaxed);
@@ -152,16 +153,15 @@ impl AppHub {
             return Err(CacheFull::Channels(limits.max_channels));
         }
         let used = self.cache_usage.bytes.load(Ordering::Relaxed);
-        if used - held.unwrap_or(0).min(used) + data.len() + frame.len() > limits.max_bytes {
+        if used - held.unwrap_or(0).min(used) + frame.len() > limits.max_bytes {
             return Err(CacheFull::Bytes { used, max: limits.max_bytes });
         }
         Ok(())
     }
 
     /// Keeps a cache channel's last event on this node only (another node published it).
-    pub fn remember_here(&self, channel: &ChannelName, data: &str, frame: &Bytes, ttl: Duration) {
-        let slot =
-            CacheSlot::Event { data: data.into(), frame: frame.clone(), expires: Instant::now() + ttl };
+    pub fn remember_here(&self, channel: &ChannelName, frame: &Bytes, ttl: Duration) {
+        let slot = CacheSlot::Event { frame: frame.clone(), expires: Instant::now() + ttl };
         let mut shard = write(self.shard(channel.as_str()));
         self.cache_usage.added(&slot, shard.cache.get(channel));
         shard.cache.insert(channel.clone(), slot);
@@ -171,10 +171,10 @@ impl AppHub {
     pub fn cached(&self, channel: &str) -> Option<CacheInfo> {
         let now = Instant::now();
         match read(self.shard(channel)).cache.get(channel) {
-            Some(CacheSlot::Event { data, expires, .. }) if *expires > now => {
+            Some(CacheSlot::Event { frame, expires }) if *expires > now => {
                 let left = expires.duration_since(now);
                 Some(CacheInfo {
-                    data: data.to_string(),
+                    data: data_of(frame),
                     ttl_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
                 })
             }
@@ -188,11 +188,11 @@ impl AppHub {
         let mut events = Vec::new();
         for shard in self.shards.iter() {
             for (name, slot) in read(shard).cache.iter() {
-                if let CacheSlot::Event { data, frame, expires } = slot {
+                if let CacheSlot::Event { frame, expires } = slot {
                     if *expires > now {
                         events.push(CachedEvent {
                             channel: name.clone(),
-                            data: data.to_string(),
+                            data: data_of(frame),
                             frame: frame.clone(),
                             ttl: expires.duration_since(now),
                         });
@@ -201,5 +201,31 @@ impl AppHub {
             }
         }
         events
+    }
+}
+
+/// A cached event's `data`, read back from its frame: the text the publisher sent (the frame
+/// carries it as a JSON string), or the raw JSON of a `data` that is not a string.
+fn data_of(frame: &Bytes) -> String {
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    let payload = plexus_protocol::wsframe::server_frame_payload_slice(frame);
+    let Ok(Event { data: Some(raw) }) = serde_json::from_slice(payload) else { return String::new() };
+    serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use plexus_protocol::codec::{Data, ServerEvent};
+
+    #[test]
+    fn the_data_of_a_cached_frame_is_exactly_what_was_published() {
+        for data in ["{\"price\":1.5,\"note\":\"a \\\"quote\\\" and \\n\"}", "plain text ✓", ""] {
+            let frame = ServerEvent::new("e").channel("cache-x").data(Data::Str(data)).to_frame();
+            assert_eq!(super::data_of(&frame), data);
+        }
     }
 }

@@ -120,7 +120,7 @@ impl AppHub {
     /// Keeps `frame` as `channel`'s last event on this node, when it is a cache channel's.
     fn keep_here(&self, channel: &str, frame: &Bytes, keep: Option<Keep<'_>>) {
         if let (Some(keep), Ok(name)) = (keep, ChannelName::parse(channel)) {
-            self.remember_here(&name, keep.data, frame, keep.ttl);
+            self.remember_here(&name, frame, keep.ttl);
         }
     }
 

@@ -95,7 +95,7 @@ impl AppHub {
             let frame =
                 ServerEvent::new(event.name).channel(channel.as_str()).data(Data::Str(event.data)).to_frame();
             if channel.is_cache() {
-                self.cache_room(&channel, event.data, &frame)
+                self.cache_room(&channel, &frame)
                     .map_err(|full| PublishError::CacheFull { channel: channel.to_string(), full })?;
             }
             targets.push((channel, frame));
