@@ -13,7 +13,7 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use plexus_core::cluster::wire::{
-    decode, encode, AppSnapshot, Body, CacheState, Envelope, HistoryEvent, HistoryState, KeepBody,
+    decode, encode, AppLoad, AppSnapshot, Body, CacheState, Envelope, HistoryEvent, HistoryState, KeepBody,
     ShareState,
 };
 
@@ -55,6 +55,7 @@ enum BodySpec {
     Share { app: String, channel: String, subscriptions: usize },
     Member { app: String, channel: String, user_id: String, info: Option<String>, present: bool },
     User { app: String, user_id: String, online: bool },
+    Load { apps: Vec<(String, u64, u64, u64)> },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -96,6 +97,13 @@ impl BodySpec {
                 Body::Member { app, channel, user_id, info, present }
             }
             BodySpec::User { app, user_id, online } => Body::User { app, user_id, online },
+            BodySpec::Load { apps } => {
+                let apps = apps
+                    .into_iter()
+                    .map(|(app, connections, published, delivered)| AppLoad { app, connections, published, delivered })
+                    .collect();
+                Body::Load { apps }
+            }
         }
     }
 }

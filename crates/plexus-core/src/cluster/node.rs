@@ -488,6 +488,9 @@ impl Receiver {
                 self.node.loads.record(from, apps, Instant::now())
             }
             Body::Load { .. } => {}
+            Body::Unknown => {
+                tracing::debug!(peer = from, "skipping a kind of cluster message from a newer node")
+            }
             other => tracing::warn!(peer = from, ?other, "unexpected direct cluster message"),
         }
     }

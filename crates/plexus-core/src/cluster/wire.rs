@@ -108,6 +108,11 @@ pub enum Body {
     Load {
         apps: Vec<AppLoad>,
     },
+    /// A kind of message this node does not know: a newer node's. It is skipped, but a numbered
+    /// one still takes its place in the sender's sequence, so a cluster in the middle of a
+    /// rolling upgrade does not take every new kind of message for a lost one and re-sync.
+    #[serde(other)]
+    Unknown,
 }
 
 /// One app's figures on the sending node, as totals since it started.
@@ -327,10 +332,18 @@ mod tests {
             b"no newline",
             b"{\"from\":1}\n",
             b"\xff\xfe\n",
-            b"{\"from\":1,\"seq\":1,\"t\":\"nope\"}\n",
+            b"{\"from\":1,\"seq\":1}\n",
+            b"{\"from\":1,\"seq\":1,\"t\":\"publish\"}\n",
         ] {
             assert!(decode(&Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_kind_of_message_from_a_newer_node_decodes_as_unknown_with_its_sequence_number() {
+        let newer = b"{\"from\":1,\"seq\":7,\"t\":\"some_future_kind\",\"field\":[1,2]}\npayload";
+        let envelope = decode(&Bytes::from_static(newer)).unwrap();
+        assert_eq!((envelope.from, envelope.seq, envelope.body), (1, 7, Body::Unknown));
     }
 
     #[test]
