@@ -43,13 +43,20 @@ struct Heard {
     rates: Option<(f64, f64)>,
 }
 
-/// Every peer's last report, per app.
-#[derive(Debug, Default)]
+/// Every peer's last report, per app. What a peer stopped reporting for longer than `fresh` is
+/// dropped at its next report, so a peer's entries are bounded by the apps it reported lately.
+#[derive(Debug)]
 pub(super) struct PeerLoads {
+    fresh: Duration,
     heard: Mutex<HashMap<NodeId, HashMap<String, Heard>>>,
 }
 
 impl PeerLoads {
+    /// Figures older than `fresh` are left out of answers and dropped.
+    pub(super) fn new(fresh: Duration) -> Self {
+        PeerLoads { fresh, heard: Mutex::default() }
+    }
+
     fn heard(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, HashMap<String, Heard>>> {
         self.heard.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -58,6 +65,7 @@ impl PeerLoads {
     pub(super) fn record(&self, from: NodeId, apps: Vec<AppLoad>, at: Instant) {
         let mut heard = self.heard();
         let node = heard.entry(from).or_default();
+        node.retain(|_, before| at.duration_since(before.at) <= self.fresh);
         for load in apps {
             let rates = node.get(&load.app).and_then(|before| {
                 let seconds = at.duration_since(before.at).as_secs_f64();
@@ -83,14 +91,14 @@ impl PeerLoads {
         self.heard().remove(&peer);
     }
 
-    /// Every peer's figures for `app_id` heard within `fresh` of `now`, by node id. A peer that
-    /// stopped reporting an app (its figures all fell to zero) drops out after `fresh`.
-    pub(super) fn of_app(&self, app_id: &str, now: Instant, fresh: Duration) -> Vec<PeerLoad> {
+    /// Every peer's figures for `app_id` heard within the freshness window before `now`, by node
+    /// id. A peer that stopped reporting an app (its figures all fell to zero) drops out then.
+    pub(super) fn of_app(&self, app_id: &str, now: Instant) -> Vec<PeerLoad> {
         let heard = self.heard();
         let mut loads: Vec<PeerLoad> = heard
             .iter()
             .filter_map(|(node, apps)| {
-                let heard = apps.get(app_id).filter(|h| now.duration_since(h.at) <= fresh)?;
+                let heard = apps.get(app_id).filter(|h| now.duration_since(h.at) <= self.fresh)?;
                 Some(PeerLoad {
                     node: *node,
                     connections: heard.connections,
@@ -133,11 +141,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rates_come_from_two_reports_and_a_silent_app_or_forgotten_peer_drops_out() {
-        let loads = PeerLoads::default();
         let fresh = Duration::from_secs(15);
+        let loads = PeerLoads::new(fresh);
         let start = Instant::now();
         loads.record(7, vec![load("a", 3, 100, 1_000)], start);
-        let first = loads.of_app("a", start, fresh);
+        let first = loads.of_app("a", start);
         assert_eq!(
             first,
             vec![PeerLoad { node: 7, connections: 3, events_per_sec: None, messages_per_sec: None }]
@@ -146,15 +154,19 @@ mod tests {
         let later = start + Duration::from_secs(5);
         loads.record(7, vec![load("a", 4, 150, 2_000)], later);
         loads.record(9, vec![load("a", 1, 0, 0), load("b", 2, 0, 0)], later);
-        let rated = loads.of_app("a", later, fresh);
+        let rated = loads.of_app("a", later);
         assert_eq!(rated.len(), 2);
         assert_eq!((rated[0].node, rated[0].connections), (7, 4));
         assert_eq!((rated[0].events_per_sec, rated[0].messages_per_sec), (Some(10.0), Some(200.0)));
         assert_eq!(rated[1].node, 9);
 
-        assert!(loads.of_app("a", later + fresh + Duration::from_secs(1), fresh).is_empty(), "stale");
+        let stale = later + fresh + Duration::from_secs(1);
+        assert!(loads.of_app("a", stale).is_empty(), "stale");
+        // A later report that no longer names "b" drops it: entries stay bounded.
+        loads.record(9, vec![load("a", 1, 0, 0)], stale);
+        assert_eq!(loads.heard()[&9].keys().collect::<Vec<_>>(), ["a"]);
         loads.forget(7);
-        assert_eq!(loads.of_app("a", later, fresh).iter().map(|l| l.node).collect::<Vec<_>>(), vec![9]);
-        assert_eq!(loads.of_app("c", later, fresh), vec![]);
+        assert_eq!(loads.of_app("a", stale).iter().map(|l| l.node).collect::<Vec<_>>(), vec![9]);
+        assert_eq!(loads.of_app("c", stale), vec![]);
     }
 }

@@ -153,7 +153,8 @@ impl ClusterNode {
             options,
             ready,
             peers: RwLock::default(),
-            loads: PeerLoads::default(),
+            // A report is fresh for three periods: one lost report leaves no gap in the charts.
+            loads: PeerLoads::new(options.load_every * 3),
         })
     }
 
@@ -189,7 +190,7 @@ impl ClusterNode {
     /// Every live peer's connections and event and message rates for `app_id`, by node id, as
     /// each last reported them (a peer that has not reported the app lately is left out).
     pub fn peer_loads(&self, app_id: &str) -> Vec<PeerLoad> {
-        self.loads.of_app(app_id, Instant::now(), self.options.load_every * 3)
+        self.loads.of_app(app_id, Instant::now())
     }
 
     /// Sends this node's figures to every peer, unnumbered (see [`super::load`]).
