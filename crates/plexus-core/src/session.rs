@@ -294,8 +294,8 @@ impl Session {
     }
 
     /// Registers a connection that only receives (an SSE stream): no `connection_established`,
-    /// and the same admission, limits and teardown as a socket.
-    /// Its queue holds SSE events ([`Outbound::for_sse`]).
+    /// and the same admission, limits and teardown as a socket; its queue holds SSE events
+    /// ([`Outbound::for_sse`]).
     pub fn start_receiver(
         app: Arc<App>,
         hub: Arc<AppHub>,

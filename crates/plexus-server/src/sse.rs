@@ -5,9 +5,10 @@
 //! The stream is an ordinary hub connection: it subscribes like a socket, through the same
 //! session, into the same kind of bounded queue; the queue holds SSE events
 //! ([`plexus_protocol::sse`]: `event:` the Pusher event name, `data:` the Pusher message JSON),
-//! each rendered once per event for every stream that gets it, as deflate is compressed once. A comment line goes out every `sse_heartbeat_secs` so proxies keep the stream
-//! open. A consumer that falls behind by more than `max_queued_bytes` is dropped (its queue
-//! overflows, as for a socket) without slowing anyone else.
+//! each rendered once per event for every stream that gets it, as deflate is compressed once.
+//! A comment line goes out every `sse_heartbeat_secs` so proxies keep the stream open. A
+//! consumer that falls behind by more than `max_queued_bytes` is dropped (its queue overflows,
+//! as for a socket) without slowing anyone else.
 //!
 //! Channels: `?channels=a,b` (public channels, or any channel the credential grants on apps with
 //! API keys or tokens; the credential is checked exactly as at the WebSocket upgrade, and a

@@ -9,7 +9,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium, watchedPage } from './chromium.js';
 import PusherClient from 'pusher-js';
 import PusherServer from 'pusher';
 
@@ -74,15 +74,8 @@ before(async () => {
   // Events on the other node, so this node's charts can only know them from its reports.
   let n = 0;
   publishing = setInterval(() => { sdk.trigger('ticker', 'tick', { n: n++ }).catch(() => {}); }, 100);
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
-  page.on('requestfailed', (request) => failures.push(`${request.url()}: ${request.failure()?.errorText}`));
-  page.on('response', (response) => { if (response.status() >= 400) failures.push(`${response.url()}: ${response.status()}`); });
-  page.on('console', (message) => { if (message.type() === 'error') consoleErrors.push(message.text()); });
+  browser = await launchChromium();
+  page = await watchedPage(browser, { failures, consoleErrors, viewport: { width: 1366, height: 900 } });
   await page.goto(here.dashboardUrl);
 });
 

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inflateRawSync, constants } from 'node:zlib';
-import { chromium } from 'playwright-core';
+import { launchChromium, watchedPage } from './chromium.js';
 import PusherServer from 'pusher';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -64,13 +64,8 @@ before(async () => {
   sdk = new PusherServer({
     appId: 'deflate-app', key: 'deflate-key', secret: 'deflate-secret', host: '127.0.0.1', port: String(plexusPort), useTLS: false,
   });
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  page = await browser.newPage();
-  page.on('console', (message) => { if (message.type() === 'error') consoleErrors.push(message.text()); });
+  browser = await launchChromium();
+  page = await watchedPage(browser, { consoleErrors });
 });
 
 after(async () => {

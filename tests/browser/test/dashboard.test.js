@@ -14,7 +14,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium, watchedPage } from './chromium.js';
 import PusherClient from 'pusher-js';
 import PusherServer from 'pusher';
 
@@ -72,15 +72,8 @@ before(async () => {
       if (listening && dashboard) { wsPort = Number(listening[1]); dashboardUrl = dashboard[1]; done(); }
     });
   });
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
-  page.on('requestfailed', (request) => failures.push(`${request.url()}: ${request.failure()?.errorText}`));
-  page.on('response', (response) => { if (response.status() >= 400) failures.push(`${response.url()}: ${response.status()}`); });
-  page.on('console', (message) => { if (message.type() === 'error') consoleErrors.push(message.text()); });
+  browser = await launchChromium();
+  page = await watchedPage(browser, { failures, consoleErrors, viewport: { width: 1366, height: 900 } });
   sdk = new PusherServer({
     appId: 'browser-app', key: 'browser-key', secret: 'browser-secret', host: '127.0.0.1', port: String(wsPort), useTLS: false,
   });

@@ -94,7 +94,6 @@ impl TestServer {
         config.host = "127.0.0.1".into();
         config.port = 0;
         let listener = plexus_server::bind(&config).expect("bind loopback");
-        let addr = listener.local_addr().unwrap();
         let state = match webhooks {
             Some(webhooks) => {
                 let service = WebhookService::start(webhooks, apps.clone()).expect("webhook store opens");
@@ -102,11 +101,7 @@ impl TestServer {
             }
             None => ServerState::new(config, apps),
         };
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(plexus_server::serve(listener, state.clone(), async move {
-            let _ = rx.await;
-        }));
-        TestServer { addr, state, shutdown: Some(tx), task: Some(task) }
+        Self::serving(listener, state)
     }
 
     /// A node of the cluster `adapter` names (a real NATS or Redis), serving once it has synced
@@ -117,7 +112,6 @@ impl TestServer {
     ) -> TestServer {
         let config = ServerConfig { host: "127.0.0.1".into(), port: 0, ..ServerConfig::default() };
         let listener = plexus_server::bind(&config).expect("bind loopback");
-        let addr = listener.local_addr().unwrap();
         let connected = plexus_server::cluster::connect(adapter, plexus_server::webhook_sink(None))
             .await
             .expect("the bus is up")
@@ -125,6 +119,12 @@ impl TestServer {
         let apps: Arc<dyn plexus_core::AppStore> = Arc::new(MemoryAppStore::new(apps).unwrap());
         let state = ServerState::assemble(config, apps, None, Some(connected.node.clone()));
         plexus_server::cluster::start(connected, &state).await;
+        Self::serving(listener, state)
+    }
+
+    /// Serves `state` on `listener` until [`TestServer::stop`].
+    fn serving(listener: tokio::net::TcpListener, state: Arc<ServerState>) -> TestServer {
+        let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(plexus_server::serve(listener, state.clone(), async move {
             let _ = rx.await;
