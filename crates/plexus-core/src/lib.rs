@@ -3,6 +3,8 @@
 //! - [`access`]: API keys of event-stream consumers: scopes and channel grants.
 //! - [`app`]: an app's credentials, feature flags and limits, and the [`app::AppStore`] that finds them.
 //! - [`extension`]: the seam through which `plexus:*` frames reach a protocol extension (typed channels).
+//! - [`history_store`]: where history channels' events are kept and numbered: the [`history_store::HistoryStore`]
+//!   seam and the in-memory store.
 //! - [`hub`]: each app's channels, one room per concern: the registry and presence, fan-out,
 //!   cache channels, history, the cluster replica, signed-in users.
 //! - [`outbound`]: each connection's bounded queue of encoded frames and the slow-consumer policy.
@@ -58,6 +60,7 @@ pub mod access;
 pub mod app;
 pub mod cluster;
 pub mod extension;
+pub mod history_store;
 pub mod hub;
 pub mod observe;
 pub mod outbound;

@@ -1,5 +1,8 @@
 //! The Redis message bus for cluster mode: a [`Transport`] over Redis pub/sub.
 //!
+//! Channel history in Redis Streams, the cluster's [`HistoryStore`](plexus_core::history_store::HistoryStore)
+//! when the adapter is Redis, lives in [`history`].
+//!
 //! This crate owns the channel layout, the two connections and their reconnecting, and the
 //! publishing pump. What the messages mean belongs to the cluster layer in
 //! `plexus_core::cluster`.
@@ -41,6 +44,10 @@
 //! # Ok(())
 //! # }
 //! ```
+
+pub mod history;
+
+pub use history::RedisHistory;
 
 use std::fmt;
 use std::path::Path;

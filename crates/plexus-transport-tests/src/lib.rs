@@ -10,8 +10,13 @@
 //! the test when the deadline passes, free loopback ports and [`ServerProcess`], a private bus
 //! server that dies with the test.
 //!
+//! [`history`] holds the same for history stores: the contract every
+//! [`plexus_core::history_store::HistoryStore`] keeps, and its outage scenario.
+//!
 //! Nothing here sleeps and hopes: every expectation awaits a message or event with a bounded
 //! timeout, and absence is proven by a later marker that must arrive first.
+
+pub mod history;
 
 use std::collections::HashMap;
 use std::future::Future;
