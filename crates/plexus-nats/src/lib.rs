@@ -1,4 +1,5 @@
-//! The NATS message bus for cluster mode: a [`Transport`] over core NATS (no JetStream).
+//! The NATS message bus for cluster mode: a [`Transport`] over core NATS (no JetStream), and
+//! channel history in JetStream ([`history`], a store of its own).
 //!
 //! This crate owns the subject layout, the connection and its events, and the publishing pump.
 //! What the messages mean belongs to the cluster layer in `plexus_core::cluster`.
@@ -39,6 +40,7 @@
 //! ```
 
 pub mod bridge;
+pub mod history;
 pub mod mirror;
 
 use std::fmt;
@@ -56,6 +58,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use plexus_core::cluster::backlog::{backlog, Backlog, BacklogReceiver};
+
+// The history store, at the crate's root like the transport.
+pub use history::{HistoryOptions, JetStreamHistory};
 
 /// How long the first connection (TCP, handshake and subscriptions) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,13 +152,9 @@ pub async fn connect_with(
         |reason: String| TransportError::Connect { bus: "NATS", url: redact_url(url, true), reason };
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let options = ConnectOptions::new()
+    let options = connect_options(url, ca_file, format!("plexus {prefix} node {node}"))
+        .map_err(connect_error)?
         .no_echo()
-        .name(format!("plexus {prefix} node {node}"))
-        .connection_timeout(CONNECT_TIMEOUT)
-        .ping_interval(PING_INTERVAL)
-        .max_reconnects(None)
-        .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let events_tx = events_tx.clone();
             async move {
@@ -161,7 +162,6 @@ pub async fn connect_with(
                 let _ = events_tx.send(event);
             }
         });
-    let options = tls_options(options, url, ca_file).map_err(connect_error)?;
 
     let all = Subject::from(format!("{prefix}.all"));
     let mine = Subject::from(format!("{prefix}.node.{node}"));
@@ -194,6 +194,19 @@ pub async fn connect_with(
     ];
     tokio::spawn(pump(client.clone(), backlog_rx, all, format!("{prefix}.node.")));
     Ok(Arc::new(NatsTransport { prefix: prefix.to_owned(), node, backlog, client, tasks }))
+}
+
+/// What every connection of this crate is opened with, the transport's and the history
+/// store's: the connect timeout, keepalive PINGs, reconnecting forever with [`reconnect_delay`],
+/// and TLS as [`tls_options`] decides. `name` shows in the server's connection list.
+fn connect_options(url: &str, ca_file: Option<&Path>, name: String) -> Result<ConnectOptions, String> {
+    let options = ConnectOptions::new()
+        .name(name)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .ping_interval(PING_INTERVAL)
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay);
+    tls_options(options, url, ca_file)
 }
 
 /// The TLS part of `options` for `url`: with a `tls://` URL or a `ca_file`, TLS is required and
