@@ -7,6 +7,8 @@
 #   bench/run.sh fanout          # only the scenarios named fanout or fanout-*
 #   RUNS=1 bench/run.sh publish  # one run
 #   SKIP_BUILD=1 PLEXUS_BIN=/tmp/plexus-before bench/run.sh   # binaries built beforehand
+#   EXTRA_CONFIG="$(cat extra.toml)" bench/run.sh publish     # TOML appended to the server's
+#                                                             # config, after its one [[apps]]
 #
 # Result lines go to stdout (and to $OUT_DIR/results.jsonl when OUT_DIR is set); progress and
 # server logs go to stderr.
@@ -95,6 +97,7 @@ secret = "$APP_SECRET"
 enable_client_messages = true
 max_client_events_per_second = 1000
 EOF
+printf '%s\n' "${EXTRA_CONFIG:-}" >>"$CONFIG"
 
 # Starts a fresh server pinned to CPU 0; sets SERVER_PID and PORT.
 start_server() {

@@ -73,3 +73,11 @@ async fn positions_survive_a_restart_of_a_persisting_redis() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Costs for BENCHMARKS.md: `cargo test --release -p plexus-redis --test history measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, printed for BENCHMARKS.md"]
+async fn measure_redis_streams() {
+    require_redis().await;
+    contract::history::measure(&shared_redis, "Redis Streams").await;
+}

@@ -110,7 +110,9 @@ pub async fn start(bridges: &[BridgeConfig], state: &Arc<ServerState>) -> anyhow
             }
             let channels = [event.channel];
             let event = Event { name: &event.event, data: &event.data, channels: &channels, except: None };
-            publisher.hubs.hub(&app.id).publish_event(&app, &event)?;
+            // Acknowledged once queued: nobody waits for a durable history store's append, so an
+            // event it fails to take is still delivered live, without a position.
+            drop(publisher.hubs.hub(&app.id).publish_event(&app, &event)?);
             Ok(())
         });
         bridge::run(&config.url, config.ca_file.as_deref(), rule, config.source(), deliver)

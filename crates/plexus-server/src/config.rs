@@ -65,6 +65,19 @@ pub struct AdapterConfig {
     pub heartbeat_ms: u64,
     /// Silence after which a node is taken for dead and its connections' state is dropped.
     pub lease_ms: u64,
+    /// Where history channels' events are kept: in each node's memory (`memory`), or in the
+    /// bus's own durable store (`bus`: JetStream with NATS, Redis Streams with Redis), so that
+    /// positions are the same on every node and history outlives restarts of every node.
+    pub history: HistoryPlace,
+}
+
+/// `[adapter] history`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryPlace {
+    #[default]
+    Memory,
+    Bus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -86,6 +99,7 @@ impl Default for AdapterConfig {
             prefix: "plexus".into(),
             heartbeat_ms: 1000,
             lease_ms: 5000,
+            history: HistoryPlace::Memory,
         }
     }
 }

@@ -39,6 +39,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// A part plexus depends on (the durable history store) is away; retrying is safe.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -50,8 +53,15 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -192,6 +202,7 @@ impl From<PublishError> for ApiError {
         match error {
             PublishError::TooLarge { .. } => ApiError::PayloadTooLarge(error.to_string()),
             PublishError::CacheFull { .. } => ApiError::TooManyRequests(error.to_string()),
+            PublishError::HistoryUnavailable { .. } => ApiError::Unavailable(error.to_string()),
             PublishError::Name(_)
             | PublishError::ReservedName
             | PublishError::ChannelCount
@@ -231,18 +242,24 @@ fn validate_event(app: &App, hub: &AppHub, request: EventRequest) -> Result<Vali
 }
 
 /// Publishes a validated event; returns the per-channel `info` object if one was asked for.
-fn publish(state: &ServerState, app: &App, event: &ValidEvent) -> Option<Map<String, Value>> {
+/// With a durable history store it answers once the store took its history channels' events
+/// (503 when it did not: then they reached no one).
+async fn publish(
+    state: &ServerState,
+    app: &App,
+    event: &ValidEvent,
+) -> Result<Option<Map<String, Value>>, ApiError> {
     let hub = state.hubs.hub(&app.id);
-    hub.publish(app, &event.prepared);
+    hub.publish(app, &event.prepared).stored().await?;
     if !event.info.user_count && !event.info.subscription_count {
-        return None;
+        return Ok(None);
     }
     let channels = event
         .prepared
         .channels()
         .map(|c| (c.to_string(), Value::Object(counts(event.info, hub.channel(c.as_str())))))
         .collect();
-    Some(channels)
+    Ok(Some(channels))
 }
 
 /// The counts an `info=` asked for, from a channel summary (zeros for an empty channel).
@@ -263,9 +280,9 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 
 /// Publishes a trigger body for `app` with exactly the checks of `POST /apps/{app_id}/events`,
 /// for callers that authenticated otherwise (the admin listener's test-event form).
-pub fn trigger_trusted(state: &ServerState, app: &App, body: &[u8]) -> Result<Value, ApiError> {
+pub async fn trigger_trusted(state: &ServerState, app: &App, body: &[u8]) -> Result<Value, ApiError> {
     let event = validate_event(app, &state.hubs.hub(&app.id), parse_body(body)?)?;
-    Ok(match publish(state, app, &event) {
+    Ok(match publish(state, app, &event).await? {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
     })
@@ -274,7 +291,7 @@ pub fn trigger_trusted(state: &ServerState, app: &App, body: &[u8]) -> Result<Va
 /// `POST /apps/{app_id}/events`.
 pub async fn trigger(State(state): State<Arc<ServerState>>, auth: Signed) -> Result<Json<Value>, ApiError> {
     let event = validate_event(&auth.app, &state.hubs.hub(&auth.app.id), parse_body(&auth.body)?)?;
-    Ok(Json(match publish(&state, &auth.app, &event) {
+    Ok(Json(match publish(&state, &auth.app, &event).await? {
         Some(channels) => json!({ "channels": channels }),
         None => json!({}),
     }))
@@ -306,8 +323,10 @@ pub async fn trigger_batch(
         })?;
         events.push(event);
     }
-    let infos: Vec<Option<Map<String, Value>>> =
-        events.iter().map(|e| publish(&state, &auth.app, e)).collect();
+    let mut infos: Vec<Option<Map<String, Value>>> = Vec::with_capacity(events.len());
+    for event in &events {
+        infos.push(publish(&state, &auth.app, event).await?);
+    }
     if infos.iter().all(Option::is_none) {
         return Ok(Json(json!({})));
     }

@@ -143,11 +143,26 @@ impl ServerState {
         webhooks: Option<WebhookService>,
         cluster: Option<Arc<ClusterNode>>,
     ) -> Arc<Self> {
-        let hubs = match &cluster {
+        Self::assemble_with_history(config, apps, webhooks, cluster, None)
+    }
+
+    /// [`ServerState::assemble`], keeping history channels' events in `history` (the bus's
+    /// durable store: [`cluster::Connected::history`]) rather than in memory.
+    pub fn assemble_with_history(
+        config: ServerConfig,
+        apps: Arc<dyn AppStore>,
+        webhooks: Option<WebhookService>,
+        cluster: Option<Arc<ClusterNode>>,
+        history: Option<Arc<dyn plexus_core::history_store::HistoryStore>>,
+    ) -> Arc<Self> {
+        let mut hubs = match &cluster {
             Some(node) => Hubs::clustered(node.webhooks(), node.clone()),
             None => Hubs::new(webhook_sink(webhooks.as_ref())),
         }
         .with_cache_limits(config.cache_limits());
+        if let Some(store) = history {
+            hubs = hubs.with_history_store(store);
+        }
         let hubs = Arc::new(hubs);
         if let Some(webhooks) = &webhooks {
             webhooks.observe(&hubs);

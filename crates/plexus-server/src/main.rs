@@ -653,7 +653,8 @@ fn serve(
         let cluster =
             plexus_server::cluster::connect(&config.adapter, webhook_sink(webhooks.as_ref())).await?;
         let node = cluster.as_ref().map(|c| c.node.clone());
-        let state = ServerState::assemble(config.server.clone(), apps, webhooks, node);
+        let history = cluster.as_ref().and_then(|c| c.history.clone());
+        let state = ServerState::assemble_with_history(config.server.clone(), apps, webhooks, node, history);
         if !config.action_proxy.is_empty() {
             let proxied = plexus_channels::proxy::channels(&config.action_proxy).context("action_proxy")?;
             state.install_channels(proxied);

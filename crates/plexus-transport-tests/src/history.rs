@@ -318,3 +318,64 @@ pub async fn run_history_outage(server: &mut impl Outage, store: &dyn HistorySto
         }
     }
 }
+
+/// What a store costs, printed for BENCHMARKS.md ("History in the store"), never asserted: one
+/// channel's append latency one at a time (median and p99 of 2,000), appends per second with 64
+/// channels appending at once, and the time to read 10,000 missed events (median of 5). Run by
+/// each store crate's ignored `measure_*` test.
+pub async fn measure(opener: &impl StoreOpener, label: &str) {
+    const SEQUENTIAL: usize = 2_000;
+    const CHANNELS: usize = 64;
+    const PER_CHANNEL: usize = 200;
+    const MISSED: u64 = 10_000;
+    let store = opener.open().await;
+    let app = unique_prefix("measure");
+    let payload = br#"{"event":"item","channel":"history-room","data":"{\"n\":12345,\"text\":\"a typical small event\"}"}"#;
+    let rule = rule(MISSED as usize, 600);
+
+    let latency_key = key(&app, "history-latency");
+    let mut latencies = Vec::with_capacity(SEQUENTIAL);
+    for _ in 0..SEQUENTIAL {
+        let started = std::time::Instant::now();
+        append(&*store, &latency_key, payload, &rule).await;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+
+    let started = std::time::Instant::now();
+    let writers: Vec<_> = (0..CHANNELS)
+        .map(|c| {
+            let (store, key, rule) = (store.clone(), key(&app, &format!("history-wide-{c}")), rule.clone());
+            tokio::spawn(async move {
+                for _ in 0..PER_CHANNEL {
+                    append(&*store, &key, payload, &rule).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let per_second = (CHANNELS * PER_CHANNEL) as f64 / started.elapsed().as_secs_f64();
+
+    let resume_key = key(&app, "history-resume");
+    let first = append(&*store, &resume_key, payload, &rule).await;
+    for _ in 0..MISSED {
+        append(&*store, &resume_key, payload, &rule).await;
+    }
+    let mut reads = Vec::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let (events, _) = caught_up(read(&*store, &resume_key, first, &rule).await);
+        reads.push(started.elapsed());
+        assert_eq!(events.len() as u64, MISSED);
+    }
+    reads.sort();
+    println!(
+        "{label}: append one at a time median {:?} p99 {:?}; {per_second:.0} appends/s over {CHANNELS} channels; \
+         read of {MISSED} missed events median {:?}",
+        latencies[SEQUENTIAL / 2],
+        latencies[SEQUENTIAL * 99 / 100],
+        reads[2]
+    );
+}

@@ -18,3 +18,10 @@ async fn memory() -> Arc<dyn HistoryStore> {
 async fn no_server() {}
 
 contract::history_store_contract!(memory, no_server);
+
+/// Costs for BENCHMARKS.md: `cargo test --release -p plexus-transport-tests --test memory_history measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, printed for BENCHMARKS.md"]
+async fn measure_the_memory_store() {
+    contract::history::measure(&memory, "memory").await;
+}

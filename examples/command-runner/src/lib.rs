@@ -70,9 +70,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 impl Runner {
-    fn publish(&self, channel: &str, event: &str, data: Value) {
+    async fn publish(&self, channel: &str, event: &str, data: Value) {
         let body = json!({"name": event, "channel": channel, "data": data.to_string()}).to_string();
-        if let Err(e) = plexus_server::http_api::trigger_trusted(&self.server, &self.app, body.as_bytes()) {
+        if let Err(e) =
+            plexus_server::http_api::trigger_trusted(&self.server, &self.app, body.as_bytes()).await
+        {
             tracing::warn!(%e, channel, event, "cannot publish");
         }
     }
@@ -122,7 +124,7 @@ async fn run(
     if waited.is_ok() {
         execute(&runner, &channel, request, &stdin_slot).await;
     } else {
-        runner.publish(&channel, "error", json!({"message": "nobody subscribed in time; not started"}));
+        runner.publish(&channel, "error", json!({"message": "nobody subscribed in time; not started"})).await;
     }
     tokio::time::sleep(KEEP_FINISHED).await;
     runner.sessions.lock().unwrap().remove(&session);
@@ -144,16 +146,18 @@ async fn execute(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            runner.publish(
-                channel,
-                "error",
-                json!({"message": format!("cannot start {:?}: {e}", request.command)}),
-            );
+            runner
+                .publish(
+                    channel,
+                    "error",
+                    json!({"message": format!("cannot start {:?}: {e}", request.command)}),
+                )
+                .await;
             return;
         }
     };
     *stdin_slot.lock().await = child.stdin.take();
-    runner.publish(channel, "status", json!({"state": "running", "pid": child.id()}));
+    runner.publish(channel, "status", json!({"state": "running", "pid": child.id()})).await;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let out = stream_lines(runner, channel, "stdout", stdout);
@@ -165,17 +169,17 @@ async fn execute(
     .await;
     *stdin_slot.lock().await = None;
     match waited {
-        Ok(Ok(status)) => runner.publish(channel, "complete", json!({"exit_code": status.code()})),
+        Ok(Ok(status)) => runner.publish(channel, "complete", json!({"exit_code": status.code()})).await,
         Ok(Err(e)) => {
-            runner.publish(channel, "error", json!({"message": format!("waiting for the process: {e}")}))
+            runner
+                .publish(channel, "error", json!({"message": format!("waiting for the process: {e}")}))
+                .await
         }
         Err(_) => {
             let _ = child.kill().await;
-            runner.publish(
-                channel,
-                "error",
-                json!({"message": format!("killed after {}s", MAX_RUN.as_secs())}),
-            );
+            runner
+                .publish(channel, "error", json!({"message": format!("killed after {}s", MAX_RUN.as_secs())}))
+                .await;
         }
     }
 }
@@ -188,7 +192,7 @@ async fn stream_lines(
 ) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        runner.publish(channel, "output", json!({"stream": stream, "line": line}));
+        runner.publish(channel, "output", json!({"stream": stream, "line": line})).await;
     }
 }
 

@@ -450,7 +450,7 @@ export async function expectHttpError(promise, status, what) {
  * `bus` ({driver, url}) under `prefix`, and APP1 (its `[[apps]]` table left open, so a caller
  * appends app settings and sub-tables).
  */
-export function clusterNodeConfig(bus, prefix, { leaseMs = 3000 } = {}) {
+export function clusterNodeConfig(bus, prefix, { leaseMs = 3000, history = 'memory' } = {}) {
   return `
 [server]
 host = "127.0.0.1"
@@ -462,6 +462,7 @@ url = "${bus.url}"
 prefix = "${prefix}"
 heartbeat_ms = 500
 lease_ms = ${leaseMs}
+history = "${history}"
 
 [[apps]]
 id = "${APP1.id}"

@@ -9,11 +9,12 @@ use bytes::Bytes;
 use plexus_protocol::filter::SubscriptionFilter;
 use plexus_protocol::SocketId;
 
-use crate::app::App;
+use crate::app::{App, HistoryRule};
 use crate::cluster::{Keep, Update};
 use crate::observe::event_observation;
 use crate::outbound::Push;
 
+use super::stored::{AppendWait, PendingAppend};
 use super::*;
 
 /// The name and data of an event frame, as filters read them.
@@ -59,11 +60,12 @@ impl AppHub {
     /// This is the encoded path for frames whose rules were checked elsewhere (client events,
     /// typed channels' topics); events from publishers go through [`AppHub::publish`].
     pub fn publish_frame(&self, app: &App, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
-        self.publish_keeping(app, channel, frame, except, None)
+        self.publish_keeping(app, channel, frame, except, None, None)
     }
 
     /// [`AppHub::publish_frame`], keeping the event as a cache channel's last one (`keep`) here
-    /// and, in the same cluster message, on every other node.
+    /// and, in the same cluster message, on every other node. When this node has a durable
+    /// history store number the event, `waiting` learns whether the store took it.
     pub(super) fn publish_keeping(
         &self,
         app: &App,
@@ -71,6 +73,7 @@ impl AppHub {
         frame: &Bytes,
         except: Option<SocketId>,
         keep: Option<Keep<'_>>,
+        waiting: Option<&mut Vec<AppendWait>>,
     ) -> usize {
         self.metrics.events_published.increment(1);
         self.published_total.fetch_add(1, Ordering::Relaxed);
@@ -83,7 +86,7 @@ impl AppHub {
                 self.announce(Update::Sequence { channel, frame, except, by, keep });
                 0
             }
-            None => self.deliver_recorded(rule, channel, frame, except, Numbering::Here, keep),
+            None => self.number(rule, channel, frame, except, keep, waiting),
         }
     }
 
@@ -99,9 +102,35 @@ impl AppHub {
     ) -> usize {
         self.keep_here(channel, frame, keep);
         match app.history_rule(channel) {
-            Some(rule) => self.deliver_recorded(rule, channel, frame, except, Numbering::Here, keep),
+            Some(rule) => self.number(rule, channel, frame, except, keep, None),
             None => self.publish_plain(channel, frame, except, keep),
         }
+    }
+
+    /// Numbers a history channel's event here: in memory at once, or by the durable store
+    /// (delivered once stored; see `stored.rs`).
+    fn number(
+        &self,
+        rule: &HistoryRule,
+        channel: &str,
+        frame: &Bytes,
+        except: Option<SocketId>,
+        keep: Option<Keep<'_>>,
+        waiting: Option<&mut Vec<AppendWait>>,
+    ) -> usize {
+        let (Some(stored), Ok(name)) = (&self.stored, ChannelName::parse(channel)) else {
+            return self.deliver_recorded(rule, channel, frame, except, Numbering::Here, keep);
+        };
+        let reply = waiting.map(|waiting| {
+            let (reply, stored) = tokio::sync::oneshot::channel();
+            waiting.push(AppendWait { channel: name.clone(), stored });
+            reply
+        });
+        let keep = keep.map(|keep| (keep.data.to_owned(), keep.ttl));
+        let pending =
+            PendingAppend { rule: rule.clone(), channel: name, frame: frame.clone(), except, keep, reply };
+        self.append_to_store(stored, pending);
+        0
     }
 
     /// An event of a channel without history: told to the cluster and the mirror, then fanned out.

@@ -140,6 +140,8 @@ pub(super) enum Numbering {
     /// A peer that did not (it keeps no history for the channel): numbered for this node's
     /// history only.
     Unnumbered,
+    /// The durable store, for this node (see `stored.rs`): announced and mirrored like `Here`.
+    Stored(Position),
 }
 
 /// The frame with `"position":"…"` added to its JSON object (one copy per event, not per
@@ -153,6 +155,16 @@ pub(super) fn stamp(frame: &Bytes, position: &str) -> Bytes {
     stamped.extend_from_slice(codec::json_str(position).as_bytes());
     stamped.push(b'}');
     plexus_protocol::wsframe::frame(plexus_protocol::wsframe::Opcode::Text, &stamped)
+}
+
+/// The `plexus:resume` event telling a client whether it was caught up, and the newest
+/// position (`""` when there is none).
+pub(super) fn resume_frame(channel: &str, recovered: bool, position: &str) -> Bytes {
+    let data = format!(
+        "{{\"recovered\":{recovered},\"position\":{}}}",
+        if position.is_empty() { "null".to_owned() } else { codec::json_str(position) }
+    );
+    ServerEvent::new("plexus:resume").channel(channel).data(Data::Str(&data)).to_frame()
 }
 
 /// A history channel's events as this node holds them, for a peer that joins or re-syncs.
@@ -188,6 +200,21 @@ impl AppHub {
                 }
                 frame.clone()
             }
+            Numbering::Stored(position) => {
+                let stamped = stamp(frame, &position.to_string());
+                if !history.record_numbered(position, now, stamped.clone()) {
+                    return 0;
+                }
+                self.announce(Update::Publish {
+                    channel,
+                    frame: &stamped,
+                    except,
+                    position: Some(position),
+                    keep,
+                });
+                self.mirror(channel, &stamped);
+                stamped
+            }
             Numbering::Here | Numbering::Unnumbered => {
                 let position = history.number_next();
                 let stamped = stamp(frame, &position.to_string());
@@ -216,14 +243,15 @@ impl AppHub {
     /// After a subscription with a `position`: queues the events since then, in order, and a
     /// `plexus:resume` saying whether the gap was covered (`recovered: false` when the history
     /// no longer reaches back that far, belongs to another epoch, or the channel keeps none).
+    /// With a durable store, what this node's memory cannot cover is asked of the store.
     pub(super) fn resume(
         &self,
         app: &App,
         histories: &mut HashMap<ChannelName, History>,
         channel: &ChannelName,
-        connection: &Connection,
+        connection: &Arc<Connection>,
         from: &str,
-        filter: Option<&SubscriptionFilter>,
+        filter: Option<&Arc<SubscriptionFilter>>,
     ) {
         let rule = app.history_rule(channel.as_str());
         let history = rule.map(|rule| {
@@ -252,13 +280,11 @@ impl AppHub {
             (Some(history), _) => (false, last(history)),
             (None, _) => (false, String::new()),
         };
-        let data = format!(
-            "{{\"recovered\":{recovered},\"position\":{}}}",
-            if position.is_empty() { "null".to_owned() } else { codec::json_str(&position) }
-        );
-        connection.outbound.push(
-            ServerEvent::new("plexus:resume").channel(channel.as_str()).data(Data::Str(&data)).to_frame(),
-        );
+        if let (false, true, Some(rule), Some(after)) = (recovered, self.stored.is_some(), rule, parsed) {
+            self.resume_from_store(rule, channel, connection, after, filter.cloned(), position);
+            return;
+        }
+        connection.outbound.push(resume_frame(channel.as_str(), recovered, &position));
     }
 
     /// Every history this node holds events of, for a peer that syncs.

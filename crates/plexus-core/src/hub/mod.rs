@@ -9,6 +9,7 @@
 //! | `publish.rs` | the publish verb: an [`Event`] checked ([`PublishError`]), encoded once per channel, routed |
 //! | `cache.rs` | cache channels' last events, bounded per app |
 //! | `history.rs` | history channels: positions, numbering in a cluster, resume |
+//! | `stored.rs` | history in a durable store: store-then-fan-out, resume from the store |
 //! | `replica.rs` | the cluster replica: other nodes' shares and members |
 //! | `users.rs`, `user_registry.rs` | signed-in users: server-to-user events, termination, watchlists |
 //! | [`presence`] | who is in a presence channel, counted per user, not per socket (a pure structure) |
@@ -33,6 +34,7 @@ pub mod presence;
 mod publish;
 mod registry;
 mod replica;
+mod stored;
 mod user_registry;
 mod users;
 
@@ -50,6 +52,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::app::{App, WebhookKind};
 use crate::cluster::{ClusterLink, NodeId, Update};
+use crate::history_store::HistoryStore;
 use crate::observe::{Observation, Observer};
 use crate::outbound::Outbound;
 use crate::webhook::{wanted, WebhookEvent, WebhookSink};
@@ -58,7 +61,7 @@ use user_registry::UserRegistry;
 pub use cache::{CacheFull, CacheInfo, CacheLimits, CachedEvent};
 pub use fanout::EventMirror;
 pub use history::{HistorySnapshot, Position};
-pub use publish::{Event, Prepared, PublishError};
+pub use publish::{Event, Prepared, PublishError, Published};
 pub use registry::{ChannelSummary, JoinError, Member};
 pub use replica::{LocalShare, NodeSubscriptions};
 
@@ -177,6 +180,8 @@ pub struct AppHub {
     delivered_total: AtomicU64,
     cache_limits: CacheLimits,
     cache_usage: CacheUsage,
+    /// The durable history store and its appender, when history lives outside this process.
+    stored: Option<stored::StoredHistory>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -249,6 +254,7 @@ impl AppHub {
             delivered_total: AtomicU64::new(0),
             cache_limits: CacheLimits::default(),
             cache_usage: CacheUsage::default(),
+            stored: None,
         }
     }
 
@@ -385,6 +391,7 @@ pub struct Hubs {
     cluster: Option<Arc<dyn ClusterLink>>,
     mirror: MirrorSlot,
     departures: Arc<Notify>,
+    history_store: Option<Arc<dyn HistoryStore>>,
 }
 
 impl Hubs {
@@ -396,6 +403,7 @@ impl Hubs {
             cluster: None,
             mirror: MirrorSlot::default(),
             departures: Arc::default(),
+            history_store: None,
         }
     }
 
@@ -408,12 +416,21 @@ impl Hubs {
             cluster: Some(cluster),
             mirror: MirrorSlot::default(),
             departures: Arc::default(),
+            history_store: None,
         }
     }
 
     /// Bounds each app's cache channels (for hubs created from now on).
     pub fn with_cache_limits(mut self, limits: CacheLimits) -> Self {
         self.cache_limits = limits;
+        self
+    }
+
+    /// Keeps history channels' events in `store` (JetStream, Redis Streams) instead of this
+    /// process's memory, for hubs created from now on. They must be created inside a Tokio
+    /// runtime: each starts its appender task.
+    pub fn with_history_store(mut self, store: Arc<dyn HistoryStore>) -> Self {
+        self.history_store = Some(store);
         self
     }
 
@@ -431,12 +448,18 @@ impl Hubs {
         write(&self.apps)
             .entry(app_id.to_owned())
             .or_insert_with(|| {
-                let mut hub = AppHub::new(app_id, self.webhooks.clone());
-                hub.cache_limits = self.cache_limits;
-                hub.departures = self.departures.clone();
-                hub.cluster = self.cluster.clone();
-                hub.mirror = self.mirror.clone();
-                Arc::new(hub)
+                Arc::new_cyclic(|this| {
+                    let mut hub = AppHub::new(app_id, self.webhooks.clone());
+                    hub.cache_limits = self.cache_limits;
+                    hub.departures = self.departures.clone();
+                    hub.cluster = self.cluster.clone();
+                    hub.mirror = self.mirror.clone();
+                    hub.stored = self
+                        .history_store
+                        .clone()
+                        .map(|store| stored::StoredHistory::start(store, hub.app_id.clone(), this.clone()));
+                    hub
+                })
             })
             .clone()
     }

@@ -16,6 +16,7 @@ use plexus_protocol::{ChannelError, ChannelKind, ChannelName, SocketId};
 use tokio::time::Duration;
 
 use super::cache::CacheFull;
+use super::stored::AppendWait;
 use super::AppHub;
 use crate::app::App;
 use crate::cluster::Keep;
@@ -49,6 +50,31 @@ pub enum PublishError {
     EncryptedWithOthers,
     #[error("cache channel {channel}: {full}")]
     CacheFull { channel: String, full: CacheFull },
+    /// The durable history store did not take the event for this history channel (it is down,
+    /// or too slow): the event reached no one there. Retrying later is safe.
+    #[error("the history of channel {channel} cannot be written now; try again")]
+    HistoryUnavailable { channel: String },
+}
+
+/// What a publish may still be waiting for: with a durable history store, the appends of its
+/// history channels' events, which are delivered once stored. Without one, or without history
+/// channels, there is nothing to wait for.
+#[derive(Debug, Default)]
+pub struct Published {
+    waits: Vec<AppendWait>,
+}
+
+impl Published {
+    /// Resolves once every history channel's event is stored and delivered; the first channel
+    /// whose store refused is the error.
+    pub async fn stored(self) -> Result<(), PublishError> {
+        for AppendWait { channel, stored } in self.waits {
+            if stored.await != Ok(true) {
+                return Err(PublishError::HistoryUnavailable { channel: channel.to_string() });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An event that passed every check, encoded once per channel, ready to publish.
@@ -103,8 +129,10 @@ impl AppHub {
         Ok(Prepared { data: event.data.to_owned(), targets, except: event.except })
     }
 
-    /// Publishes a prepared event to each of its channels.
-    pub fn publish(&self, app: &App, event: &Prepared) {
+    /// Publishes a prepared event to each of its channels; what it returns says whether a
+    /// durable history store took its history channels' events.
+    pub fn publish(&self, app: &App, event: &Prepared) -> Published {
+        let mut published = Published::default();
         for (channel, frame) in &event.targets {
             if let Some(user_id) = channel.server_to_user_id() {
                 self.send_to_user(user_id, frame);
@@ -113,14 +141,21 @@ impl AppHub {
             let keep = channel
                 .is_cache()
                 .then(|| Keep { data: &event.data, ttl: Duration::from_secs(app.cache_ttl_secs) });
-            self.publish_keeping(app, channel.as_str(), frame, event.except, keep);
+            self.publish_keeping(
+                app,
+                channel.as_str(),
+                frame,
+                event.except,
+                keep,
+                Some(&mut published.waits),
+            );
         }
+        published
     }
 
     /// [`AppHub::prepare`], then [`AppHub::publish`].
-    pub fn publish_event(&self, app: &App, event: &Event<'_>) -> Result<(), PublishError> {
+    pub fn publish_event(&self, app: &App, event: &Event<'_>) -> Result<Published, PublishError> {
         let prepared = self.prepare(app, event)?;
-        self.publish(app, &prepared);
-        Ok(())
+        Ok(self.publish(app, &prepared))
     }
 }

@@ -227,7 +227,7 @@ impl AppHub {
             self.replay_cache(app, &mut shard.cache, channel, connection);
         }
         if let Some(position) = position {
-            self.resume(app, &mut shard.histories, channel, connection, position, filter.as_deref());
+            self.resume(app, &mut shard.histories, channel, connection, position, filter.as_ref());
         }
         if let Some(entry) = shard.channels.get_mut(channel) {
             self.apply(app, channel, entry, &transitions);

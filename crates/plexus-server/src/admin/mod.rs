@@ -249,7 +249,7 @@ async fn publish(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let app = known_app(&admin, &app_id)?;
-    let answer = crate::http_api::trigger_trusted(&admin.server, &app, &body)?;
+    let answer = crate::http_api::trigger_trusted(&admin.server, &app, &body).await?;
     tracing::info!(app_id = %app.id, "test event published from the admin listener");
     Ok(Json(answer))
 }

@@ -117,7 +117,9 @@ impl TestServer {
             .expect("the bus is up")
             .expect("a cluster adapter");
         let apps: Arc<dyn plexus_core::AppStore> = Arc::new(MemoryAppStore::new(apps).unwrap());
-        let state = ServerState::assemble(config, apps, None, Some(connected.node.clone()));
+        let history = connected.history.clone();
+        let state =
+            ServerState::assemble_with_history(config, apps, None, Some(connected.node.clone()), history);
         plexus_server::cluster::start(connected, &state).await;
         Self::serving(listener, state)
     }

@@ -1,0 +1,74 @@
+//! History in the bus's durable store (`[adapter] history = "bus"`), against a private
+//! redis-server the test can kill: while the store is away, publishing on a history channel is
+//! refused with 503 and reaches no one (never silently without history), other channels publish
+//! as usual, and once Redis is back history publishes work again without restarting plexus.
+//! (Restarts of plexus nodes themselves are the Node suite's `28-history-durable`.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{app, data_of, TestServer};
+use plexus_core::app::HistoryRule;
+use plexus_server::config::{AdapterConfig, AdapterDriver, HistoryPlace};
+use plexus_transport_tests::{free_port, unique_prefix, ServerProcess, RECONNECT_WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_publishes_answer_503_while_the_store_is_down_and_recover_by_themselves() {
+    let port = free_port();
+    let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        .map(String::from)
+        .to_vec();
+    let mut redis = ServerProcess::start("redis-server", args, port).await;
+    let adapter = AdapterConfig {
+        driver: AdapterDriver::Redis,
+        url: Some(format!("redis://127.0.0.1:{port}")),
+        prefix: unique_prefix("durable"),
+        heartbeat_ms: 200,
+        lease_ms: 1_000,
+        history: HistoryPlace::Bus,
+        ..AdapterConfig::default()
+    };
+    let mut app = app(1);
+    app.history = vec![HistoryRule { prefix: "feed-".into(), size: 100, ttl_secs: 300 }];
+    let server = TestServer::start_clustered(&adapter, vec![app.clone()]).await;
+    let mut client = server.connect(&app.key).await;
+    client.subscribe("feed-1").await;
+    client.subscribe("room").await;
+
+    assert_eq!(server.trigger(&app, "feed-1", "item", r#"{"n":1}"#).await.0, 200);
+    let first = client.expect("item").await;
+    assert!(first["position"].as_str().is_some_and(|p| p.ends_with(":1")), "{first}");
+
+    redis.kill();
+    let (status, body) = server.trigger(&app, "feed-1", "item", r#"{"n":2}"#).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("feed-1")),
+        "the error names the channel: {body}"
+    );
+    assert_eq!(
+        server.trigger(&app, "room", "plain", "{}").await.0,
+        200,
+        "channels without history still publish"
+    );
+    let plain = client.expect("plain").await;
+    assert_eq!(plain["channel"], "room", "the refused history event reached no one before it");
+
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + RECONNECT_WAIT;
+    loop {
+        let (status, body) = server.trigger(&app, "feed-1", "item", r#"{"n":3}"#).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "history publishes did not recover: {body}");
+        // The store reconnects on its next use; nothing to await but another try.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = client.expect("item").await;
+    assert_eq!(data_of(&recovered)["n"], 3);
+    // This Redis kept nothing across its restart: the channel's events start a new epoch.
+    assert!(recovered["position"].as_str().is_some_and(|p| p.ends_with(":1")), "{recovered}");
+}

@@ -1,0 +1,94 @@
+// 28. History kept by the bus itself (`[adapter] history = "bus"`): JetStream on the real NATS
+//     (127.0.0.1:4222) and Redis Streams on the real Redis (127.0.0.1:6379). Positions come
+//     from the store, so they mean the same on every node and outlive every node: after each
+//     node of three is restarted in turn, and then all three are killed at once, a client
+//     resumes from a position it read before any restart and gets exactly the events it
+//     missed, at the positions first given, in the epoch it knew.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, sdkFor, unique, waitUntil, RawSocket, clusterNodeConfig } from './helpers.js';
+
+const CONFIG = (bus, prefix) => `${clusterNodeConfig(bus, prefix, { leaseMs: 3000, history: 'bus' })}
+[[apps.history]]
+prefix = "feed-"
+size = 50
+ttl_secs = 600
+`;
+
+/** Items received on `ch` by a raw socket, as [i, position] in arrival order. */
+const items = (s, ch) => s.frames.map((f) => f.msg).filter((m) => m?.event === 'item' && m.channel === ch)
+  .map((m) => [JSON.parse(m.data).i, m.position]);
+
+const epochOf = (position) => position.split(':')[0];
+const offsetOf = (position) => Number(position.split(':')[1]);
+
+for (const bus of [
+  { driver: 'nats', url: 'nats://127.0.0.1:4222' },
+  { driver: 'redis', url: 'redis://127.0.0.1:6379' },
+]) {
+  describe(`history that outlives every node, over ${bus.driver}`, () => {
+    const prefix = `d${process.pid}${bus.driver}${Date.now() % 100000}`;
+    const nodes = [];
+    const sockets = [];
+    const start = () => startServer({ config: CONFIG(bus, prefix) });
+
+    before(async () => {
+      nodes.push(...(await Promise.all([0, 1, 2].map(start))));
+    });
+
+    after(async () => {
+      for (const s of sockets.splice(0)) s.close();
+      await Promise.all(nodes.map((n) => n.stop({ signal: 'SIGKILL' })));
+    });
+
+    async function subscribed(n, ch, position) {
+      const s = await RawSocket.open(nodes[n]);
+      sockets.push(s);
+      await s.established();
+      s.send({ event: 'pusher:subscribe', data: position ? { channel: ch, position } : { channel: ch } });
+      await s.waitEvent('pusher_internal:subscription_succeeded', ch);
+      return s;
+    }
+
+    /** Publishes item `i` through node `n` and returns its position, as a subscriber there saw it. */
+    async function publish(n, ch, i) {
+      const watcher = await subscribed(n, ch);
+      const response = await sdkFor(nodes[n]).trigger(ch, 'item', { i });
+      assert.equal(response.status, 200);
+      await waitUntil(() => items(watcher, ch).length >= 1, `item ${i} delivered on node ${n}`, { timeout: 10_000 });
+      const [[seen, position]] = items(watcher, ch);
+      assert.equal(seen, i);
+      watcher.close();
+      return position;
+    }
+
+    it('a client resumes across a rolling restart and a restart of every node at once', async () => {
+      const ch = unique('feed-');
+      const before = [];
+      for (let i = 0; i < 3; i += 1) before.push(await publish(i, ch, i));
+      const last = before[2];
+
+      const missed = [];
+      for (let n = 0; n < 3; n += 1) {
+        const result = await nodes[n].stop();
+        assert.ok(!result.crashed, `node ${n} died; stderr:\n${nodes[n].stderrTail()}`);
+        nodes[n] = await start();
+        missed.push([3 + n, await publish(n, ch, 3 + n)]);
+      }
+      await Promise.all(nodes.map((node) => node.stop({ signal: 'SIGKILL' })));
+      nodes.splice(0, 3, ...(await Promise.all([0, 1, 2].map(start))));
+      missed.push([6, await publish(0, ch, 6)]);
+
+      const positions = [...before, ...missed.map(([, p]) => p)];
+      assert.equal(new Set(positions.map(epochOf)).size, 1, `one epoch through every restart: ${positions}`);
+      assert.deepEqual(positions.map(offsetOf), positions.map((_, k) => offsetOf(positions[0]) + k),
+        `consecutive offsets: ${positions}`);
+
+      const again = await subscribed(1, ch, last);
+      const resumed = JSON.parse((await again.waitEvent('plexus:resume', ch, 10_000)).msg.data);
+      assert.equal(resumed.recovered, true, `resume from ${last}: ${JSON.stringify(resumed)}`);
+      assert.deepEqual(items(again, ch), missed, 'exactly the missed events, in order, at their positions');
+      assert.equal(resumed.position, missed[3][1]);
+    });
+  });
+}
