@@ -202,9 +202,10 @@ impl AppHub {
             }
             Numbering::Stored(position) => {
                 let stamped = stamp(frame, &position.to_string());
-                if !history.record_numbered(position, now, stamped.clone()) {
-                    return 0;
-                }
+                // The store took it, so it is delivered even when a later position is already
+                // held here (two nodes briefly both numbering this channel): this node's memory
+                // then just does not keep it, and resumes find it in the store.
+                history.record_numbered(position, now, stamped.clone());
                 self.announce(Update::Publish {
                     channel,
                     frame: &stamped,

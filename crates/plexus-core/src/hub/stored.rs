@@ -295,4 +295,35 @@ mod tests {
         let epoch = positions[2].split(':').next().unwrap();
         assert_eq!(next[0].2.as_deref(), Some(format!("{epoch}:4").as_str()), "{next:?}");
     }
+
+    #[tokio::test]
+    async fn an_event_the_store_took_is_delivered_even_behind_a_later_position_held_here() {
+        let (app, store) = (app(), Arc::new(MemoryHistoryStore::new()));
+        let channel = ChannelName::parse("feed-1").unwrap();
+        let hubs = Hubs::new(Arc::new(NoWebhooks)).with_history_store(store.clone());
+        publish(&hubs, &app, "{\"n\":1}").await;
+        let hub = hubs.hub(&app.id);
+        let watcher = hub.connect(&app, 1 << 20).unwrap();
+        hub.subscribe_from(&app, &watcher, &channel, None, None, None).unwrap();
+        let epoch = store
+            .head(&ChannelKey::new(&app.id, channel.clone()), &app.history[0])
+            .await
+            .unwrap()
+            .expect("one event stored")
+            .epoch;
+
+        // Another node, briefly numbering this channel too, stored offset 2 and its event
+        // arrived here first, at offset 3 (its own offset 2 is about to be this node's).
+        let theirs = Position { epoch, offset: 3 };
+        let frame = stamp(
+            &wsframe::frame(Opcode::Text, br#"{"event":"item","channel":"feed-1","data":"{}"}"#),
+            &theirs.to_string(),
+        );
+        hub.deliver(&app, "feed-1", &frame, None, Some(theirs), None);
+        publish(&hubs, &app, "{\"n\":2}").await;
+
+        let seen = received(&watcher).await;
+        let positions: Vec<Option<String>> = seen.iter().map(|(_, _, position)| position.clone()).collect();
+        assert_eq!(positions, vec![None, Some(format!("{epoch}:3")), Some(format!("{epoch}:2"))], "{seen:?}");
+    }
 }
