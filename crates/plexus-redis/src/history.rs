@@ -15,7 +15,9 @@
 //! - A retried append first looks for its id among the retained entries, so it stores nothing
 //!   twice; a first append skips that look.
 //! - Reading is one script too, returning the meta, Redis's clock and the entries after the
-//!   client's offset, so the answer is of one instant and ages are measured on one clock.
+//!   client's offset, so the answer is of one instant and ages are measured on one clock. It
+//!   reads no entries for a position that cannot be caught up (another epoch, past the newest,
+//!   more than the rule's size behind).
 //!   Whether the client is caught up is decided by
 //!   [`plexus_core::history_store::read_after`], as for every store.
 //! - The connection is opened on first use and again after it is lost; while Redis is away
@@ -68,7 +70,11 @@ local meta = redis.call('HMGET', KEYS[2], 'e', 't')
 if not meta[1] then return {} end
 local clock = redis.call('TIME')
 local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+local missed = tonumber(meta[2]) - tonumber(ARGV[1])
+local entries = {}
+if meta[1] == ARGV[3] and missed > 0 and missed < tonumber(ARGV[2]) then
+  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+end
 return {meta[1], meta[2], tostring(ms), entries}
 "#;
 
@@ -174,7 +180,14 @@ impl RedisHistory {
     ) -> Result<ReadAfter, StoreError> {
         let [stream, meta] = self.keys(key);
         let mut command = redis::cmd("EVAL");
-        command.arg(READ).arg(2).arg(stream).arg(meta).arg(after.offset).arg(rule.size.saturating_add(1));
+        command
+            .arg(READ)
+            .arg(2)
+            .arg(stream)
+            .arg(meta)
+            .arg(after.offset)
+            .arg(rule.size.saturating_add(1))
+            .arg(after.epoch);
         let reply = self.query(&command).await?;
         let Value::Array(items) = &reply else { return Err(unexpected(&reply)) };
         let [epoch, head, now_ms, Value::Array(entries)] = items.as_slice() else {

@@ -1,8 +1,9 @@
 //! History in the bus's durable store (`[adapter] history = "bus"`), against a private
-//! redis-server the test can kill: while the store is away, publishing on a history channel is
-//! refused with 503 and reaches no one (never silently without history), other channels publish
-//! as usual, and once Redis is back history publishes work again without restarting plexus.
-//! (Restarts of plexus nodes themselves are the Node suite's `28-history-durable`.)
+//! redis-server and a private nats-server with JetStream that the test kills: while the store is
+//! away, publishing on a history channel is refused with 503 and reaches no one (never silently
+//! without history), other channels publish as usual, and once the store is back history
+//! publishes work again without restarting plexus. (Restarts of plexus nodes themselves are the
+//! Node suite's `28-history-durable`.)
 
 mod common;
 
@@ -13,16 +14,51 @@ use plexus_core::app::HistoryRule;
 use plexus_server::config::{AdapterConfig, AdapterDriver, HistoryPlace};
 use plexus_transport_tests::{free_port, unique_prefix, ServerProcess, RECONNECT_WAIT};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_publishes_answer_503_while_the_store_is_down_and_recover_by_themselves() {
+/// A private bus server of the test's own: (server, adapter driver, URL). NATS stores its
+/// JetStream data in a fresh directory.
+async fn private_bus(driver: AdapterDriver) -> (ServerProcess, String, Option<std::path::PathBuf>) {
     let port = free_port();
-    let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        .map(String::from)
-        .to_vec();
-    let mut redis = ServerProcess::start("redis-server", args, port).await;
+    let (program, mut args, scheme, dir) = match driver {
+        AdapterDriver::Redis => (
+            "redis-server",
+            vec![
+                "--port".into(),
+                port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--save".into(),
+                String::new(),
+            ],
+            "redis",
+            None,
+        ),
+        _ => {
+            let dir = std::env::temp_dir().join(unique_prefix("durable-js"));
+            let args = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string(), "-js".into()];
+            ("/usr/sbin/nats-server", args, "nats", Some(dir))
+        }
+    };
+    if let Some(dir) = &dir {
+        args.extend(["-sd".to_owned(), dir.display().to_string()]);
+    }
+    (ServerProcess::start(program, args, port).await, format!("{scheme}://127.0.0.1:{port}"), dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_redis_history_publishes_answer_503_while_the_store_is_down_and_recover_by_themselves() {
+    store_outage(AdapterDriver::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_nats_history_publishes_answer_503_while_jetstream_is_down_and_recover_by_themselves() {
+    store_outage(AdapterDriver::Nats).await;
+}
+
+async fn store_outage(driver: AdapterDriver) {
+    let (mut bus, url, dir) = private_bus(driver).await;
     let adapter = AdapterConfig {
-        driver: AdapterDriver::Redis,
-        url: Some(format!("redis://127.0.0.1:{port}")),
+        driver,
+        url: Some(url),
         prefix: unique_prefix("durable"),
         heartbeat_ms: 200,
         lease_ms: 1_000,
@@ -40,7 +76,7 @@ async fn history_publishes_answer_503_while_the_store_is_down_and_recover_by_the
     let first = client.expect("item").await;
     assert!(first["position"].as_str().is_some_and(|p| p.ends_with(":1")), "{first}");
 
-    redis.kill();
+    bus.kill();
     let (status, body) = server.trigger(&app, "feed-1", "item", r#"{"n":2}"#).await;
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -55,7 +91,7 @@ async fn history_publishes_answer_503_while_the_store_is_down_and_recover_by_the
     let plain = client.expect("plain").await;
     assert_eq!(plain["channel"], "room", "the refused history event reached no one before it");
 
-    redis.restart().await;
+    bus.restart().await;
     let deadline = tokio::time::Instant::now() + RECONNECT_WAIT;
     loop {
         let (status, body) = server.trigger(&app, "feed-1", "item", r#"{"n":3}"#).await;
@@ -70,5 +106,11 @@ async fn history_publishes_answer_503_while_the_store_is_down_and_recover_by_the
     let recovered = client.expect("item").await;
     assert_eq!(data_of(&recovered)["n"], 3);
     // This Redis kept nothing across its restart: the channel's events start a new epoch.
-    assert!(recovered["position"].as_str().is_some_and(|p| p.ends_with(":1")), "{recovered}");
+    // JetStream kept its file store: the channel continues after event 1.
+    let expected_offset = if driver == AdapterDriver::Redis { ":1" } else { ":2" };
+    assert!(recovered["position"].as_str().is_some_and(|p| p.ends_with(expected_offset)), "{recovered}");
+    drop(bus);
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -281,7 +281,13 @@ impl AppHub {
             (Some(history), _) => (false, last(history)),
             (None, _) => (false, String::new()),
         };
-        if let (false, true, Some(rule), Some(after)) = (recovered, self.stored.is_some(), rule, parsed) {
+        // With a durable store this node's memory holds the store's positions, so a position of
+        // another epoch than the events held here is gone there too: no read is spent on it.
+        let store_may_know =
+            |after: &Position| history.is_none_or(|h| h.events.is_empty() || h.epoch == after.epoch);
+        if let (false, true, Some(rule), Some(after)) =
+            (recovered, self.stored.is_some(), rule, parsed.filter(store_may_know))
+        {
             self.resume_from_store(rule, channel, connection, after, filter.cloned(), position);
             return;
         }

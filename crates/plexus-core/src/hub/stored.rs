@@ -23,7 +23,7 @@ use bytes::Bytes;
 use plexus_protocol::filter::SubscriptionFilter;
 use plexus_protocol::wsframe::{self, Opcode};
 use plexus_protocol::{ChannelName, SocketId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Duration;
 
 use super::fanout::frame_passes;
@@ -40,6 +40,11 @@ const APPEND_QUEUE: usize = 4096;
 /// Most appends sent to the store in one round.
 const APPEND_BATCH: usize = 64;
 
+/// Resumes read from the store at once, per app; more wait their turn. A crowd reconnecting
+/// after a deploy (or someone subscribing with made-up positions) queues here rather than
+/// sending the store thousands of reads at a time.
+const CONCURRENT_READS: usize = 16;
+
 /// What a waiting publisher learns of one event's append: whether the store took it.
 pub(super) type AppendReply = oneshot::Sender<bool>;
 
@@ -55,6 +60,7 @@ pub(crate) struct AppendWait {
 pub(super) struct StoredHistory {
     pub(super) store: Arc<dyn HistoryStore>,
     queue: mpsc::Sender<PendingAppend>,
+    reads: Arc<Semaphore>,
 }
 
 /// An event on its way to the store.
@@ -75,7 +81,7 @@ impl StoredHistory {
     pub(super) fn start(store: Arc<dyn HistoryStore>, app_id: Arc<str>, hub: Weak<AppHub>) -> StoredHistory {
         let (queue, pending) = mpsc::channel(APPEND_QUEUE);
         tokio::spawn(append_in_order(store.clone(), app_id, hub, pending));
-        StoredHistory { store, queue }
+        StoredHistory { store, queue, reads: Arc::new(Semaphore::new(CONCURRENT_READS)) }
     }
 }
 
@@ -116,7 +122,10 @@ impl AppHub {
         let Some(stored) = &self.stored else { return };
         let (store, rule, connection) = (stored.store.clone(), rule.clone(), connection.clone());
         let key = ChannelKey::new(&self.app_id, channel.clone());
+        let reads = stored.reads.clone();
         tokio::spawn(async move {
+            // The semaphore is never closed.
+            let _turn = reads.acquire_owned().await;
             let (recovered, head) = match store.read_after(&key, after, &rule).await {
                 Ok(ReadAfter::Events { events, head }) => {
                     for (position, payload) in events {
