@@ -312,7 +312,9 @@ impl JetStreamHistory {
             .await
             .map_err(|_| connect_error(format!("not connected within {limit:?}")))?
             .map_err(|err| connect_error(plexus_tls::describe(&err)))?;
-        JetStreamHistory::new(client, prefix, options).await.map_err(|err| connect_error(describe(&err)))
+        JetStreamHistory::new(client, prefix, options)
+            .await
+            .map_err(|err| connect_error(plexus_tls::describe(&err)))
     }
 
     /// The name of the stream holding the events.
@@ -806,21 +808,6 @@ fn api_error(error: &jetstream::Error) -> StoreError {
     } else {
         StoreError::refused(error.clone())
     }
-}
-
-/// An error and its sources on one line, for a startup error's reason.
-fn describe(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn log_event(event: Event) {
