@@ -55,14 +55,19 @@ impl IntoResponse for ApiError {
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
-        }
-        response
+        error_response(status, &self.to_string())
     }
+}
+
+/// `{"error": message}` with `status`; a 503 also says when to try again (`Retry-After: 1`).
+fn error_response(status: StatusCode, message: &str) -> Response {
+    let mut response = (status, Json(json!({ "error": message }))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 fn now_secs() -> u64 {
@@ -138,13 +143,7 @@ impl FromRequest<Arc<ServerState>> for Signed {
                 BodyError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
                 BodyError::Broken(_) => StatusCode::BAD_REQUEST,
             };
-            let mut response = (status, Json(json!({ "error": error.to_string() }))).into_response();
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                response
-                    .headers_mut()
-                    .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
-            }
-            response
+            error_response(status, &error.to_string())
         })?;
         let read = ApiRequest { body: &body, ..unread };
         read.verify_body().map_err(|error| auth_error(state, error))?;
