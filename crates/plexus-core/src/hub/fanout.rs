@@ -118,9 +118,12 @@ impl AppHub {
         keep: Option<Keep<'_>>,
         waiting: Option<&mut Vec<AppendWait>>,
     ) -> usize {
-        let (Some(stored), Ok(name)) = (&self.stored, ChannelName::parse(channel)) else {
+        let Some(stored) = &self.stored else {
             return self.deliver_recorded(rule, channel, frame, except, Numbering::Here, keep);
         };
+        // Names reaching here were checked by their publisher; one that is not a channel name
+        // could not be kept in any history.
+        let Ok(name) = ChannelName::parse(channel) else { return 0 };
         let reply = waiting.map(|waiting| {
             let (reply, stored) = tokio::sync::oneshot::channel();
             waiting.push(AppendWait { channel: name.clone(), stored });

@@ -193,12 +193,14 @@ impl AppHub {
         let shard = &mut *guard;
         let now = Instant::now();
         let history = shard.histories.entry(name).or_insert_with(History::new);
-        let frame = match numbering {
+        // The stamped frame, and the position it is announced and mirrored at when this node
+        // numbered it (itself or through the store).
+        let (frame, announced) = match numbering {
             Numbering::At(position) => {
                 if !history.record_numbered(position, now, frame.clone()) {
                     return 0;
                 }
-                frame.clone()
+                (frame.clone(), None)
             }
             Numbering::Stored(position) => {
                 let stamped = stamp(frame, &position.to_string());
@@ -206,33 +208,19 @@ impl AppHub {
                 // held here (two nodes briefly both numbering this channel): this node's memory
                 // then just does not keep it, and resumes find it in the store.
                 history.record_numbered(position, now, stamped.clone());
-                self.announce(Update::Publish {
-                    channel,
-                    frame: &stamped,
-                    except,
-                    position: Some(position),
-                    keep,
-                });
-                self.mirror(channel, &stamped);
-                stamped
+                (stamped, Some(position))
             }
             Numbering::Here | Numbering::Unnumbered => {
                 let position = history.number_next();
                 let stamped = stamp(frame, &position.to_string());
                 history.events.push_back((position.offset, now, stamped.clone()));
-                if numbering == Numbering::Here {
-                    self.announce(Update::Publish {
-                        channel,
-                        frame: &stamped,
-                        except,
-                        position: Some(position),
-                        keep,
-                    });
-                    self.mirror(channel, &stamped);
-                }
-                stamped
+                (stamped, (numbering == Numbering::Here).then_some(position))
             }
         };
+        if let Some(position) = announced {
+            self.announce(Update::Publish { channel, frame: &frame, except, position: Some(position), keep });
+            self.mirror(channel, &frame);
+        }
         history.trim(rule, now);
         self.observer.emit(|| event_observation(channel, &frame, except.map(|id| id.to_string())));
         match shard.channels.get(channel) {
