@@ -7,23 +7,14 @@
 //     `recovered: false` — never a silent hole.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, sdkFor, unique, apiGet, waitUntil, RawSocket, clusterNodeConfig } from './helpers.js';
+import {
+  startServer, sdkFor, unique, apiGet, waitUntil, historyNodeConfig, historyItems as items, epochOf, offsetOf,
+  subscribedRaw,
+} from './helpers.js';
 
 const LEASE_MS = 3000;
 
-const CONFIG = (bus, prefix) => `${clusterNodeConfig(bus, prefix, { leaseMs: LEASE_MS })}
-[[apps.history]]
-prefix = "feed-"
-size = 50
-ttl_secs = 600
-`;
-
-/** Items received on `ch` by a raw socket, as [i, position] in arrival order. */
-const items = (s, ch) => s.frames.map((f) => f.msg).filter((m) => m?.event === 'item' && m.channel === ch)
-  .map((m) => [JSON.parse(m.data).i, m.position]);
-
-const offsetOf = (position) => Number(position.split(':')[1]);
-const epochOf = (position) => position.split(':')[0];
+const CONFIG = (bus, prefix) => historyNodeConfig(bus, prefix, { leaseMs: LEASE_MS });
 
 for (const bus of [
   { driver: 'nats', url: 'nats://127.0.0.1:4222' },
@@ -51,14 +42,7 @@ for (const bus of [
       }
     });
 
-    async function subscribed(n, ch, position) {
-      const s = await RawSocket.open(nodes[n]);
-      sockets.push(s);
-      await s.established();
-      s.send({ event: 'pusher:subscribe', data: position ? { channel: ch, position } : { channel: ch } });
-      await s.waitEvent('pusher_internal:subscription_succeeded', ch);
-      return s;
-    }
+    const subscribed = (n, ch, position) => subscribedRaw(nodes[n], ch, position, sockets);
 
     const waitItems = (s, ch, count, what) => waitUntil(() => items(s, ch).length >= count, what, { timeout: 10_000 });
 

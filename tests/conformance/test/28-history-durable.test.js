@@ -6,21 +6,11 @@
 //     missed, at the positions first given, in the epoch it knew.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, sdkFor, unique, waitUntil, RawSocket, clusterNodeConfig } from './helpers.js';
+import {
+  startServer, sdkFor, unique, waitUntil, historyNodeConfig, historyItems as items, epochOf, offsetOf, subscribedRaw,
+} from './helpers.js';
 
-const CONFIG = (bus, prefix) => `${clusterNodeConfig(bus, prefix, { leaseMs: 3000, history: 'bus' })}
-[[apps.history]]
-prefix = "feed-"
-size = 50
-ttl_secs = 600
-`;
-
-/** Items received on `ch` by a raw socket, as [i, position] in arrival order. */
-const items = (s, ch) => s.frames.map((f) => f.msg).filter((m) => m?.event === 'item' && m.channel === ch)
-  .map((m) => [JSON.parse(m.data).i, m.position]);
-
-const epochOf = (position) => position.split(':')[0];
-const offsetOf = (position) => Number(position.split(':')[1]);
+const CONFIG = (bus, prefix) => historyNodeConfig(bus, prefix, { leaseMs: 3000, history: 'bus' });
 
 for (const bus of [
   { driver: 'nats', url: 'nats://127.0.0.1:4222' },
@@ -41,14 +31,7 @@ for (const bus of [
       await Promise.all(nodes.map((n) => n.stop({ signal: 'SIGKILL' })));
     });
 
-    async function subscribed(n, ch, position) {
-      const s = await RawSocket.open(nodes[n]);
-      sockets.push(s);
-      await s.established();
-      s.send({ event: 'pusher:subscribe', data: position ? { channel: ch, position } : { channel: ch } });
-      await s.waitEvent('pusher_internal:subscription_succeeded', ch);
-      return s;
-    }
+    const subscribed = (n, ch, position) => subscribedRaw(nodes[n], ch, position, sockets);
 
     /** Publishes item `i` through node `n` and returns its position, as a subscriber there saw it. */
     async function publish(n, ch, i) {

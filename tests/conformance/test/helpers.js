@@ -471,6 +471,40 @@ secret = "${APP1.secret}"
 `;
 }
 
+/**
+ * A cluster node config (see `clusterNodeConfig`) whose app keeps a history of its "feed-"
+ * channels: the last 50 events, for 10 minutes.
+ */
+export function historyNodeConfig(bus, prefix, options = {}) {
+  return `${clusterNodeConfig(bus, prefix, options)}
+[[apps.history]]
+prefix = "feed-"
+size = 50
+ttl_secs = 600
+`;
+}
+
+/** The `item` events (data `{i}`) a raw socket received on `ch`, as [i, position] in arrival order. */
+export const historyItems = (s, ch) => s.frames.map((f) => f.msg)
+  .filter((m) => m?.event === 'item' && m.channel === ch)
+  .map((m) => [JSON.parse(m.data).i, m.position]);
+
+export const epochOf = (position) => position.split(':')[0];
+export const offsetOf = (position) => Number(position.split(':')[1]);
+
+/**
+ * A raw socket on `server` subscribed to `ch` (from `position`, when given), once the
+ * subscription succeeded; it is added to `sockets`, for the caller to close.
+ */
+export async function subscribedRaw(server, ch, position, sockets) {
+  const s = await RawSocket.open(server);
+  sockets.push(s);
+  await s.established();
+  s.send({ event: 'pusher:subscribe', data: position ? { channel: ch, position } : { channel: ch } });
+  await s.waitEvent('pusher_internal:subscription_succeeded', ch);
+  return s;
+}
+
 /** A name unique within this process, for channels and events. */
 let seq = 0;
 export function unique(prefix) {
