@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::{app, data_of, TestServer};
 use plexus_core::app::HistoryRule;
+use plexus_core::hub::{Event, PublishError, HISTORY_APPEND_BATCH, HISTORY_APPEND_QUEUE};
 use plexus_server::config::{AdapterConfig, AdapterDriver, HistoryPlace};
 use plexus_transport_tests::{free_port, unique_prefix, ServerProcess, RECONNECT_WAIT};
 
@@ -124,4 +125,60 @@ async fn store_outage(driver: AdapterDriver) {
     if let Some(dir) = dir {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// While the store is slow (frozen), history events queue up to the app's bound and no further:
+/// the one past it is refused at once rather than held, and once the store answers again
+/// everything that was queued is stored and confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_publishes_past_the_append_queue_are_refused_while_the_store_is_slow() {
+    let (bus, url, _) = private_bus(AdapterDriver::Redis).await;
+    let adapter = AdapterConfig {
+        driver: AdapterDriver::Redis,
+        url: Some(url),
+        prefix: unique_prefix("queue"),
+        history: HistoryPlace::Bus,
+        ..AdapterConfig::default()
+    };
+    let mut app = app(1);
+    app.history = vec![HistoryRule { prefix: "feed-".into(), size: 100, ttl_secs: 300 }];
+    let server = TestServer::start_clustered(&adapter, vec![app.clone()]).await;
+    let hub = server.state.hubs.hub(&app.id);
+    let channels = ["feed-1".to_owned()];
+    let publish = |n: usize| {
+        let data = format!("{{\"n\":{n}}}");
+        let event = Event { name: "item", data: &data, channels: &channels, except: None };
+        hub.publish_event(&app, &event).expect("a valid event")
+    };
+
+    bus.pause();
+    // What the queue holds, plus one round the appender may have taken out and sent already.
+    let fits = HISTORY_APPEND_QUEUE + HISTORY_APPEND_BATCH;
+    let mut accepted: Vec<_> = (0..fits).map(publish).collect();
+    let first = accepted.remove(0).stored();
+    tokio::pin!(first);
+    // The refusal comes first: the earliest accepted event is still waiting for the frozen
+    // store (without a bound the refusal would only come after the store's own timeout had
+    // failed the events ahead of it).
+    let refused = tokio::select! {
+        biased;
+        refused = publish(fits).stored() => refused,
+        early = &mut first => panic!("an accepted event was answered before the refusal: {early:?}"),
+    };
+    assert!(
+        matches!(refused, Err(PublishError::HistoryUnavailable { ref channel }) if channel == "feed-1"),
+        "{refused:?}"
+    );
+
+    bus.resume();
+    let mut confirmed = usize::from(first.await.is_ok());
+    for published in accepted {
+        if published.stored().await.is_ok() {
+            confirmed += 1;
+        }
+    }
+    assert!(
+        confirmed >= HISTORY_APPEND_QUEUE,
+        "everything queued is stored once the store answers: {confirmed} of {fits}"
+    );
 }

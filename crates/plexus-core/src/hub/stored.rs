@@ -35,15 +35,15 @@ use crate::history_store::{Attempt, ChannelKey, EventId, HistoryStore, Position,
 
 /// Events waiting for the store, per app. A full queue refuses more (503 to a waiting
 /// publisher) rather than growing while the store is slow.
-const APPEND_QUEUE: usize = 4096;
+pub const HISTORY_APPEND_QUEUE: usize = 4096;
 
 /// Most appends sent to the store in one round.
-const APPEND_BATCH: usize = 64;
+pub const HISTORY_APPEND_BATCH: usize = 64;
 
 /// Resumes read from the store at once, per app; more wait their turn. A crowd reconnecting
 /// after a deploy (or someone subscribing with made-up positions) queues here rather than
 /// sending the store thousands of reads at a time.
-const CONCURRENT_READS: usize = 16;
+pub const HISTORY_CONCURRENT_READS: usize = 16;
 
 /// What a waiting publisher learns of one event's append: whether the store took it.
 pub(super) type AppendReply = oneshot::Sender<bool>;
@@ -79,9 +79,9 @@ impl StoredHistory {
     /// Starts the appender of the hub `hub` will point to (it holds the hub weakly, so the task
     /// ends with the hub).
     pub(super) fn start(store: Arc<dyn HistoryStore>, app_id: Arc<str>, hub: Weak<AppHub>) -> StoredHistory {
-        let (queue, pending) = mpsc::channel(APPEND_QUEUE);
+        let (queue, pending) = mpsc::channel(HISTORY_APPEND_QUEUE);
         tokio::spawn(append_in_order(store.clone(), app_id, hub, pending));
-        StoredHistory { store, queue, reads: Arc::new(Semaphore::new(CONCURRENT_READS)) }
+        StoredHistory { store, queue, reads: Arc::new(Semaphore::new(HISTORY_CONCURRENT_READS)) }
     }
 }
 
@@ -155,8 +155,8 @@ async fn append_in_order(
     hub: Weak<AppHub>,
     mut queue: mpsc::Receiver<PendingAppend>,
 ) {
-    let mut batch = Vec::with_capacity(APPEND_BATCH);
-    while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
+    let mut batch = Vec::with_capacity(HISTORY_APPEND_BATCH);
+    while queue.recv_many(&mut batch, HISTORY_APPEND_BATCH).await > 0 {
         let keys: Vec<ChannelKey> =
             batch.iter().map(|pending| ChannelKey::new(&app_id, pending.channel.clone())).collect();
         let payloads: Vec<Bytes> =
