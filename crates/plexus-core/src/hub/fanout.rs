@@ -196,7 +196,7 @@ impl AppHub {
     /// Pushes `frame` into every subscriber's queue but `except`'s (through the filters, where a
     /// subscriber set one); returns how many got it.
     pub(super) fn fan_out(&self, entry: &Channel, frame: &Bytes, except: Option<SocketId>) -> usize {
-        if !entry.filters.is_empty() {
+        if !entry.filters.is_empty() || !entry.held.is_empty() {
             return self.deliver_filtered(entry, frame, except);
         }
         let mut delivered = 0;
@@ -214,8 +214,9 @@ impl AppHub {
         delivered
     }
 
-    /// Fan-out to a channel where some subscribers filter: the event's name and data are read
-    /// once, and each filter is checked against them.
+    /// Fan-out to a channel where some subscribers filter, or wait for a resume from the store:
+    /// the event's name and data are read once, and each filter is checked against them; a
+    /// waiting subscriber's [`Hold`](super::stored::Hold) takes what passes.
     pub(super) fn deliver_filtered(&self, entry: &Channel, frame: &Bytes, except: Option<SocketId>) -> usize {
         let payload = plexus_protocol::wsframe::server_frame_payload(frame);
         let parsed: Option<Event<'_>> = serde_json::from_slice(&payload).ok();
@@ -242,6 +243,9 @@ impl AppHub {
                 if !filter.matches(name, data) {
                     continue;
                 }
+            }
+            if entry.held.iter().any(|hold| hold.socket_id == *id && hold.intercept(frame)) {
+                continue;
             }
             if frames.push_to(connection) == Push::Overflowed {
                 self.metrics.slow_consumer_closes.increment(1);

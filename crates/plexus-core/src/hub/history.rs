@@ -2,8 +2,6 @@
 //! client that comes back resumes from its last position (or learns that it cannot). In a
 //! cluster one node numbers a channel's events and its peers record them at those positions.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use plexus_protocol::codec::{self, Data, ServerEvent};
 use plexus_protocol::filter::SubscriptionFilter;
@@ -15,6 +13,7 @@ use crate::cluster::Update;
 use crate::observe::event_observation;
 
 use super::fanout::frame_passes;
+use super::stored::Hold;
 use super::*;
 
 /// Where an event stands in a history channel: `"{epoch}:{offset}"` on the wire. Offsets count
@@ -157,6 +156,17 @@ pub(super) fn stamp(frame: &Bytes, position: &str) -> Bytes {
     plexus_protocol::wsframe::frame(plexus_protocol::wsframe::Opcode::Text, &stamped)
 }
 
+/// The position [`stamp`] put into `frame`, if it carries one.
+pub(super) fn stamped_position(frame: &Bytes) -> Option<Position> {
+    let payload = plexus_protocol::wsframe::server_frame_payload(frame);
+    let body = payload.strip_suffix(b"\"}")?;
+    let start = body.iter().rposition(|&byte| byte == b'"')? + 1;
+    if !body[..start].ends_with(b",\"position\":\"") {
+        return None;
+    }
+    std::str::from_utf8(&body[start..]).ok()?.parse().ok()
+}
+
 /// The `plexus:resume` event telling a client whether it was caught up, and the newest
 /// position (`""` when there is none).
 pub(super) fn resume_frame(channel: &str, recovered: bool, position: &str) -> Bytes {
@@ -223,10 +233,12 @@ impl AppHub {
         }
         history.trim(rule, now);
         self.observer.emit(|| event_observation(channel, &frame, except.map(|id| id.to_string())));
-        match shard.channels.get(channel) {
-            Some(entry) => self.fan_out(entry, &frame, except),
-            None => 0,
+        let Some(entry) = shard.channels.get_mut(channel) else { return 0 };
+        let delivered = self.fan_out(entry, &frame, except);
+        if !entry.held.is_empty() {
+            entry.held.retain(|hold| !hold.is_done());
         }
+        delivered
     }
 
     /// After a subscription with a `position`: queues the events since then, in order, and a
@@ -236,7 +248,7 @@ impl AppHub {
     pub(super) fn resume(
         &self,
         app: &App,
-        histories: &mut HashMap<ChannelName, History>,
+        shard: &mut Shard,
         channel: &ChannelName,
         connection: &Arc<Connection>,
         from: &str,
@@ -244,7 +256,7 @@ impl AppHub {
     ) {
         let rule = app.history_rule(channel.as_str());
         let history = rule.map(|rule| {
-            let history = histories.entry(channel.clone()).or_insert_with(History::new);
+            let history = shard.histories.entry(channel.clone()).or_insert_with(History::new);
             history.trim(rule, Instant::now());
             &*history
         });
@@ -276,6 +288,10 @@ impl AppHub {
         if let (false, true, Some(rule), Some(after)) =
             (recovered, self.stored.is_some(), rule, parsed.filter(store_may_know))
         {
+            if let Some(entry) = shard.channels.get_mut(channel) {
+                entry.held.retain(|hold| hold.socket_id != connection.socket_id);
+                entry.held.push(Hold::new(connection.socket_id));
+            }
             self.resume_from_store(rule, channel, connection, after, filter.cloned(), position);
             return;
         }
@@ -370,6 +386,18 @@ mod tests {
         for bad in ["", "7", "7:", ":1", "x:1", "1:-1", "4294967296:1"] {
             assert!(bad.parse::<Position>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_position_stamped_into_a_frame_reads_back_and_nothing_else_passes_for_one() {
+        let event = |json: &str| {
+            plexus_protocol::wsframe::frame(plexus_protocol::wsframe::Opcode::Text, json.as_bytes())
+        };
+        let plain = event(r#"{"event":"item","channel":"feed","data":"{}"}"#);
+        assert_eq!(stamped_position(&stamp(&plain, "7:42")), Some(Position { epoch: 7, offset: 42 }));
+        assert_eq!(stamped_position(&plain), None);
+        let look_alike = event(r#"{"event":"item","channel":"feed","data":"x\",\"position\":\"7:42"}"#);
+        assert_eq!(stamped_position(&look_alike), None, "a position inside the data is data");
     }
 
     #[test]

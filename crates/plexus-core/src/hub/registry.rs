@@ -18,6 +18,7 @@ use crate::webhook::WebhookEvent;
 
 use super::effects::{Transition, Transitions};
 use super::fanout::EventFrames;
+use super::stored::Hold;
 use super::*;
 
 #[derive(Debug, Default)]
@@ -30,6 +31,9 @@ pub(super) struct Channel {
     pub(super) remote: HashMap<NodeId, RemoteShare>,
     /// Server-side filters of the subscribers that set one (empty unless someone did).
     pub(super) filters: HashMap<SocketId, Arc<SubscriptionFilter>>,
+    /// Subscribers being caught up from the durable history store (empty but for the moments a
+    /// resume waits for the store).
+    pub(super) held: Vec<Hold>,
     /// When a subscription count was last broadcast, and whether a newer one is owed.
     pub(super) count_sent_at: Option<Instant>,
     pub(super) count_pending: bool,
@@ -104,6 +108,7 @@ impl Channel {
     ) -> Option<Transitions<'a>> {
         self.subscribers.remove(&socket_id)?;
         self.filters.remove(&socket_id);
+        self.held.retain(|hold| hold.socket_id != socket_id);
         shrink_if_sparse(&mut self.subscribers);
         let mut transitions = vec![Transition::Left { socket_id }];
         let mut left = Left { removed: false, last_local: false };
@@ -227,7 +232,7 @@ impl AppHub {
             self.replay_cache(app, &mut shard.cache, channel, connection);
         }
         if let Some(position) = position {
-            self.resume(app, &mut shard.histories, channel, connection, position, filter.as_ref());
+            self.resume(app, shard, channel, connection, position, filter.as_ref());
         }
         if let Some(entry) = shard.channels.get_mut(channel) {
             self.apply(app, channel, entry, &transitions);

@@ -12,12 +12,15 @@
 //!   node handed over for numbering), it is still delivered live, without a position, and
 //!   counted in `plexus_history_store_errors_total`: live subscribers lose nothing, and a later
 //!   resume from a position around it says `recovered: false`.
-//! - **Resuming from the store** happens on a task after the subscription, so an event
-//!   published while the store answers may reach the client twice or before the replayed ones
-//!   (`docs/cluster.md`, §4.5, describes the merge that closes this).
+//! - **Resuming from the store** happens on a task after the subscription. Meanwhile the
+//!   channel's live events for that subscriber wait in a [`Hold`]; once the store answers, the
+//!   client gets the replay, `plexus:resume`, then the held events the replay did not already
+//!   contain: each event once, in store order. An event the store had but this node had not
+//!   delivered yet is dropped for that subscriber when it arrives (the hold keeps the replay's
+//!   last position until then).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use plexus_protocol::filter::SubscriptionFilter;
@@ -27,8 +30,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Duration;
 
 use super::fanout::frame_passes;
-use super::history::{resume_frame, stamp, Numbering};
-use super::{AppHub, Connection};
+use super::history::{resume_frame, stamp, stamped_position, Numbering};
+use super::{lock, write, AppHub, Connection};
 use crate::app::HistoryRule;
 use crate::cluster::Keep;
 use crate::history_store::{Attempt, ChannelKey, EventId, HistoryStore, Position, ReadAfter, StoreError};
@@ -44,6 +47,11 @@ pub const HISTORY_APPEND_BATCH: usize = 64;
 /// after a deploy (or someone subscribing with made-up positions) queues here rather than
 /// sending the store thousands of reads at a time.
 pub const HISTORY_CONCURRENT_READS: usize = 16;
+
+/// Most live events held for one subscriber while its resume is read from the store. Past
+/// that the hold gives up: live events flow to it again at once and its `plexus:resume` says
+/// `recovered: false`, so the client reloads instead of this node buffering without end.
+pub const RESUME_HOLD_EVENTS: usize = 1024;
 
 /// What a waiting publisher learns of one event's append: whether the store took it.
 pub(super) type AppendReply = oneshot::Sender<bool>;
@@ -61,6 +69,7 @@ pub(super) struct StoredHistory {
     pub(super) store: Arc<dyn HistoryStore>,
     queue: mpsc::Sender<PendingAppend>,
     reads: Arc<Semaphore>,
+    hub: Weak<AppHub>,
 }
 
 /// An event on its way to the store.
@@ -75,13 +84,67 @@ pub(super) struct PendingAppend {
     pub(super) reply: Option<AppendReply>,
 }
 
+/// One subscriber of a channel whose resume is being read from the store (see the module docs).
+#[derive(Debug)]
+pub(super) struct Hold {
+    pub(super) socket_id: SocketId,
+    state: Mutex<HoldState>,
+}
+
+#[derive(Debug)]
+enum HoldState {
+    /// Live events, in arrival order, waiting for the replay.
+    Holding(Vec<Bytes>),
+    /// More arrived than [`RESUME_HOLD_EVENTS`]: live events go straight through.
+    Overflowed,
+    /// Replayed up to this position; live events at or before it were in the replay.
+    ReplayedUpTo(Position),
+    /// Nothing left to do; removed at the channel's next numbered event.
+    Done,
+}
+
+impl Hold {
+    pub(super) fn new(socket_id: SocketId) -> Hold {
+        Hold { socket_id, state: Mutex::new(HoldState::Holding(Vec::new())) }
+    }
+
+    /// Takes a live event meant for this subscriber: `true` when it is held or was already
+    /// replayed, `false` when it should be delivered now.
+    pub(super) fn intercept(&self, frame: &Bytes) -> bool {
+        let mut state = lock(&self.state);
+        match &mut *state {
+            HoldState::Holding(held) if held.len() < RESUME_HOLD_EVENTS => {
+                held.push(frame.clone());
+                true
+            }
+            HoldState::Holding(_) => {
+                *state = HoldState::Overflowed;
+                false
+            }
+            HoldState::ReplayedUpTo(last) => match stamped_position(frame) {
+                Some(position) if position.epoch == last.epoch && position.offset <= last.offset => true,
+                Some(_) => {
+                    *state = HoldState::Done;
+                    false
+                }
+                None => false,
+            },
+            HoldState::Overflowed | HoldState::Done => false,
+        }
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        matches!(*lock(&self.state), HoldState::Done)
+    }
+}
+
 impl StoredHistory {
     /// Starts the appender of the hub `hub` will point to (it holds the hub weakly, so the task
     /// ends with the hub).
     pub(super) fn start(store: Arc<dyn HistoryStore>, app_id: Arc<str>, hub: Weak<AppHub>) -> StoredHistory {
         let (queue, pending) = mpsc::channel(HISTORY_APPEND_QUEUE);
-        tokio::spawn(append_in_order(store.clone(), app_id, hub, pending));
-        StoredHistory { store, queue, reads: Arc::new(Semaphore::new(HISTORY_CONCURRENT_READS)) }
+        tokio::spawn(append_in_order(store.clone(), app_id, hub.clone(), pending));
+        StoredHistory { store, queue, reads: Arc::new(Semaphore::new(HISTORY_CONCURRENT_READS)), hub }
     }
 }
 
@@ -107,9 +170,9 @@ impl AppHub {
         self.publish_plain(pending.channel.as_str(), &pending.frame, pending.except, keep);
     }
 
-    /// Catches `connection` up on `channel` from the durable store, from `after`, on a task; then
-    /// tells it with `plexus:resume` whether that worked. `memory_head` answers when the store
-    /// cannot. (Callers check that this hub has a store.)
+    /// Catches `connection` up on `channel` from the durable store, from `after`, on a task;
+    /// then tells it with `plexus:resume` whether that worked. The caller has put a [`Hold`] on
+    /// the subscriber; `memory_head` answers when the store cannot.
     pub(super) fn resume_from_store(
         &self,
         rule: &HistoryRule,
@@ -122,28 +185,88 @@ impl AppHub {
         let Some(stored) = &self.stored else { return };
         let (store, rule, connection) = (stored.store.clone(), rule.clone(), connection.clone());
         let key = ChannelKey::new(&self.app_id, channel.clone());
-        let reads = stored.reads.clone();
+        let (reads, hub) = (stored.reads.clone(), stored.hub.clone());
         tokio::spawn(async move {
             // The semaphore is never closed.
             let _turn = reads.acquire_owned().await;
-            let (recovered, head) = match store.read_after(&key, after, &rule).await {
-                Ok(ReadAfter::Events { events, head }) => {
-                    for (position, payload) in events {
-                        let frame = stamp(&wsframe::frame(Opcode::Text, &payload), &position.to_string());
-                        if filter.as_deref().is_none_or(|filter| frame_passes(filter, &frame)) {
-                            connection.outbound.push(frame);
-                        }
-                    }
-                    (true, head.to_string())
-                }
-                Ok(ReadAfter::Gone { head }) => (false, head.map_or(memory_head, |head| head.to_string())),
+            let answer = store.read_after(&key, after, &rule).await;
+            let Some(hub) = hub.upgrade() else { return };
+            let (replay, recovered, head) = match answer {
+                Ok(ReadAfter::Events { events, head }) => (events, true, Some(head)),
+                Ok(ReadAfter::Gone { head }) => (Vec::new(), false, head),
                 Err(error) => {
                     tracing::warn!(channel = %key, %error, "cannot resume from the history store");
-                    (false, memory_head)
+                    (Vec::new(), false, None)
                 }
             };
-            connection.outbound.push(resume_frame(key.channel.as_str(), recovered, &head));
+            hub.release_hold(
+                &key.channel,
+                &connection,
+                replay,
+                recovered,
+                head,
+                filter.as_deref(),
+                memory_head,
+            );
         });
+    }
+
+    /// Ends a subscriber's [`Hold`] with the store's answer: the replay, `plexus:resume`, then
+    /// the held live events the replay did not contain. Nothing is sent when the subscriber left
+    /// meanwhile; a hold that overflowed turns the answer into `recovered: false`.
+    #[allow(clippy::too_many_arguments)]
+    fn release_hold(
+        &self,
+        channel: &ChannelName,
+        connection: &Connection,
+        replay: Vec<(Position, Bytes)>,
+        recovered: bool,
+        head: Option<Position>,
+        filter: Option<&SubscriptionFilter>,
+        memory_head: String,
+    ) {
+        let mut guard = write(self.shard(channel.as_str()));
+        let shard = &mut *guard;
+        let delivered_here = shard.histories.get(channel).map(|history| history.position(history.next - 1));
+        let Some(entry) = shard.channels.get_mut(channel) else { return };
+        let Some(index) = entry.held.iter().position(|hold| hold.socket_id == connection.socket_id) else {
+            return;
+        };
+        let head_text = head.map_or(memory_head, |head| head.to_string());
+        let HoldState::Holding(held) =
+            std::mem::replace(&mut *lock(&entry.held[index].state), HoldState::Done)
+        else {
+            entry.held.swap_remove(index);
+            connection.outbound.push(resume_frame(channel.as_str(), false, &head_text));
+            return;
+        };
+        for (position, payload) in replay {
+            let frame = stamp(&wsframe::frame(Opcode::Text, &payload), &position.to_string());
+            if filter.is_none_or(|filter| frame_passes(filter, &frame)) {
+                connection.outbound.push(frame);
+            }
+        }
+        connection.outbound.push(resume_frame(channel.as_str(), recovered, &head_text));
+        let in_replay = |frame: &Bytes| match (head, stamped_position(frame)) {
+            (Some(head), Some(position)) => position.epoch == head.epoch && position.offset <= head.offset,
+            _ => false,
+        };
+        for frame in held.into_iter().filter(|frame| !in_replay(frame)) {
+            connection.outbound.push(frame);
+        }
+        // The store may hold events this node has yet to deliver: they were in the replay, so
+        // this subscriber must not get them again when they arrive.
+        match head {
+            Some(head)
+                if delivered_here
+                    .is_none_or(|here| here.epoch != head.epoch || here.offset < head.offset) =>
+            {
+                *lock(&entry.held[index].state) = HoldState::ReplayedUpTo(head);
+            }
+            _ => {
+                entry.held.swap_remove(index);
+            }
+        }
     }
 }
 
@@ -334,5 +457,161 @@ mod tests {
         let seen = received(&watcher).await;
         let positions: Vec<Option<String>> = seen.iter().map(|(_, _, position)| position.clone()).collect();
         assert_eq!(positions, vec![None, Some(format!("{epoch}:3")), Some(format!("{epoch}:2"))], "{seen:?}");
+    }
+
+    /// The in-memory store, with reads that wait until the test lets them through: the moment a
+    /// resume is being read is the one under test.
+    #[derive(Debug)]
+    struct SlowReads {
+        store: MemoryHistoryStore,
+        gate: Semaphore,
+    }
+
+    impl SlowReads {
+        fn new() -> Arc<Self> {
+            Arc::new(SlowReads { store: MemoryHistoryStore::new(), gate: Semaphore::new(0) })
+        }
+    }
+
+    impl HistoryStore for SlowReads {
+        fn append<'a>(
+            &'a self,
+            key: &'a ChannelKey,
+            id: EventId,
+            payload: &'a [u8],
+            rule: &'a HistoryRule,
+            attempt: Attempt,
+        ) -> crate::history_store::StoreFuture<'a, Position> {
+            self.store.append(key, id, payload, rule, attempt)
+        }
+
+        fn read_after<'a>(
+            &'a self,
+            key: &'a ChannelKey,
+            after: Position,
+            rule: &'a HistoryRule,
+        ) -> crate::history_store::StoreFuture<'a, ReadAfter> {
+            Box::pin(async move {
+                self.gate.acquire().await.expect("never closed").forget();
+                self.store.read_after(key, after, rule).await
+            })
+        }
+
+        fn head<'a>(
+            &'a self,
+            key: &'a ChannelKey,
+            rule: &'a HistoryRule,
+        ) -> crate::history_store::StoreFuture<'a, Option<Position>> {
+            self.store.head(key, rule)
+        }
+    }
+
+    /// Frames until (and with) `plexus:resume`.
+    async fn received_until_resume(connection: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut seen = received(connection).await;
+        while !seen.iter().any(|(event, _, _)| event == "plexus:resume") {
+            seen.extend(received(connection).await);
+        }
+        seen
+    }
+
+    fn item(n: u64, position: &str) -> (String, String, Option<String>) {
+        ("item".to_owned(), format!("{{\"n\":{n}}}"), Some(position.to_owned()))
+    }
+
+    fn resumed(recovered: bool, position: &str) -> (String, String, Option<String>) {
+        let data = format!("{{\"recovered\":{recovered},\"position\":\"{position}\"}}");
+        ("plexus:resume".to_owned(), data, None)
+    }
+
+    /// A node that restarted over `store` (nothing of the channel in memory), a live subscriber
+    /// and one resuming after the first of `published` events, whose read waits at the gate.
+    async fn resuming_after_a_restart(
+        store: &Arc<SlowReads>,
+        app: &App,
+        published: u64,
+    ) -> (Hubs, Arc<Connection>, Arc<Connection>, u32) {
+        let channel = ChannelName::parse("feed-1").unwrap();
+        let before = Hubs::new(Arc::new(NoWebhooks)).with_history_store(store.clone());
+        for n in 1..=published {
+            publish(&before, app, &format!("{{\"n\":{n}}}")).await;
+        }
+        let key = ChannelKey::new(&app.id, channel.clone());
+        let epoch = store.head(&key, &app.history[0]).await.unwrap().expect("stored").epoch;
+        let hubs = Hubs::new(Arc::new(NoWebhooks)).with_history_store(store.clone());
+        let hub = hubs.hub(&app.id);
+        let live = hub.connect(app, 1 << 20).unwrap();
+        hub.subscribe_from(app, &live, &channel, None, None, None).unwrap();
+        let resumer = hub.connect(app, 1 << 20).unwrap();
+        hub.subscribe_from(app, &resumer, &channel, None, Some(&format!("{epoch}:1")), None).unwrap();
+        (hubs, live, resumer, epoch)
+    }
+
+    #[tokio::test]
+    async fn events_published_while_a_resume_is_read_from_the_store_arrive_once_and_after_the_replay() {
+        let (app, store) = (app(), SlowReads::new());
+        let (hubs, live, resumer, epoch) = resuming_after_a_restart(&store, &app, 3).await;
+        for n in 4..=5 {
+            publish(&hubs, &app, &format!("{{\"n\":{n}}}")).await;
+        }
+        assert_eq!(received(&live).await.len(), 3, "subscription_succeeded, then 4 and 5 live");
+
+        store.gate.add_permits(1);
+        let seen = received_until_resume(&resumer).await;
+        let at = |offset: u64| format!("{epoch}:{offset}");
+        let expected = vec![
+            ("pusher_internal:subscription_succeeded".to_owned(), "{}".to_owned(), None),
+            item(2, &at(2)),
+            item(3, &at(3)),
+            item(4, &at(4)),
+            item(5, &at(5)),
+            resumed(true, &at(5)),
+        ];
+        assert_eq!(seen, expected, "4 and 5 were live while the store was read, and in its answer");
+
+        publish(&hubs, &app, "{\"n\":6}").await;
+        assert_eq!(received(&resumer).await, vec![item(6, &at(6))]);
+    }
+
+    #[tokio::test]
+    async fn an_event_in_the_replay_that_reaches_this_node_later_is_not_delivered_twice() {
+        let (app, store) = (app(), SlowReads::new());
+        let (hubs, live, resumer, epoch) = resuming_after_a_restart(&store, &app, 2).await;
+        let hub = hubs.hub(&app.id);
+        // Another node stores offset 3; its fan-out has not reached this node yet.
+        let key = ChannelKey::new(&app.id, ChannelName::parse("feed-1").unwrap());
+        let payload = br#"{"event":"item","channel":"feed-1","data":"{\"n\":3}"}"#;
+        let third =
+            store.append(&key, EventId::random(), payload, &app.history[0], Attempt::First).await.unwrap();
+        store.gate.add_permits(1);
+        let at = |offset: u64| format!("{epoch}:{offset}");
+        let seen = received_until_resume(&resumer).await;
+        assert_eq!(seen[1..], [item(2, &at(2)), item(3, &at(3)), resumed(true, &at(3))]);
+
+        let frame = stamp(&wsframe::frame(Opcode::Text, payload), &third.to_string());
+        hub.deliver(&app, "feed-1", &frame, None, Some(third), None);
+        publish(&hubs, &app, "{\"n\":4}").await;
+        assert_eq!(received(&resumer).await, vec![item(4, &at(4))], "3 came in the replay");
+        assert_eq!(received(&live).await[1..], [item(3, &at(3)), item(4, &at(4))]);
+    }
+
+    #[tokio::test]
+    async fn a_resume_that_waits_too_long_gives_up_holding_and_says_it_did_not_recover() {
+        let (app, store) = (app(), SlowReads::new());
+        let (hubs, _live, resumer, _) = resuming_after_a_restart(&store, &app, 2).await;
+        let published = RESUME_HOLD_EVENTS as u64 + 3;
+        for n in 0..published {
+            publish(&hubs, &app, &format!("{{\"n\":{n}}}")).await;
+        }
+        store.gate.add_permits(1);
+        let seen = received_until_resume(&resumer).await;
+        let live: Vec<&str> =
+            seen.iter().filter(|(event, _, _)| event == "item").map(|(_, data, _)| data.as_str()).collect();
+        let after_the_hold: Vec<String> =
+            (RESUME_HOLD_EVENTS as u64..published).map(|n| format!("{{\"n\":{n}}}")).collect();
+        assert_eq!(live, after_the_hold, "the events from the one that overflowed the hold on came live");
+        let (event, data, _) = seen.last().unwrap();
+        assert_eq!(event, "plexus:resume");
+        assert!(data.starts_with("{\"recovered\":false,"), "{data}");
     }
 }
