@@ -59,6 +59,7 @@
 pub mod access;
 pub mod app;
 pub mod cluster;
+mod crash_point;
 pub mod extension;
 pub mod history_store;
 pub mod hub;

@@ -100,7 +100,11 @@ function inspect(v) {
  * Starts plexus with `config` (TOML text). Returns
  * `{ port, proc, stop(), exited, stderrTail() }`; `exited` resolves with `{code, signal}`.
  */
-export async function startServer({ config = DEFAULT_CONFIG, startTimeout = 15000 } = {}) {
+/**
+ * Starts the plexus binary on `config`. `env` adds variables to its environment (those starting
+ * with `PLEXUS_` are otherwise removed: the file is the contract).
+ */
+export async function startServer({ config = DEFAULT_CONFIG, startTimeout = 15000, env: extraEnv = {} } = {}) {
   if (!existsSync(PLEXUS_BIN)) {
     throw new Error(
       `plexus binary not found at ${PLEXUS_BIN}; build it with ` +
@@ -120,6 +124,7 @@ export async function startServer({ config = DEFAULT_CONFIG, startTimeout = 1500
   }
   // Any free port for the metrics listener, so a server still exiting never blocks the next one.
   env.PLEXUS_METRICS_PORT = '0';
+  Object.assign(env, extraEnv);
 
   const proc = spawn(PLEXUS_BIN, ['serve', '--config', configPath], {
     env,
@@ -127,7 +132,9 @@ export async function startServer({ config = DEFAULT_CONFIG, startTimeout = 1500
   });
 
   const stderrLines = [];
+  const stderrWaiters = new Set();
   createInterface({ input: proc.stderr }).on('line', (line) => {
+    for (const waiter of stderrWaiters) waiter(line);
     stderrLines.push(line);
     if (stderrLines.length > 200) stderrLines.shift();
     if (process.env.PLEXUS_LOG) process.stderr.write(`[plexus] ${line}\n`);
@@ -173,6 +180,17 @@ export async function startServer({ config = DEFAULT_CONFIG, startTimeout = 1500
     proc,
     exited,
     stderrTail,
+    /** Resolves with the first stderr line (from now on) that matches `pattern`. */
+    stderrLine(pattern, timeout = TIMEOUT) {
+      let waiter;
+      const seen = new Promise((resolve) => {
+        waiter = (line) => {
+          if (pattern.test(line)) resolve(line);
+        };
+        stderrWaiters.add(waiter);
+      });
+      return withTimeout(seen, timeout, `a stderr line matching ${pattern}`).finally(() => stderrWaiters.delete(waiter));
+    },
     /** True when the process ended although nobody asked it to. */
     crashed: () => !stopping && (proc.exitCode !== null || proc.signalCode !== null),
     /** Sends `signal` (SIGTERM) and waits for the exit; SIGKILLs after `timeout` ms. */

@@ -21,7 +21,8 @@
 //!   sequencer gives it the next position and publishes it to everyone, so every node records
 //!   the same event at the same position and a client can resume on any of them. A new
 //!   sequencer (a node joined or died) starts a new epoch: positions from before resume with
-//!   `recovered: false`, never with a hole.
+//!   `recovered: false`, never with a hole. With a durable history store there is no
+//!   sequencer: the store numbers every node's appends (`hub/stored.rs`).
 //! - **Figures:** every [`ClusterOptions::load_every`] a node reports its connections and
 //!   event and message totals per app, unnumbered ([`super::load`]); [`ClusterNode::peer_loads`]
 //!   gives each peer's, for the dashboard's per-node charts.

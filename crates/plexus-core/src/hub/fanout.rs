@@ -55,7 +55,8 @@ impl AppHub {
     /// Fans one encoded frame out to every subscriber of `channel` except `except`; returns how
     /// many queues on this node received it. The frame's bytes are shared, never copied. In a
     /// cluster, an event of a history channel that another node numbers goes to that node, which
-    /// publishes it to everyone (this node too); it reaches nobody here before then.
+    /// publishes it to everyone (this node too); it reaches nobody here before then. With a
+    /// durable history store this node appends it itself.
     ///
     /// This is the encoded path for frames whose rules were checked elsewhere (client events,
     /// typed channels' topics); events from publishers go through [`AppHub::publish`].
@@ -81,7 +82,10 @@ impl AppHub {
         let Some(rule) = app.history_rule(channel) else {
             return self.publish_plain(channel, frame, except, keep);
         };
-        match self.cluster.as_ref().and_then(|c| c.sequencer(&self.app_id, channel)) {
+        // With a durable store the store numbers every node's appends, so no node hands its
+        // events to another: there is nothing to sequence.
+        let sequencer = self.cluster.as_ref().filter(|_| self.stored.is_none());
+        match sequencer.and_then(|c| c.sequencer(&self.app_id, channel)) {
             Some(by) => {
                 self.announce(Update::Sequence { channel, frame, except, by, keep });
                 0

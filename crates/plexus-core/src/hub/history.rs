@@ -207,7 +207,10 @@ impl AppHub {
         // numbered it (itself or through the store).
         let (frame, announced) = match numbering {
             Numbering::At(position) => {
-                if !history.record_numbered(position, now, frame.clone()) {
+                // With a durable store every node appends, so two nodes' events can arrive in
+                // another order than the store gave them: one behind a later position held here
+                // is still delivered (each reaches this node once), just not kept in memory.
+                if !history.record_numbered(position, now, frame.clone()) && self.stored.is_none() {
                     return 0;
                 }
                 (frame.clone(), None)

@@ -8,9 +8,13 @@
 //!   channel's offsets follow its publish order), then stamps and delivers each event in that
 //!   order exactly as an event numbered in memory. A publisher that waits (the HTTP API) learns
 //!   whether the store took the event: if not, nothing was delivered and it answers 503.
-//! - **When the store fails** for an event nobody waits for (a client event, or one another
-//!   node handed over for numbering), it is still delivered live, without a position, and
-//!   counted in `plexus_history_store_errors_total`: live subscribers lose nothing, and a later
+//! - **Every node appends what is published on it.** The store serialises appenders (every
+//!   store passes the contract's concurrent-appenders step), so no event is handed to another
+//!   node to number, and none is lost with a node that dies holding someone else's event. A node
+//!   that dies after the store took an event and before delivering it leaves it in the store:
+//!   live subscribers never get it, a resume replays it (`29-history-crash.test.js`).
+//! - **When the store fails** for an event nobody waits for (a client event, a bridged
+//!   message), it is still delivered live, without a position, and counted in `plexus_history_store_errors_total`: live subscribers lose nothing, and a later
 //!   resume from a position around it says `recovered: false`.
 //! - **Resuming from the store** happens on a task after the subscription. Meanwhile the
 //!   channel's live events for that subscriber wait in a [`Hold`]; once the store answers, the
@@ -34,6 +38,7 @@ use super::history::{resume_frame, stamp, stamped_position, Numbering};
 use super::{lock, write, AppHub, Connection};
 use crate::app::HistoryRule;
 use crate::cluster::Keep;
+use crate::crash_point::{self, CrashPoint};
 use crate::history_store::{Attempt, ChannelKey, EventId, HistoryStore, Position, ReadAfter, StoreError};
 
 /// Events waiting for the store, per app. A full queue refuses more (503 to a waiting
@@ -295,6 +300,7 @@ async fn append_in_order(
             });
             lanes[lane].push(index);
         }
+        crash_point::reached(CrashPoint::BeforeHistoryAppend).await;
         let (store, keys, payloads, batch_ref) = (&store, &keys, &payloads, &batch);
         let appended = futures_util::future::join_all(lanes.iter().map(|lane| async move {
             let mut positions = Vec::with_capacity(lane.len());
@@ -311,6 +317,9 @@ async fn append_in_order(
             (0..batch.len()).map(|_| None).collect();
         for (index, position) in appended.into_iter().flatten() {
             positions[index] = Some(position);
+        }
+        if positions.iter().any(|position| matches!(position, Some(Ok(_)))) {
+            crash_point::reached(CrashPoint::AfterHistoryAppend).await;
         }
         let Some(hub) = hub.upgrade() else { return };
         for (pending, position) in batch.drain(..).zip(positions) {
