@@ -20,6 +20,7 @@ use plexus_realtime_core::cluster::wire::{self, Body};
 use plexus_realtime_core::cluster::{
     ClusterLink, ClusterNode, ClusterOptions, MemoryBus, MemoryTransport, NodeId,
 };
+use plexus_realtime_core::history_store::{HistoryStore, MemoryHistoryStore};
 use plexus_realtime_core::hub::{Event, Member};
 use plexus_realtime_core::webhook::{WebhookEvent, WebhookSink};
 use plexus_realtime_core::{App, AppHub, AppStore, Connection, Hubs, MemoryAppStore};
@@ -143,6 +144,12 @@ impl Cluster {
     /// Nodes with these ids (the lowest live one leads), settled: each has heard the others and
     /// holds their state, and the leader is chosen.
     async fn start(ids: &[NodeId]) -> Cluster {
+        Cluster::start_keeping_history(ids, None).await
+    }
+
+    /// [`Cluster::start`], the nodes keeping history in `store` when given (as with
+    /// `history = "bus"`) instead of their memory.
+    async fn start_keeping_history(ids: &[NodeId], store: Option<Arc<dyn HistoryStore>>) -> Cluster {
         let bus = MemoryBus::new();
         let app = Arc::new(app());
         let apps: Arc<dyn AppStore> = Arc::new(MemoryAppStore::new([(*app).clone()]).unwrap());
@@ -153,7 +160,11 @@ impl Cluster {
             let transport = bus.connect("test", id, inbound_tx);
             let sender = Arc::new(Sender { node: id, log: webhooks.clone() });
             let cluster = ClusterNode::new(id, transport.clone(), sender, OPTIONS);
-            let hubs = Arc::new(Hubs::clustered(cluster.webhooks(), cluster.clone()));
+            let hubs = Hubs::clustered(cluster.webhooks(), cluster.clone());
+            let hubs = Arc::new(match &store {
+                Some(store) => hubs.with_history_store(store.clone()),
+                None => hubs,
+            });
             let receiving = tokio::spawn(cluster.clone().run(hubs.clone(), apps.clone(), inbound));
             nodes.push(Node { id, transport, cluster, hubs, receiving });
         }
@@ -631,6 +642,27 @@ async fn a_history_event_published_while_its_numbering_node_is_dying_still_reach
     pass(OPTIONS.lease + OPTIONS.heartbeat).await;
     let got: Vec<String> = events(&reader.received()).into_iter().map(|(data, _)| data).collect();
     assert_eq!(got, ["during the lease"]);
+}
+
+/// The same moment with history in a durable store: no node numbers for the others (the store
+/// does), so the publishing node appends and delivers the event itself, and it reaches the
+/// subscribers at its position though the node that would have numbered it is dead.
+#[tokio::test(start_paused = true)]
+async fn with_a_durable_store_a_history_event_published_while_a_node_is_dying_reaches_subscribers() {
+    let store: Arc<dyn HistoryStore> = Arc::new(MemoryHistoryStore::new());
+    let cluster = Cluster::start_keeping_history(&[1, 2], Some(store)).await;
+    let channel = channel_numbered_by(&cluster, 2);
+    let reader = cluster.client(1);
+    reader.subscribe(&channel);
+    settle().await;
+    reader.received();
+    cluster.node(2).kill();
+    cluster.publish(1, &channel, "during the lease");
+    pass(OPTIONS.heartbeat).await;
+    let got = events(&reader.received());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "during the lease");
+    assert!(got[0].1.ends_with(":1"), "the store's first position: {got:?}");
 }
 
 /// The dashboard's per-node subscriptions: each node's own sockets and every peer's reported
