@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{app, data_of, TestServer};
 use plexus_core::app::HistoryRule;
-use plexus_core::hub::{Event, PublishError, HISTORY_APPEND_BATCH, HISTORY_APPEND_QUEUE};
+use plexus_core::hub::{Event, PublishError, HISTORY_APPENDS_IN_FLIGHT, HISTORY_APPEND_QUEUE};
 use plexus_server::config::{AdapterConfig, AdapterDriver, HistoryPlace};
 use plexus_transport_tests::{free_port, unique_prefix, ServerProcess, RECONNECT_WAIT};
 
@@ -152,8 +152,8 @@ async fn history_publishes_past_the_append_queue_are_refused_while_the_store_is_
     };
 
     bus.pause();
-    // What the queue holds, plus one round the appender may have taken out and sent already.
-    let fits = HISTORY_APPEND_QUEUE + HISTORY_APPEND_BATCH;
+    // What the queue holds, plus what the appender may have taken out and sent already.
+    let fits = HISTORY_APPEND_QUEUE + HISTORY_APPENDS_IN_FLIGHT;
     let mut accepted: Vec<_> = (0..fits).map(publish).collect();
     let first = accepted.remove(0).stored();
     tokio::pin!(first);

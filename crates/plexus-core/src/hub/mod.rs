@@ -64,7 +64,9 @@ pub use history::{HistorySnapshot, Position};
 pub use publish::{Event, Prepared, PublishError, Published};
 pub use registry::{ChannelSummary, JoinError, Member};
 pub use replica::{LocalShare, NodeSubscriptions};
-pub use stored::{HISTORY_APPEND_BATCH, HISTORY_APPEND_QUEUE, HISTORY_CONCURRENT_READS, RESUME_HOLD_EVENTS};
+pub use stored::{
+    HISTORY_APPENDS_IN_FLIGHT, HISTORY_APPEND_QUEUE, HISTORY_CONCURRENT_READS, RESUME_HOLD_EVENTS,
+};
 
 use cache::{CacheSlot, CacheUsage};
 use fanout::MirrorSlot;

@@ -4,9 +4,9 @@
 //! (this node restarted, or it never saw those events) is caught up from the store.
 //!
 //! - **Store, then fan out.** An event to number goes into the app's bounded append queue; one
-//!   task appends what has queued up (one round trip for a batch, in queue order, so one
-//!   channel's offsets follow its publish order), then stamps and delivers each event in that
-//!   order exactly as an event numbered in memory. A publisher that waits (the HTTP API) learns
+//!   task keeps up to 64 appends going at once, one channel's one after another (so its offsets
+//!   follow its publish order), and stamps and delivers each event as soon as it is stored,
+//!   exactly as an event numbered in memory. A publisher that waits (the HTTP API) learns
 //!   whether the store took the event: if not, nothing was delivered and it answers 503.
 //! - **Every node appends what is published on it.** The store serialises appenders (every
 //!   store passes the contract's concurrent-appenders step), so no event is handed to another
@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use plexus_protocol::filter::SubscriptionFilter;
 use plexus_protocol::wsframe::{self, Opcode};
 use plexus_protocol::{ChannelName, SocketId};
@@ -39,14 +40,14 @@ use super::{lock, write, AppHub, Connection};
 use crate::app::HistoryRule;
 use crate::cluster::Keep;
 use crate::crash_point::{self, CrashPoint};
-use crate::history_store::{Attempt, ChannelKey, EventId, HistoryStore, Position, ReadAfter, StoreError};
+use crate::history_store::{Attempt, ChannelKey, EventId, HistoryStore, Position, ReadAfter};
 
 /// Events waiting for the store, per app. A full queue refuses more (503 to a waiting
 /// publisher) rather than growing while the store is slow.
 pub const HISTORY_APPEND_QUEUE: usize = 4096;
 
-/// Most appends sent to the store in one round.
-pub const HISTORY_APPEND_BATCH: usize = 64;
+/// Most appends an app has going to the store at once (one channel's go one after another).
+pub const HISTORY_APPENDS_IN_FLIGHT: usize = 64;
 
 /// Resumes read from the store at once, per app; more wait their turn. A crowd reconnecting
 /// after a deploy (or someone subscribing with made-up positions) queues here rather than
@@ -275,78 +276,94 @@ impl AppHub {
     }
 }
 
-/// The appender: takes what has queued up, appends it in one round, then delivers each event in
-/// queue order.
+/// The appender: keeps up to [`HISTORY_APPENDS_IN_FLIGHT`] appends going at once. Each event
+/// waits for the one before it on its channel to be appended and delivered, so a channel's
+/// offsets and deliveries follow its publish order, while other channels' appends overlap (and a
+/// store with one connection pipelines them).
 async fn append_in_order(
     store: Arc<dyn HistoryStore>,
     app_id: Arc<str>,
     hub: Weak<AppHub>,
     mut queue: mpsc::Receiver<PendingAppend>,
 ) {
-    let mut batch = Vec::with_capacity(HISTORY_APPEND_BATCH);
-    while queue.recv_many(&mut batch, HISTORY_APPEND_BATCH).await > 0 {
-        let keys: Vec<ChannelKey> =
-            batch.iter().map(|pending| ChannelKey::new(&app_id, pending.channel.clone())).collect();
-        let payloads: Vec<Bytes> =
-            batch.iter().map(|pending| wsframe::server_frame_payload(&pending.frame)).collect();
-        // One lane per channel: a channel's events are appended one after another, so their
-        // offsets follow publish order; different channels' lanes run at once.
-        let mut lanes: Vec<Vec<usize>> = Vec::new();
-        let mut lane_of: HashMap<&ChannelName, usize> = HashMap::new();
-        for (index, pending) in batch.iter().enumerate() {
-            let lane = *lane_of.entry(&pending.channel).or_insert_with(|| {
-                lanes.push(Vec::new());
-                lanes.len() - 1
-            });
-            lanes[lane].push(index);
-        }
-        crash_point::reached(CrashPoint::BeforeHistoryAppend).await;
-        let (store, keys, payloads, batch_ref) = (&store, &keys, &payloads, &batch);
-        let appended = futures_util::future::join_all(lanes.iter().map(|lane| async move {
-            let mut positions = Vec::with_capacity(lane.len());
-            for &index in lane {
-                let rule = &batch_ref[index].rule;
-                let appended =
-                    store.append(&keys[index], EventId::random(), &payloads[index], rule, Attempt::First);
-                positions.push((index, appended.await));
+    let mut in_flight = FuturesUnordered::new();
+    // Per channel: the newest event on its way (a number, and what the next event waits for).
+    let mut newest: HashMap<ChannelName, (u64, oneshot::Receiver<()>)> = HashMap::new();
+    let mut numbered = 0u64;
+    loop {
+        tokio::select! {
+            Some((channel, number)) = in_flight.next(), if !in_flight.is_empty() => {
+                if newest.get(&channel).is_some_and(|(newest, _)| *newest == number) {
+                    newest.remove(&channel);
+                }
             }
-            positions
-        }))
-        .await;
-        let mut positions: Vec<Option<Result<Position, StoreError>>> =
-            (0..batch.len()).map(|_| None).collect();
-        for (index, position) in appended.into_iter().flatten() {
-            positions[index] = Some(position);
-        }
-        if positions.iter().any(|position| matches!(position, Some(Ok(_)))) {
-            crash_point::reached(CrashPoint::AfterHistoryAppend).await;
-        }
-        let Some(hub) = hub.upgrade() else { return };
-        for (pending, position) in batch.drain(..).zip(positions) {
-            match position.expect("every queued event is in one lane") {
-                Ok(position) => {
-                    let keep = pending.keep.as_ref().map(|(data, ttl)| Keep { data, ttl: *ttl });
-                    let channel = pending.channel.as_str();
-                    let numbering = Numbering::Stored(position);
-                    hub.deliver_recorded(
-                        &pending.rule,
-                        channel,
-                        &pending.frame,
-                        pending.except,
-                        numbering,
-                        keep,
-                    );
-                    if let Some(reply) = pending.reply {
-                        let _ = reply.send(true);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(app = %app_id, channel = %pending.channel, %error, "history store append failed");
-                    hub.store_failed(pending);
-                }
+            pending = queue.recv(), if in_flight.len() < HISTORY_APPENDS_IN_FLIGHT => {
+                let Some(pending) = pending else { break };
+                numbered += 1;
+                let (appended, next_may_go) = oneshot::channel();
+                let before = newest.insert(pending.channel.clone(), (numbered, next_may_go)).map(|(_, before)| before);
+                let turn = Turn { number: numbered, before, appended };
+                in_flight.push(append_one(store.clone(), app_id.clone(), hub.clone(), pending, turn));
             }
         }
     }
+    while in_flight.next().await.is_some() {}
+}
+
+/// One event's place in its channel's line.
+struct Turn {
+    number: u64,
+    /// Resolves once the event before it on its channel is appended and delivered.
+    before: Option<oneshot::Receiver<()>>,
+    /// Tells the next event on the channel that this one is done.
+    appended: oneshot::Sender<()>,
+}
+
+/// Appends one event in its turn, then delivers it, or fails it; answers its channel and number.
+async fn append_one(
+    store: Arc<dyn HistoryStore>,
+    app_id: Arc<str>,
+    hub: Weak<AppHub>,
+    pending: PendingAppend,
+    turn: Turn,
+) -> (ChannelName, u64) {
+    if let Some(before) = turn.before {
+        // An error only means the event before was dropped with its hub: its turn is over too.
+        let _ = before.await;
+    }
+    crash_point::reached(CrashPoint::BeforeHistoryAppend).await;
+    let key = ChannelKey::new(&app_id, pending.channel.clone());
+    let payload = wsframe::server_frame_payload(&pending.frame);
+    let appended = store.append(&key, EventId::random(), &payload, &pending.rule, Attempt::First).await;
+    if appended.is_ok() {
+        crash_point::reached(CrashPoint::AfterHistoryAppend).await;
+    }
+    let channel = pending.channel.clone();
+    if let Some(hub) = hub.upgrade() {
+        match appended {
+            Ok(position) => {
+                let keep = pending.keep.as_ref().map(|(data, ttl)| Keep { data, ttl: *ttl });
+                let numbering = Numbering::Stored(position);
+                hub.deliver_recorded(
+                    &pending.rule,
+                    channel.as_str(),
+                    &pending.frame,
+                    pending.except,
+                    numbering,
+                    keep,
+                );
+                if let Some(reply) = pending.reply {
+                    let _ = reply.send(true);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(app = %app_id, channel = %channel, %error, "history store append failed");
+                hub.store_failed(pending);
+            }
+        }
+    }
+    let _ = turn.appended.send(());
+    (channel, turn.number)
 }
 
 #[cfg(test)]
