@@ -72,9 +72,15 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// refuses a stream whose `max_age` is below this window, so it is also the least `max_age`.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// Appends lost to another appender before giving up: each loss means another append to the
-/// same channel succeeded, so this many in a row is contention no caller can wait out.
-const MAX_ATTEMPTS: usize = 20;
+/// How long an append keeps retrying after losing races to other appenders of the same channel
+/// (other nodes: every node appends what is published on it). Each loss means another append
+/// succeeded; an appender that knows its tail needs one round trip where a loser needs two (it
+/// reads the new tail first), so a loser waits out the other's burst rather than counting
+/// attempts, which a steady stream of the other's appends would exhaust.
+const CONTENDED_FOR: Duration = Duration::from_secs(2);
+
+/// The longest pause, before jitter, between lost races: pauses double from 100 µs up to this.
+const MAX_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Channels whose last message is remembered. Past this, channels nobody is appending to are
 /// forgotten: the next append to one of them first reads its last message again.
@@ -256,8 +262,8 @@ enum HistoryError {
     TimedOut(Duration),
     #[error("message {seq} on {subject} was not written by plexus: {why}")]
     Foreign { subject: String, seq: u64, why: &'static str },
-    #[error("{attempts} appends in a row to {subject} lost to other appenders")]
-    Contended { subject: String, attempts: usize },
+    #[error("{attempts} appends in a row to {subject} lost to other appenders within {CONTENDED_FOR:?}")]
+    Contended { subject: String, attempts: u32 },
     #[error("event {id} was already stored on another channel ({subject})")]
     IdOnOtherChannel { id: EventId, subject: String },
     #[error("event {id} was stored at stream sequence {seq}, which is no longer retained")]
@@ -367,7 +373,16 @@ impl JetStreamHistory {
         let slot = self.tail(&subject);
         let mut tail = slot.lock().await;
         let mut recreated = false;
-        for _ in 0..MAX_ATTEMPTS {
+        let contended_until = tokio::time::Instant::now() + CONTENDED_FOR;
+        let mut attempts = 0u32;
+        while attempts == 0 || tokio::time::Instant::now() < contended_until {
+            if attempts > 0 {
+                // Jittered, so two losers do not collide again in step.
+                let ceiling = Duration::from_micros(100 << attempts.min(7)).min(MAX_BACKOFF);
+                let jitter = u64::from(random_epoch()) % (ceiling.as_micros() as u64 + 1);
+                tokio::time::sleep(Duration::from_micros(jitter)).await;
+            }
+            attempts += 1;
             // Unknown until the outcome is: should this future be dropped mid-publish, the
             // next append reads the last message instead of trusting a stale one.
             let known = match std::mem::replace(&mut *tail, Tail::Unknown) {
@@ -401,7 +416,7 @@ impl JetStreamHistory {
                 Err(err) => return Err(publish_error(err)),
             }
         }
-        Err(StoreError::unavailable(HistoryError::Contended { subject, attempts: MAX_ATTEMPTS }))
+        Err(StoreError::unavailable(HistoryError::Contended { subject, attempts }))
     }
 
     async fn publish(
@@ -539,18 +554,31 @@ impl JetStreamHistory {
         let limit = usize::try_from(limit).ok().filter(|limit| *limit > 0).unwrap_or(UNLIMITED_READ);
         let count = limit.max(rule.size.saturating_add(1));
         let read = async {
-            let mut messages =
-                consumer.fetch().max_messages(count).messages().await.map_err(StoreError::unavailable)?;
-            let (now, mut retained) = (now(), Vec::new());
-            while let Some(message) = messages.next().await {
-                let stored = parse_delivered(message.map_err(StoreError::unavailable)?)?;
-                if stored.seq > head.seq {
-                    break;
+            let (now, mut retained, mut fetched) = (now(), Vec::new(), 0);
+            // A fetch answers with what the server has ready, which under load can be part of
+            // the batch: fetch again until the head is reached or nothing more comes.
+            'fetches: while fetched < count {
+                let mut messages = consumer
+                    .fetch()
+                    .max_messages(count - fetched)
+                    .messages()
+                    .await
+                    .map_err(StoreError::unavailable)?;
+                let before = fetched;
+                while let Some(message) = messages.next().await {
+                    fetched += 1;
+                    let stored = parse_delivered(message.map_err(StoreError::unavailable)?)?;
+                    if stored.seq > head.seq {
+                        break 'fetches;
+                    }
+                    if stored.epoch == head.epoch && stored.offset > after.offset {
+                        retained.push((stored.offset, age(stored.stored_at, now), stored.payload));
+                    }
+                    if stored.seq == head.seq {
+                        break 'fetches;
+                    }
                 }
-                if stored.epoch == head.epoch && stored.offset > after.offset {
-                    retained.push((stored.offset, age(stored.stored_at, now), stored.payload));
-                }
-                if stored.seq == head.seq {
+                if fetched == before {
                     break;
                 }
             }
