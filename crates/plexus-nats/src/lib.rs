@@ -7,6 +7,11 @@
 //! - Subjects: `{prefix}.all` for [`Route::All`] and `{prefix}.node.{id}` for [`Route::Node`];
 //!   the prefix separates clusters sharing one NATS server. `{prefix}.probe.{id}`, which
 //!   nobody subscribes to, serves to confirm subscriptions (see `round_trip`).
+//! - Topics: `{prefix}.t.{topic}.e` for events and `.s` for state. A node listening to a topic
+//!   at all subscribes to `{prefix}.t.{topic}.*`, one subscription, so one sender's events and
+//!   state arrive in the order sent; listening for state only drops the events on arrival, so
+//!   that raising or lowering the level never re-subscribes (and never loses state). The price:
+//!   a state-only listener still receives the topic's events over the wire.
 //! - The connection is made with `no_echo`, so a node does not receive its own broadcasts.
 //! - [`Transport::send`] hands the message to one pump task through a bounded backlog (see
 //!   `backlog`), so order is kept and `send` never blocks.
@@ -43,8 +48,10 @@ pub mod bridge;
 pub mod history;
 pub mod mirror;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +60,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 // The transport contract this crate implements, re-exported so a user needs no other import.
 use plexus_core::cluster::redact_url;
-pub use plexus_core::cluster::{Inbound, InboundSender, NodeId, Route, Transport, TransportError};
+pub use plexus_core::cluster::{
+    Inbound, InboundSender, Kind, Listen, ListenFuture, NodeId, Route, Topic, Transport, TransportError,
+    Unconfirmed,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -79,9 +89,20 @@ pub struct NatsTransport {
     prefix: String,
     node: NodeId,
     backlog: Backlog,
-    /// For `flush` (the pump owns its own handle).
+    /// For `flush` and `listen` (the pump owns its own handle).
     client: Client,
+    probe: Subject,
+    inbound: InboundSender,
     tasks: Vec<JoinHandle<()>>,
+    /// The topics listened to; one `listen` at a time changes them.
+    topics: tokio::sync::Mutex<HashMap<Topic, TopicSubscription>>,
+}
+
+/// One listened topic: the task forwarding its subscription, and whether events pass.
+#[derive(Debug)]
+struct TopicSubscription {
+    events: Arc<AtomicBool>,
+    forwarding: JoinHandle<()>,
 }
 
 impl fmt::Debug for NatsTransport {
@@ -106,6 +127,39 @@ impl Transport for NatsTransport {
         self.backlog.push(route, message);
     }
 
+    fn listen<'a>(&'a self, topic: &'a Topic, listen: Listen) -> ListenFuture<'a> {
+        Box::pin(async move {
+            let mut topics = self.topics.lock().await;
+            let events = listen == Listen::Everything;
+            if listen == Listen::Nothing {
+                if let Some(listened) = topics.remove(topic) {
+                    // Once the forwarding task has stopped nothing more of the topic arrives;
+                    // dropping its subscription unsubscribes.
+                    listened.forwarding.abort();
+                    let _ = listened.forwarding.await;
+                }
+                return Ok(());
+            }
+            if let Some(listened) = topics.get(topic) {
+                listened.events.store(events, Ordering::Relaxed);
+                return Ok(());
+            }
+            let unconfirmed = |reason: String| Unconfirmed { topic: topic.clone(), reason };
+            let subject = Subject::from(format!("{}.t.{topic}.*", self.prefix));
+            let subscription = self
+                .client
+                .subscribe(subject)
+                .await
+                .map_err(|err| unconfirmed(format!("subscribe: {err}")))?;
+            let events = Arc::new(AtomicBool::new(events));
+            let forwarding = tokio::spawn(forward_topic(subscription, events.clone(), self.inbound.clone()));
+            topics.insert(topic.clone(), TopicSubscription { events, forwarding });
+            // async-nats keeps the subscription (and restores it after a reconnect) even when
+            // this round trip fails: the listen stands, unconfirmed.
+            round_trip(&self.client, self.probe.clone()).await.map_err(unconfirmed)
+        })
+    }
+
     fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             self.backlog.taken().await;
@@ -119,6 +173,9 @@ impl Drop for NatsTransport {
         // The pump is not aborted: it ends by itself once the backlog is drained.
         for task in &self.tasks {
             task.abort();
+        }
+        for listened in self.topics.get_mut().values() {
+            listened.forwarding.abort();
         }
     }
 }
@@ -190,10 +247,19 @@ pub async fn connect_with(
     let tasks = vec![
         tokio::spawn(forward(all_sub, inbound.clone())),
         tokio::spawn(forward(mine_sub, inbound.clone())),
-        tokio::spawn(supervise(events_rx, client.clone(), probe, inbound)),
+        tokio::spawn(supervise(events_rx, client.clone(), probe.clone(), inbound.clone())),
     ];
-    tokio::spawn(pump(client.clone(), backlog_rx, all, format!("{prefix}.node.")));
-    Ok(Arc::new(NatsTransport { prefix: prefix.to_owned(), node, backlog, client, tasks }))
+    tokio::spawn(pump(client.clone(), backlog_rx, all, prefix.to_owned()));
+    Ok(Arc::new(NatsTransport {
+        prefix: prefix.to_owned(),
+        node,
+        backlog,
+        client,
+        probe,
+        inbound,
+        tasks,
+        topics: Default::default(),
+    }))
 }
 
 /// What every connection of this crate is opened with, the transport's and the history
@@ -272,12 +338,14 @@ async fn round_trip(client: &Client, probe: Subject) -> Result<(), String> {
 }
 
 /// Publishes the backlog in order until the transport is dropped and the backlog is drained.
-async fn pump(client: Client, mut backlog: BacklogReceiver, all: Subject, node_prefix: String) {
+async fn pump(client: Client, mut backlog: BacklogReceiver, all: Subject, prefix: String) {
     let mut failures: u64 = 0;
     while let Some((route, message)) = backlog.recv().await {
         let subject = match route {
             Route::All => all.clone(),
-            Route::Node(id) => Subject::from(format!("{node_prefix}{id}")),
+            Route::Node(id) => Subject::from(format!("{prefix}.node.{id}")),
+            Route::Topic(topic, Kind::Event) => Subject::from(format!("{prefix}.t.{topic}.e")),
+            Route::Topic(topic, Kind::State) => Subject::from(format!("{prefix}.t.{topic}.s")),
         };
         let len = message.len();
         // While disconnected this waits for room in async-nats's own queue; meanwhile our
@@ -296,6 +364,18 @@ async fn pump(client: Client, mut backlog: BacklogReceiver, all: Subject, node_p
 /// Moves one subscription's messages into the inbound channel.
 async fn forward(mut subscriber: Subscriber, inbound: InboundSender) {
     while let Some(message) = subscriber.next().await {
+        if inbound.send(Inbound::Message(message.payload)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Moves a topic's messages into the inbound channel; events only while `events` says so.
+async fn forward_topic(mut subscriber: Subscriber, events: Arc<AtomicBool>, inbound: InboundSender) {
+    while let Some(message) = subscriber.next().await {
+        if message.subject.ends_with(".e") && !events.load(Ordering::Relaxed) {
+            continue;
+        }
         if inbound.send(Inbound::Message(message.payload)).is_err() {
             return;
         }

@@ -9,6 +9,12 @@
 //!
 //! - Channels: `{prefix}:all` for [`Route::All`] and `{prefix}:node:{id}` for [`Route::Node`];
 //!   the prefix separates clusters sharing one Redis. Payloads are binary-safe.
+//! - Topics: `{prefix}:t:{topic}:e` for events and `:s` for state, subscribed on the same
+//!   pub/sub connection (so one sender's events and state keep their order): `:s` while a node
+//!   listens for state, both while it listens to everything. A message of a topic (or kind)
+//!   the node no longer listens to is dropped on arrival, so once a `listen` resolves nothing
+//!   the node left arrives, even what Redis had already sent. After a reconnect every topic is
+//!   subscribed again before [`Inbound::Connected`].
 //! - Redis delivers a node's broadcasts back to itself; the cluster layer ignores them.
 //! - Publishing: [`Transport::send`] hands the message to one pump task through a bounded
 //!   backlog (see `backlog`), which sends what has queued up as one pipeline over one
@@ -49,6 +55,7 @@ pub mod history;
 
 pub use history::RedisHistory;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -58,9 +65,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 // The transport contract this crate implements, re-exported so a user needs no other import.
 use plexus_core::cluster::redact_url;
-pub use plexus_core::cluster::{Inbound, InboundSender, NodeId, Route, Transport, TransportError};
+pub use plexus_core::cluster::{
+    Inbound, InboundSender, Kind, Listen, ListenFuture, NodeId, Route, Topic, Transport, TransportError,
+    Unconfirmed,
+};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Client, RedisError, TlsCertificates};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use plexus_core::cluster::backlog::{backlog, Backlog, BacklogReceiver};
@@ -88,6 +99,16 @@ pub struct RedisTransport {
     node: NodeId,
     backlog: Backlog,
     subscriber: JoinHandle<()>,
+    /// Changes of listening, carried out by the subscriber task (it owns the connection).
+    listens: mpsc::UnboundedSender<ListenRequest>,
+}
+
+/// A change of listening, and who waits for Redis to confirm it.
+#[derive(Debug)]
+struct ListenRequest {
+    topic: Topic,
+    listen: Listen,
+    confirmed: oneshot::Sender<Result<(), String>>,
 }
 
 impl fmt::Debug for RedisTransport {
@@ -112,6 +133,17 @@ impl Transport for RedisTransport {
         self.backlog.push(route, message);
     }
 
+    fn listen<'a>(&'a self, topic: &'a Topic, listen: Listen) -> ListenFuture<'a> {
+        Box::pin(async move {
+            let unconfirmed = |reason: String| Unconfirmed { topic: topic.clone(), reason };
+            let (confirmed, answer) = oneshot::channel();
+            let request = ListenRequest { topic: topic.clone(), listen, confirmed };
+            self.listens.send(request).map_err(|_| unconfirmed("the transport is closed".to_owned()))?;
+            // While Redis is away the request waits for the reconnect, which applies it.
+            answer.await.map_err(|_| unconfirmed("the transport is closed".to_owned()))?.map_err(unconfirmed)
+        })
+    }
+
     fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         // The publisher pipelines what it takes and awaits the reply before taking more.
         Box::pin(self.backlog.taken())
@@ -131,6 +163,8 @@ struct Channels {
     mine: String,
     /// `{prefix}:node:`, completed by a node id.
     node_prefix: String,
+    /// `{prefix}:t:`, completed by a topic and its kind.
+    topic_prefix: String,
 }
 
 impl Channels {
@@ -139,9 +173,39 @@ impl Channels {
             all: format!("{prefix}:all"),
             mine: format!("{prefix}:node:{node}"),
             node_prefix: format!("{prefix}:node:"),
+            topic_prefix: format!("{prefix}:t:"),
         }
     }
+
+    fn topic(&self, topic: &Topic, kind: Kind) -> String {
+        let kind = match kind {
+            Kind::Event => 'e',
+            Kind::State => 's',
+        };
+        format!("{}{topic}:{kind}", self.topic_prefix)
+    }
+
+    /// The channels a node listening to `topic` at `level` is subscribed to.
+    fn listened(&self, topic: &Topic, level: Listen) -> Vec<String> {
+        [Kind::State, Kind::Event]
+            .into_iter()
+            .filter(|kind| level.takes(*kind))
+            .map(|kind| self.topic(topic, kind))
+            .collect()
+    }
+
+    /// Whether a message on `channel` is one this node listens to: every message of its own
+    /// channels, and a topic's message while the topic is listened to at a level taking its kind.
+    fn wanted(&self, channel: &str, topics: &HashMap<Topic, Listen>) -> bool {
+        let Some(topic_and_kind) = channel.strip_prefix(&self.topic_prefix) else { return true };
+        let Some((topic, kind)) = topic_and_kind.rsplit_once(':') else { return false };
+        let kind = if kind == "e" { Kind::Event } else { Kind::State };
+        topics.get(topic).is_some_and(|level| level.takes(kind))
+    }
 }
+
+/// The topics a node listens to, and how much of each.
+type Topics = HashMap<Topic, Listen>;
 
 /// Connects node `node` of the cluster named `prefix` to the Redis at `url` (e.g.
 /// `redis://10.0.0.5:6379`, `redis://:password@host/`) and reports what arrives, and
@@ -174,13 +238,15 @@ pub async fn connect_with(
     let channels = Channels::new(prefix, node);
 
     let publisher = open_publisher(&client).await.map_err(connect_error)?;
-    let (sink, stream) = open_subscriber(&client, &channels).await.map_err(connect_error)?;
+    let (sink, stream) = open_subscriber(&client, &channels, &Topics::new()).await.map_err(connect_error)?;
 
     let (backlog, backlog_rx) = backlog("redis");
-    let subscriber =
-        tokio::spawn(subscribe(client.clone(), channels.clone(), sink, stream, inbound, LIVENESS));
+    let (listens, listen_requests) = mpsc::unbounded_channel();
+    let connection =
+        Subscriber { client: client.clone(), channels: channels.clone(), inbound, liveness: LIVENESS };
+    let subscriber = tokio::spawn(subscribe(connection, sink, stream, listen_requests));
     tokio::spawn(pump(client, publisher, backlog_rx, channels));
-    Ok(Arc::new(RedisTransport { prefix: prefix.to_owned(), node, backlog, subscriber }))
+    Ok(Arc::new(RedisTransport { prefix: prefix.to_owned(), node, backlog, subscriber, listens }))
 }
 
 /// Refuses prefixes that would make channel names hard to read or type: empty, or with
@@ -253,11 +319,17 @@ async fn open_publisher(client: &Client) -> Result<MultiplexedConnection, String
     client.get_multiplexed_async_connection_with_config(&config).await.map_err(|err| describe(&err))
 }
 
-/// A pub/sub connection subscribed to this node's channels, confirmed by Redis.
-async fn open_subscriber(client: &Client, channels: &Channels) -> Result<(PubSubSink, PubSubStream), String> {
+/// A pub/sub connection subscribed to this node's channels and `topics`, confirmed by Redis.
+async fn open_subscriber(
+    client: &Client,
+    channels: &Channels,
+    topics: &Topics,
+) -> Result<(PubSubSink, PubSubStream), String> {
     let open = async {
         let (mut sink, stream) = client.get_async_pubsub().await.map_err(|err| describe(&err))?.split();
-        sink.subscribe(&[&channels.all, &channels.mine]).await.map_err(|err| format!("subscribe: {err}"))?;
+        let mut names = vec![channels.all.clone(), channels.mine.clone()];
+        names.extend(topics.iter().flat_map(|(topic, level)| channels.listened(topic, *level)));
+        sink.subscribe(&names).await.map_err(|err| format!("subscribe: {err}"))?;
         Ok((sink, stream))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, open)
@@ -265,20 +337,29 @@ async fn open_subscriber(client: &Client, channels: &Channels) -> Result<(PubSub
         .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
 }
 
-/// Keeps the subscriber connection alive: forwards messages while it is up, and reconnects
-/// (reporting `Disconnected`, then `Connected`) when it is lost. Ends when `inbound` closes.
-async fn subscribe(
+/// What the subscriber task needs to (re)connect and report.
+#[derive(Debug)]
+struct Subscriber {
     client: Client,
     channels: Channels,
-    mut sink: PubSubSink,
-    mut stream: PubSubStream,
     inbound: InboundSender,
     liveness: Liveness,
+}
+
+/// Keeps the subscriber connection alive: forwards messages and carries out listen requests
+/// while it is up, and reconnects (reporting `Disconnected`, then `Connected`) when it is lost.
+/// Ends when `inbound` closes.
+async fn subscribe(
+    connection: Subscriber,
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+    mut listen_requests: mpsc::UnboundedReceiver<ListenRequest>,
 ) {
+    let mut topics = Topics::new();
+    let Subscriber { client, channels, inbound, .. } = &connection;
     loop {
-        let Err(reason) = forward(&mut sink, &mut stream, &inbound, liveness).await else {
-            return;
-        };
+        let lost = forward(&mut sink, &mut stream, &mut listen_requests, &mut topics, &connection).await;
+        let Err(reason) = lost else { return };
         tracing::warn!(%reason, "lost the Redis subscriber connection; reconnecting");
         if inbound.send(Inbound::Disconnected).is_err() {
             return;
@@ -289,7 +370,7 @@ async fn subscribe(
             if inbound.is_closed() {
                 return;
             }
-            match open_subscriber(&client, &channels).await {
+            match open_subscriber(client, channels, &topics).await {
                 Ok(connection) => break connection,
                 Err(err) => tracing::debug!(%err, "Redis subscriber reconnect failed"),
             }
@@ -301,13 +382,16 @@ async fn subscribe(
     }
 }
 
-/// Forwards messages until the connection is lost (`Err` with why) or `inbound` closes (`Ok`).
+/// Forwards messages and carries out listen requests until the connection is lost (`Err` with
+/// why) or `inbound` closes (`Ok`).
 async fn forward(
     sink: &mut PubSubSink,
     stream: &mut PubSubStream,
-    inbound: &InboundSender,
-    liveness: Liveness,
+    listen_requests: &mut mpsc::UnboundedReceiver<ListenRequest>,
+    topics: &mut Topics,
+    connection: &Subscriber,
 ) -> Result<(), String> {
+    let Subscriber { channels, inbound, liveness, .. } = connection;
     let mut ping = tokio::time::interval(liveness.every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
@@ -317,9 +401,20 @@ async fn forward(
                 let Some(message) = message else {
                     return Err("connection closed".to_owned());
                 };
+                if !channels.wanted(message.get_channel_name(), topics) {
+                    continue;
+                }
                 let payload = Bytes::copy_from_slice(message.get_payload_bytes());
                 if inbound.send(Inbound::Message(payload)).is_err() {
                     return Ok(());
+                }
+            }
+            Some(request) = listen_requests.recv() => {
+                let outcome = change_listening(sink, topics, channels, &request).await;
+                let lost = outcome.as_ref().err().cloned();
+                let _ = request.confirmed.send(outcome);
+                if let Some(reason) = lost {
+                    return Err(reason);
                 }
             }
             _ = ping.tick() => {
@@ -331,6 +426,40 @@ async fn forward(
                 }
             }
         }
+    }
+}
+
+/// Subscribes and unsubscribes what `request` changes, and records it in `topics` whatever
+/// Redis answers (a reconnect subscribes what `topics` holds). An error means the connection
+/// is in doubt.
+async fn change_listening(
+    sink: &mut PubSubSink,
+    topics: &mut Topics,
+    channels: &Channels,
+    request: &ListenRequest,
+) -> Result<(), String> {
+    let before = topics.get(&request.topic).copied().unwrap_or(Listen::Nothing);
+    match request.listen {
+        Listen::Nothing => topics.remove(&request.topic),
+        level => topics.insert(request.topic.clone(), level),
+    };
+    let (was, will) =
+        (channels.listened(&request.topic, before), channels.listened(&request.topic, request.listen));
+    let added: Vec<&String> = will.iter().filter(|name| !was.contains(name)).collect();
+    let removed: Vec<&String> = was.iter().filter(|name| !will.contains(name)).collect();
+    let answer = async {
+        if !added.is_empty() {
+            sink.subscribe(&added).await?;
+        }
+        if !removed.is_empty() {
+            sink.unsubscribe(&removed).await?;
+        }
+        Ok::<_, RedisError>(())
+    };
+    match tokio::time::timeout(RESPONSE_TIMEOUT, answer).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(format!("subscribe: {err}")),
+        Err(_) => Err(format!("no answer to a subscribe within {RESPONSE_TIMEOUT:?}")),
     }
 }
 
@@ -376,6 +505,7 @@ async fn pump(
             let channel = match route {
                 Route::All => channels.all.clone(),
                 Route::Node(id) => format!("{}{id}", channels.node_prefix),
+                Route::Topic(topic, kind) => channels.topic(topic, *kind),
             };
             pipe.cmd("PUBLISH").arg(channel).arg(message.as_ref()).ignore();
         }
@@ -435,6 +565,15 @@ mod tests {
         assert_eq!(channels.all, "p:all");
         assert_eq!(channels.mine, "p:node:42");
         assert_eq!(format!("{}{}", channels.node_prefix, 42), channels.mine);
+        let room = Topic::new("room").unwrap();
+        assert_eq!(channels.listened(&room, Listen::Everything), ["p:t:room:s", "p:t:room:e"]);
+        assert_eq!(channels.listened(&room, Listen::State), ["p:t:room:s"]);
+        let topics = Topics::from([(room, Listen::State)]);
+        let wanted: Vec<bool> = ["p:all", "p:node:42", "p:t:room:s", "p:t:room:e", "p:t:hall:s", "p:t:odd"]
+            .iter()
+            .map(|channel| channels.wanted(channel, &topics))
+            .collect();
+        assert_eq!(wanted, [true, true, true, false, false, false]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -456,9 +595,13 @@ mod tests {
     ) -> (Client, Channels, mpsc::UnboundedReceiver<Inbound>) {
         let client = Client::open(format!("redis://127.0.0.1:{server_port}")).expect("valid URL");
         let channels = Channels::new("liveness", 1);
-        let (sink, stream) = open_subscriber(&client, &channels).await.expect("subscribe");
+        let (sink, stream) = open_subscriber(&client, &channels, &Topics::new()).await.expect("subscribe");
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(subscribe(client.clone(), channels.clone(), sink, stream, tx, liveness));
+        let connection =
+            Subscriber { client: client.clone(), channels: channels.clone(), inbound: tx, liveness };
+        // No listen requests here: a closed request channel only disables that branch.
+        let (_, listen_requests) = mpsc::unbounded_channel::<ListenRequest>();
+        tokio::spawn(subscribe(connection, sink, stream, listen_requests));
         (client, channels, rx)
     }
 

@@ -17,6 +17,7 @@
 //! timeout, and absence is proven by a later marker that must arrive first.
 
 pub mod history;
+pub mod topics;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use plexus_core::cluster::{Inbound, InboundSender, NodeId, Route, Transport};
+use plexus_core::cluster::{Inbound, InboundSender, Kind, Listen, NodeId, Route, Transport};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 /// How long one awaited message or event may take before the test fails.
@@ -266,6 +267,12 @@ pub async fn run_contract(connector: &impl Connector) {
     prefix_isolation(connector).await;
     byte_exact(connector).await;
     interleaved_senders(connector).await;
+    topics::topics_reach_only_listeners(connector).await;
+    topics::a_confirmed_listen_misses_nothing(connector).await;
+    topics::state_listeners_get_no_events(connector).await;
+    topics::topic_order_per_sender(connector).await;
+    topics::listen_nothing_stops_traffic(connector).await;
+    topics::many_topics_listened_and_dropped(connector).await;
 }
 
 /// Defines one `#[tokio::test]` per contract step. `$connector` is a [`Connector`] (usually an
@@ -279,12 +286,18 @@ macro_rules! contract_tests {
         $crate::contract_tests!(@step prefixes_isolate_clusters, prefix_isolation, $connector, $require);
         $crate::contract_tests!(@step payloads_are_byte_exact, byte_exact, $connector, $require);
         $crate::contract_tests!(@step interleaved_senders_keep_their_own_order, interleaved_senders, $connector, $require);
+        $crate::contract_tests!(@step topics_reach_only_listeners, topics::topics_reach_only_listeners, $connector, $require);
+        $crate::contract_tests!(@step a_confirmed_listen_misses_nothing, topics::a_confirmed_listen_misses_nothing, $connector, $require);
+        $crate::contract_tests!(@step state_listeners_get_no_events, topics::state_listeners_get_no_events, $connector, $require);
+        $crate::contract_tests!(@step topics_keep_each_senders_order, topics::topic_order_per_sender, $connector, $require);
+        $crate::contract_tests!(@step listening_to_nothing_stops_a_topics_traffic, topics::listen_nothing_stops_traffic, $connector, $require);
+        $crate::contract_tests!(@step ten_thousand_topics_listened_and_dropped, topics::many_topics_listened_and_dropped, $connector, $require);
     };
-    (@step $test:ident, $step:ident, $connector:path, $require:path) => {
+    (@step $test:ident, $($step:ident)::+, $connector:path, $require:path) => {
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $test() {
             $require().await;
-            $crate::$step(&$connector).await;
+            $crate::$($step)::+(&$connector).await;
         }
     };
 }
@@ -431,16 +444,18 @@ pub fn pseudo_random(len: usize, seed: u64) -> Bytes {
     Bytes::from(out)
 }
 
-/// Payloads arrive byte-exact over both routes.
+/// Payloads arrive byte-exact over every route.
 pub async fn byte_exact(connector: &impl Connector) {
     step("byte_exact", async {
         let prefix = unique_prefix("bytes");
         let a = Node::join(connector, &prefix, "A").await;
         let mut b = Node::join(connector, &prefix, "B").await;
         let payloads = tricky_payloads();
-        for route in [Route::All, Route::Node(b.id)] {
+        let room = topics::topic("bytes");
+        topics::listen(&b, &room, Listen::Everything).await;
+        for route in [Route::All, Route::Node(b.id), Route::Topic(room, Kind::Event)] {
             for (_, payload) in &payloads {
-                a.send(route, payload.clone());
+                a.send(route.clone(), payload.clone());
             }
             for (name, payload) in &payloads {
                 let got = b.inbox.message(&format!("the {name} payload over {route:?}")).await;
@@ -535,11 +550,13 @@ impl Outage for ServerProcess {
 /// The reconnect scenario: two nodes on a private bus see a message, the bus goes down (both
 /// report `Disconnected`), messages sent meanwhile are kept or dropped but never reordered, the
 /// bus comes back (both report `Connected`), and messages flow again, complete and in order,
-/// over both routes.
+/// over every route, a topic B listened to before the outage included.
 pub async fn run_reconnect(server: &mut impl Outage, connector: &impl Connector) {
     let prefix = unique_prefix("reconnect");
     let mut a = Node::join(connector, &prefix, "A").await;
     let mut b = Node::join(connector, &prefix, "B").await;
+    let room = topics::topic("room");
+    topics::listen(&b, &room, Listen::Everything).await;
 
     a.send(Route::All, numbered("A", "before", 0));
     receive_streams(&mut b.inbox, &[("A", "before", 1)], &|_, _| false).await;
@@ -568,6 +585,7 @@ pub async fn run_reconnect(server: &mut impl Outage, connector: &impl Connector)
     for seq in 0..AFTER {
         a.send(Route::All, numbered("A", "after", seq));
         a.send(Route::Node(b.id), numbered("A", "after-direct", seq));
+        a.send(Route::Topic(room.clone(), Kind::Event), numbered("A", "after-topic", seq));
     }
 
     // What was sent while down may arrive (in order, possibly with gaps); what was sent after
@@ -575,8 +593,9 @@ pub async fn run_reconnect(server: &mut impl Outage, connector: &impl Connector)
     let mut last_down: Option<u32> = None;
     let mut next_after = 0;
     let mut next_direct = 0;
+    let mut next_topic = 0;
     let mut pending = early.into_iter();
-    while next_after < AFTER || next_direct < AFTER {
+    while next_after < AFTER || next_direct < AFTER || next_topic < AFTER {
         let message = match pending.next() {
             Some(message) => message,
             None => b.inbox.message("A's messages after the reconnect").await,
@@ -601,6 +620,13 @@ pub async fn run_reconnect(server: &mut impl Outage, connector: &impl Connector)
             "after-direct" => {
                 assert_eq!(seq, next_direct, "B: direct messages after the reconnect out of order or lost");
                 next_direct += 1;
+            }
+            "after-topic" => {
+                assert_eq!(
+                    seq, next_topic,
+                    "B: a topic listened to before the outage lost messages after it"
+                );
+                next_topic += 1;
             }
             _ => panic!("B: unexpected message {}", describe_bytes(&message)),
         }

@@ -23,12 +23,13 @@
 //! configuration reaches it, and an application embedding plexus can test its own cluster
 //! behaviour with it the way plexus does.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use super::{Inbound, InboundSender, NodeId, Route, Transport};
+use super::{Inbound, InboundSender, Listen, ListenFuture, NodeId, Route, Topic, Transport};
 
 /// One message on its way to one node, as a [`MemoryBus::set_filter`] filter sees it.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +39,7 @@ pub struct Delivery<'a> {
     pub from: NodeId,
     pub to: NodeId,
     /// How the sender addressed it.
-    pub route: Route,
+    pub route: &'a Route,
     pub message: &'a Bytes,
 }
 
@@ -63,6 +64,8 @@ struct Endpoint {
     inbound: InboundSender,
     /// Taken off the bus by [`MemoryTransport::cut`].
     cut: bool,
+    /// The topics it listens to, and how much of each.
+    topics: HashMap<Topic, Listen>,
 }
 
 #[derive(Debug)]
@@ -127,7 +130,14 @@ impl MemoryBus {
         let mut state = self.lock();
         state.next_key += 1;
         let key = state.next_key;
-        state.endpoints.push(Endpoint { key, prefix: prefix.into(), node, inbound, cut: false });
+        state.endpoints.push(Endpoint {
+            key,
+            prefix: prefix.into(),
+            node,
+            inbound,
+            cut: false,
+            topics: HashMap::new(),
+        });
         Arc::new(MemoryTransport { bus: self.clone(), key, node })
     }
 
@@ -196,14 +206,18 @@ impl MemoryBus {
         let mut held = Vec::new();
         for endpoint in &state.endpoints {
             // No echo of a node's own broadcasts (the contract allows either; NATS does the same).
-            let addressed = match route {
+            let addressed = match &route {
                 Route::All => endpoint.key != from_key,
-                Route::Node(node) => endpoint.node == node,
+                Route::Node(node) => endpoint.node == *node,
+                Route::Topic(topic, kind) => {
+                    endpoint.key != from_key && endpoint.topics.get(topic).is_some_and(|l| l.takes(*kind))
+                }
             };
             if !addressed || endpoint.cut || *endpoint.prefix != *prefix {
                 continue;
             }
-            let delivery = Delivery { prefix: &prefix, from, to: endpoint.node, route, message: &message };
+            let delivery =
+                Delivery { prefix: &prefix, from, to: endpoint.node, route: &route, message: &message };
             match state.filter.as_ref().map_or(Fate::Deliver, |filter| filter(&delivery)) {
                 Fate::Deliver => {
                     // A receiver that is gone (its node stopped) simply misses it.
@@ -272,6 +286,19 @@ impl MemoryTransport {
 impl Transport for MemoryTransport {
     fn send(&self, route: Route, message: Bytes) {
         self.bus.send(self.key, route, message);
+    }
+
+    /// Takes effect at once (delivery is synchronous), and survives a cut: a node listens to
+    /// the same topics when it is back.
+    fn listen<'a>(&'a self, topic: &'a Topic, listen: Listen) -> ListenFuture<'a> {
+        let mut state = self.bus.lock();
+        if let Some(endpoint) = state.endpoint_mut(self.key) {
+            match listen {
+                Listen::Nothing => endpoint.topics.remove(topic),
+                level => endpoint.topics.insert(topic.clone(), level),
+            };
+        }
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

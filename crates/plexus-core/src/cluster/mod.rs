@@ -33,7 +33,10 @@ pub use crate::hub::Position;
 pub use load::PeerLoad;
 pub use memory::{MemoryBus, MemoryTransport};
 pub use node::{ClusterNode, ClusterOptions};
-pub use transport::{redact_url, Inbound, InboundSender, NodeId, Route, Transport, TransportError};
+pub use transport::{
+    redact_url, Inbound, InboundSender, InvalidTopic, Kind, Listen, ListenFuture, NodeId, Route, Topic,
+    Transport, TransportError, Unconfirmed,
+};
 
 /// What happened on this node that other nodes must hear about. Shares are absolute (this
 /// node's whole count), so hearing one twice or after a newer one is harmless.
