@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
-use common::{app, TestServer, WAIT};
+use common::{app, scrape, TestServer, WAIT};
 use plexus_core::app::{WebhookKind, WebhookTarget};
 use plexus_server::admin::{Admin, AdminConfig};
 use plexus_server::config::{AdapterConfig, AdapterDriver, MetricsConfig};
@@ -414,14 +414,6 @@ fn series(text: &str, name: &str) -> Option<f64> {
         .find(|line| line.contains("app_id=\"app-7\"") && line.contains("endpoint=\"0\""))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("metrics in time").unwrap();
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// An endpoint that fails shows it everywhere an operator looks (the admin API with the reason,

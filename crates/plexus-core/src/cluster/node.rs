@@ -411,6 +411,7 @@ impl Receiver {
             return;
         }
         metrics::counter!("plexus_cluster_messages_received_total").increment(1);
+        metrics::counter!("plexus_cluster_bytes_received_total").increment(bytes.len() as u64);
         if envelope.seq == 0 {
             self.direct(envelope);
         } else {

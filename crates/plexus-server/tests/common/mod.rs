@@ -330,3 +330,12 @@ impl TestClient {
 pub fn data_of(event: &Value) -> Value {
     serde_json::from_str(event["data"].as_str().expect("string data")).expect("JSON inside data")
 }
+
+/// The Prometheus text the metrics listener at `addr` serves.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("metrics in time").unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
