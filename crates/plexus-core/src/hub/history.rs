@@ -13,7 +13,7 @@ use crate::cluster::Update;
 use crate::observe::event_observation;
 
 use super::fanout::frame_passes;
-use super::stored::Hold;
+use super::stored::{Hold, Resuming};
 use super::*;
 
 /// Where an event stands in a history channel: `"{epoch}:{offset}"` on the wire. Offsets count
@@ -291,11 +291,13 @@ impl AppHub {
         if let (false, true, Some(rule), Some(after)) =
             (recovered, self.stored.is_some(), rule, parsed.filter(store_may_know))
         {
-            if let Some(entry) = shard.channels.get_mut(channel) {
-                entry.held.retain(|hold| hold.socket_id != connection.socket_id);
-                entry.held.push(Hold::new(connection.socket_id));
-            }
-            self.resume_from_store(rule, channel, connection, after, filter.cloned(), position);
+            let Some(entry) = shard.channels.get_mut(channel) else { return };
+            let hold = Hold::new(connection.socket_id);
+            let resuming =
+                Resuming { after, filter: filter.cloned(), memory_head: position, ticket: hold.ticket() };
+            entry.held.retain(|hold| hold.socket_id != connection.socket_id);
+            entry.held.push(hold);
+            self.resume_from_store(rule, channel, connection, resuming);
             return;
         }
         connection.outbound.push(resume_frame(channel.as_str(), recovered, &position));

@@ -14,8 +14,9 @@
 //!   that dies after the store took an event and before delivering it leaves it in the store:
 //!   live subscribers never get it, a resume replays it (`29-history-crash.test.js`).
 //! - **When the store fails** for an event nobody waits for (a client event, a bridged
-//!   message), it is still delivered live, without a position, and counted in `plexus_history_store_errors_total`: live subscribers lose nothing, and a later
-//!   resume from a position around it says `recovered: false`.
+//!   message), it is still delivered live, without a position, and counted in
+//!   `plexus_history_store_errors_total`: live subscribers lose nothing, and a later resume
+//!   from a position around it says `recovered: false`.
 //! - **Resuming from the store** happens on a task after the subscription. Meanwhile the
 //!   channel's live events for that subscriber wait in a [`Hold`]; once the store answers, the
 //!   client gets the replay, `plexus:resume`, then the held events the replay did not already
@@ -94,8 +95,14 @@ pub(super) struct PendingAppend {
 #[derive(Debug)]
 pub(super) struct Hold {
     pub(super) socket_id: SocketId,
+    /// Which resume this is: a subscriber that left and subscribed again meanwhile has a new
+    /// hold, which the older read must not release.
+    ticket: u64,
     state: Mutex<HoldState>,
 }
+
+/// Tickets of holds, unique in the process.
+static NEXT_TICKET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Debug)]
 enum HoldState {
@@ -111,7 +118,12 @@ enum HoldState {
 
 impl Hold {
     pub(super) fn new(socket_id: SocketId) -> Hold {
-        Hold { socket_id, state: Mutex::new(HoldState::Holding(Vec::new())) }
+        let ticket = NEXT_TICKET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Hold { socket_id, ticket, state: Mutex::new(HoldState::Holding(Vec::new())) }
+    }
+
+    pub(super) fn ticket(&self) -> u64 {
+        self.ticket
     }
 
     /// Takes a live event meant for this subscriber: `true` when it is held or was already
@@ -176,17 +188,15 @@ impl AppHub {
         self.publish_plain(pending.channel.as_str(), &pending.frame, pending.except, keep);
     }
 
-    /// Catches `connection` up on `channel` from the durable store, from `after`, on a task;
-    /// then tells it with `plexus:resume` whether that worked. The caller has put a [`Hold`] on
-    /// the subscriber; `memory_head` answers when the store cannot.
+    /// Catches `connection` up on `channel` from the durable store, on a task; then tells it
+    /// with `plexus:resume` whether that worked. The caller has put the [`Hold`] of
+    /// `resuming.ticket` on the subscriber.
     pub(super) fn resume_from_store(
         &self,
         rule: &HistoryRule,
         channel: &ChannelName,
         connection: &Arc<Connection>,
-        after: Position,
-        filter: Option<Arc<SubscriptionFilter>>,
-        memory_head: String,
+        resuming: Resuming,
     ) {
         let Some(stored) = &self.stored else { return };
         let (store, rule, connection) = (stored.store.clone(), rule.clone(), connection.clone());
@@ -195,85 +205,97 @@ impl AppHub {
         tokio::spawn(async move {
             // The semaphore is never closed.
             let _turn = reads.acquire_owned().await;
-            let answer = store.read_after(&key, after, &rule).await;
+            let answer = store.read_after(&key, resuming.after, &rule).await;
             let Some(hub) = hub.upgrade() else { return };
-            let (replay, recovered, head) = match answer {
-                Ok(ReadAfter::Events { events, head }) => (events, true, Some(head)),
-                Ok(ReadAfter::Gone { head }) => (Vec::new(), false, head),
+            let answer = match answer {
+                Ok(ReadAfter::Events { events, head }) => {
+                    StoreAnswer { replay: events, covered: Some(head), head: Some(head) }
+                }
+                Ok(ReadAfter::Gone { head }) => StoreAnswer { replay: Vec::new(), covered: None, head },
                 Err(error) => {
                     tracing::warn!(channel = %key, %error, "cannot resume from the history store");
-                    (Vec::new(), false, None)
+                    StoreAnswer { replay: Vec::new(), covered: None, head: None }
                 }
             };
-            hub.release_hold(
-                &key.channel,
-                &connection,
-                replay,
-                recovered,
-                head,
-                filter.as_deref(),
-                memory_head,
-            );
+            hub.release_hold(&key.channel, &connection, &resuming, answer);
         });
     }
 
     /// Ends a subscriber's [`Hold`] with the store's answer: the replay, `plexus:resume`, then
     /// the held live events the replay did not contain. Nothing is sent when the subscriber left
     /// meanwhile; a hold that overflowed turns the answer into `recovered: false`.
-    #[allow(clippy::too_many_arguments)]
     fn release_hold(
         &self,
         channel: &ChannelName,
         connection: &Connection,
-        replay: Vec<(Position, Bytes)>,
-        recovered: bool,
-        head: Option<Position>,
-        filter: Option<&SubscriptionFilter>,
-        memory_head: String,
+        resuming: &Resuming,
+        answer: StoreAnswer,
     ) {
         let mut guard = write(self.shard(channel.as_str()));
         let shard = &mut *guard;
         let delivered_here = shard.histories.get(channel).map(|history| history.position(history.next - 1));
         let Some(entry) = shard.channels.get_mut(channel) else { return };
-        let Some(index) = entry.held.iter().position(|hold| hold.socket_id == connection.socket_id) else {
-            return;
-        };
-        let head_text = head.map_or(memory_head, |head| head.to_string());
+        let ours = |hold: &Hold| hold.socket_id == connection.socket_id && hold.ticket == resuming.ticket;
+        let Some(index) = entry.held.iter().position(ours) else { return };
+        let head = answer.head.map_or_else(|| resuming.memory_head.clone(), |head| head.to_string());
         let HoldState::Holding(held) =
             std::mem::replace(&mut *lock(&entry.held[index].state), HoldState::Done)
         else {
             entry.held.swap_remove(index);
-            connection.outbound.push(resume_frame(channel.as_str(), false, &head_text));
+            connection.outbound.push(resume_frame(channel.as_str(), false, &head));
             return;
         };
-        for (position, payload) in replay {
+        for (position, payload) in answer.replay {
             let frame = stamp(&wsframe::frame(Opcode::Text, &payload), &position.to_string());
-            if filter.is_none_or(|filter| frame_passes(filter, &frame)) {
+            if resuming.filter.as_deref().is_none_or(|filter| frame_passes(filter, &frame)) {
                 connection.outbound.push(frame);
             }
         }
-        connection.outbound.push(resume_frame(channel.as_str(), recovered, &head_text));
-        let in_replay = |frame: &Bytes| match (head, stamped_position(frame)) {
-            (Some(head), Some(position)) => position.epoch == head.epoch && position.offset <= head.offset,
+        connection.outbound.push(resume_frame(channel.as_str(), answer.covered.is_some(), &head));
+        // Held events the replay covered are already sent; the rest (all of them, when nothing
+        // was replayed) are newer than anything the client has.
+        let replayed = |frame: &Bytes| match (answer.covered, stamped_position(frame)) {
+            (Some(covered), Some(position)) => {
+                position.epoch == covered.epoch && position.offset <= covered.offset
+            }
             _ => false,
         };
-        for frame in held.into_iter().filter(|frame| !in_replay(frame)) {
+        for frame in held.into_iter().filter(|frame| !replayed(frame)) {
             connection.outbound.push(frame);
         }
         // The store may hold events this node has yet to deliver: they were in the replay, so
         // this subscriber must not get them again when they arrive.
-        match head {
-            Some(head)
+        match answer.covered {
+            Some(covered)
                 if delivered_here
-                    .is_none_or(|here| here.epoch != head.epoch || here.offset < head.offset) =>
+                    .is_none_or(|here| here.epoch != covered.epoch || here.offset < covered.offset) =>
             {
-                *lock(&entry.held[index].state) = HoldState::ReplayedUpTo(head);
+                *lock(&entry.held[index].state) = HoldState::ReplayedUpTo(covered);
             }
             _ => {
                 entry.held.swap_remove(index);
             }
         }
     }
+}
+
+/// A resume waiting for the store: from where, through which filter, what to answer when the
+/// store cannot, and which [`Hold`] is its.
+#[derive(Debug)]
+pub(super) struct Resuming {
+    pub(super) after: Position,
+    pub(super) filter: Option<Arc<SubscriptionFilter>>,
+    /// The newest position this node's memory holds, for the answer when the store has none.
+    pub(super) memory_head: String,
+    pub(super) ticket: u64,
+}
+
+/// What the store answered a resume: the events to replay, the newest position they reach up
+/// to when the client is caught up (`covered`), and the channel's newest position.
+struct StoreAnswer {
+    replay: Vec<(Position, Bytes)>,
+    covered: Option<Position>,
+    head: Option<Position>,
 }
 
 /// The appender: keeps up to [`HISTORY_APPENDS_IN_FLIGHT`] appends going at once. Each event
@@ -491,11 +513,17 @@ mod tests {
     struct SlowReads {
         store: MemoryHistoryStore,
         gate: Semaphore,
+        /// A permit per read answered.
+        answered: Semaphore,
     }
 
     impl SlowReads {
         fn new() -> Arc<Self> {
-            Arc::new(SlowReads { store: MemoryHistoryStore::new(), gate: Semaphore::new(0) })
+            Arc::new(SlowReads {
+                store: MemoryHistoryStore::new(),
+                gate: Semaphore::new(0),
+                answered: Semaphore::new(0),
+            })
         }
     }
 
@@ -519,7 +547,9 @@ mod tests {
         ) -> crate::history_store::StoreFuture<'a, ReadAfter> {
             Box::pin(async move {
                 self.gate.acquire().await.expect("never closed").forget();
-                self.store.read_after(key, after, rule).await
+                let answer = self.store.read_after(key, after, rule).await;
+                self.answered.add_permits(1);
+                answer
             })
         }
 
@@ -639,5 +669,38 @@ mod tests {
         let (event, data, _) = seen.last().unwrap();
         assert_eq!(event, "plexus:resume");
         assert!(data.starts_with("{\"recovered\":false,"), "{data}");
+    }
+
+    #[tokio::test]
+    async fn events_held_while_the_store_says_the_position_is_gone_are_still_delivered() {
+        let (app, store) = (app(), SlowReads::new());
+        // The rule keeps 10: offset 1 is gone once 12 are stored.
+        let (hubs, _live, resumer, epoch) = resuming_after_a_restart(&store, &app, 12).await;
+        for n in 13..=14 {
+            publish(&hubs, &app, &format!("{{\"n\":{n}}}")).await;
+        }
+        store.gate.add_permits(1);
+        let seen = received_until_resume(&resumer).await;
+        let at = |offset: u64| format!("{epoch}:{offset}");
+        let expected = [resumed(false, &at(14)), item(13, &at(13)), item(14, &at(14))];
+        assert_eq!(seen[1..], expected, "nothing was replayed, so no held event is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_read_for_an_earlier_subscription_does_not_answer_a_later_one() {
+        let (app, store) = (app(), SlowReads::new());
+        let (hubs, _live, resumer, epoch) = resuming_after_a_restart(&store, &app, 3).await;
+        let hub = hubs.hub(&app.id);
+        let channel = ChannelName::parse("feed-1").unwrap();
+        assert!(hub.unsubscribe(&app, resumer.socket_id, &channel, None));
+        let at = |offset: u64| format!("{epoch}:{offset}");
+        hub.subscribe_from(&app, &resumer, &channel, None, Some(&at(2)), None).unwrap();
+
+        store.gate.add_permits(1);
+        store.answered.acquire().await.expect("never closed").forget();
+        store.gate.add_permits(1);
+        let seen = received_until_resume(&resumer).await;
+        let succeeded = ("pusher_internal:subscription_succeeded".to_owned(), "{}".to_owned(), None);
+        assert_eq!(seen, [succeeded.clone(), succeeded, item(3, &at(3)), resumed(true, &at(3))]);
     }
 }
