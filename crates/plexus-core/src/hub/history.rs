@@ -13,7 +13,7 @@ use crate::cluster::Update;
 use crate::observe::event_observation;
 
 use super::fanout::frame_passes;
-use super::stored::{Hold, Resuming};
+use super::stored::{Hold, Resuming, REORDER_WAIT, REORDER_WAITING};
 use super::*;
 
 /// Where an event stands in a history channel: `"{epoch}:{offset}"` on the wire. Offsets count
@@ -50,13 +50,89 @@ pub(super) struct History {
     pub(super) next: u64,
     pub(super) numbered_here: bool,
     pub(super) events: std::collections::VecDeque<(u64, Instant, Bytes)>,
+    /// With a durable store: events that arrived ahead of a missing one, by offset, waiting for
+    /// it (see [`History::reorder`]).
+    waiting: std::collections::BTreeMap<u64, (Bytes, Option<SocketId>)>,
+    /// Counts the times events started waiting, so a timer set for an earlier wait leaves a
+    /// later one alone.
+    waiting_since: u64,
+}
+
+/// Events to deliver now, in order, and whether a wait began (with its number) that needs a
+/// timer.
+pub(super) struct Reordered {
+    pub(super) ready: Vec<(Position, Bytes, Option<SocketId>)>,
+    pub(super) wait_began: Option<u64>,
 }
 
 impl History {
     pub(super) fn new() -> Self {
         let mut bytes = [0u8; 4];
         getrandom::fill(&mut bytes).expect("the OS random source is available");
-        History { epoch: u32::from_le_bytes(bytes), next: 1, numbered_here: true, events: Default::default() }
+        History {
+            epoch: u32::from_le_bytes(bytes),
+            next: 1,
+            numbered_here: true,
+            events: Default::default(),
+            waiting: Default::default(),
+            waiting_since: 0,
+        }
+    }
+
+    /// Puts an event the store numbered back in store order. With a durable store every node
+    /// appends, so two nodes' events on one channel can reach a node in the other order: an
+    /// event ahead of the next expected offset waits (at most [`REORDER_WAIT`], at most
+    /// [`REORDER_WAITING`] of them) for the missing one to arrive, and is then delivered after
+    /// it. An event from before the next expected offset, or of another epoch, is delivered at
+    /// once (after what was waiting, for another epoch).
+    pub(super) fn reorder(
+        &mut self,
+        position: Position,
+        frame: Bytes,
+        except: Option<SocketId>,
+    ) -> Reordered {
+        let now_ready = |ready| Reordered { ready, wait_began: None };
+        if position.epoch != self.epoch {
+            let mut ready = self.take_waiting();
+            ready.push((position, frame, except));
+            return now_ready(ready);
+        }
+        if position.offset < self.next {
+            return now_ready(vec![(position, frame, except)]);
+        }
+        if position.offset > self.next {
+            let began = self.waiting.is_empty();
+            self.waiting.insert(position.offset, (frame, except));
+            if self.waiting.len() > REORDER_WAITING {
+                return now_ready(self.take_waiting());
+            }
+            if !began {
+                return now_ready(Vec::new());
+            }
+            self.waiting_since += 1;
+            return Reordered { ready: Vec::new(), wait_began: Some(self.waiting_since) };
+        }
+        let mut ready = vec![(position, frame, except)];
+        let mut expected = position.offset + 1;
+        while let Some((frame, except)) = self.waiting.remove(&expected) {
+            ready.push((self.position(expected), frame, except));
+            expected += 1;
+        }
+        now_ready(ready)
+    }
+
+    /// Everything waiting, in offset order (the wait is over).
+    pub(super) fn take_waiting(&mut self) -> Vec<(Position, Bytes, Option<SocketId>)> {
+        let epoch = self.epoch;
+        std::mem::take(&mut self.waiting)
+            .into_iter()
+            .map(|(offset, (frame, except))| (Position { epoch, offset }, frame, except))
+            .collect()
+    }
+
+    /// Whether the wait numbered `since` is still on.
+    pub(super) fn waiting_since(&self, since: u64) -> bool {
+        self.waiting_since == since && !self.waiting.is_empty()
     }
 
     pub(super) fn position(&self, offset: u64) -> Position {
@@ -202,26 +278,47 @@ impl AppHub {
         let mut guard = write(self.shard(channel));
         let shard = &mut *guard;
         let now = Instant::now();
-        let history = shard.histories.entry(name).or_insert_with(History::new);
+        let history = shard.histories.entry(name.clone()).or_insert_with(History::new);
+        if let (Some(stored), Numbering::At(position) | Numbering::Stored(position)) =
+            (&self.stored, numbering)
+        {
+            let frame = match numbering {
+                Numbering::Stored(_) => {
+                    // Numbered here through the store: the cluster and the mirror hear of it
+                    // at once, whatever waits here.
+                    let stamped = stamp(frame, &position.to_string());
+                    self.announce(Update::Publish {
+                        channel,
+                        frame: &stamped,
+                        except,
+                        position: Some(position),
+                        keep,
+                    });
+                    self.mirror(channel, &stamped);
+                    stamped
+                }
+                _ => frame.clone(),
+            };
+            let Reordered { ready, wait_began } = history.reorder(position, frame, except);
+            if let Some(since) = wait_began {
+                let (hub, rule) = (stored.hub.clone(), rule.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(REORDER_WAIT).await;
+                    if let Some(hub) = hub.upgrade() {
+                        hub.end_wait(&name, &rule, since);
+                    }
+                });
+            }
+            return self.deliver_in_order(shard, channel, rule, ready);
+        }
         // The stamped frame, and the position it is announced and mirrored at when this node
-        // numbered it (itself or through the store).
+        // numbered it.
         let (frame, announced) = match numbering {
-            Numbering::At(position) => {
-                // With a durable store every node appends, so two nodes' events can arrive in
-                // another order than the store gave them: one behind a later position held here
-                // is still delivered (each reaches this node once), just not kept in memory.
-                if !history.record_numbered(position, now, frame.clone()) && self.stored.is_none() {
+            Numbering::At(position) | Numbering::Stored(position) => {
+                if !history.record_numbered(position, now, frame.clone()) {
                     return 0;
                 }
                 (frame.clone(), None)
-            }
-            Numbering::Stored(position) => {
-                let stamped = stamp(frame, &position.to_string());
-                // The store took it, so it is delivered even when a later position is already
-                // held here (two nodes briefly both numbering this channel): this node's memory
-                // then just does not keep it, and resumes find it in the store.
-                history.record_numbered(position, now, stamped.clone());
-                (stamped, Some(position))
             }
             Numbering::Here | Numbering::Unnumbered => {
                 let position = history.number_next();
@@ -242,6 +339,49 @@ impl AppHub {
             entry.held.retain(|hold| !hold.is_done());
         }
         delivered
+    }
+
+    /// Records and fans out events the store numbered, in the order given (see
+    /// [`History::reorder`]).
+    fn deliver_in_order(
+        &self,
+        shard: &mut Shard,
+        channel: &str,
+        rule: &HistoryRule,
+        ready: Vec<(Position, Bytes, Option<SocketId>)>,
+    ) -> usize {
+        let now = Instant::now();
+        let mut delivered = 0;
+        for (position, frame, except) in ready {
+            if let Some(history) = shard.histories.get_mut(channel) {
+                // One behind a later position held here is delivered all the same (it reaches
+                // this node once); this node's memory just does not keep it.
+                history.record_numbered(position, now, frame.clone());
+                history.trim(rule, now);
+            }
+            self.observer.emit(|| event_observation(channel, &frame, except.map(|id| id.to_string())));
+            if let Some(entry) = shard.channels.get_mut(channel) {
+                delivered += self.fan_out(entry, &frame, except);
+                if !entry.held.is_empty() {
+                    entry.held.retain(|hold| !hold.is_done());
+                }
+            }
+        }
+        delivered
+    }
+
+    /// The wait numbered `since` is over: what still waits on `channel` is delivered in order,
+    /// past the offsets that never came (lost on the bus, or stored by a node that died before
+    /// it published them; a resume finds them in the store).
+    pub(super) fn end_wait(&self, channel: &ChannelName, rule: &HistoryRule, since: u64) {
+        let mut guard = write(self.shard(channel.as_str()));
+        let shard = &mut *guard;
+        let Some(history) = shard.histories.get_mut(channel) else { return };
+        if !history.waiting_since(since) {
+            return;
+        }
+        let ready = history.take_waiting();
+        self.deliver_in_order(shard, channel.as_str(), rule, ready);
     }
 
     /// After a subscription with a `position`: queues the events since then, in order, and a

@@ -65,7 +65,8 @@ pub use publish::{Event, Prepared, PublishError, Published};
 pub use registry::{ChannelSummary, JoinError, Member};
 pub use replica::{LocalShare, NodeSubscriptions};
 pub use stored::{
-    HISTORY_APPENDS_IN_FLIGHT, HISTORY_APPEND_QUEUE, HISTORY_CONCURRENT_READS, RESUME_HOLD_EVENTS,
+    HISTORY_APPENDS_IN_FLIGHT, HISTORY_APPEND_QUEUE, HISTORY_CONCURRENT_READS, REORDER_WAIT, REORDER_WAITING,
+    RESUME_HOLD_EVENTS,
 };
 
 use cache::{CacheSlot, CacheUsage};

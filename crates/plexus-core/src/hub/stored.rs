@@ -12,7 +12,9 @@
 //!   store passes the contract's concurrent-appenders step), so no event is handed to another
 //!   node to number, and none is lost with a node that dies holding someone else's event. A node
 //!   that dies after the store took an event and before delivering it leaves it in the store:
-//!   live subscribers never get it, a resume replays it (`29-history-crash.test.js`).
+//!   live subscribers never get it, a resume replays it (`29-history-crash.test.js`). Two
+//!   nodes' events can cross on the bus; each node puts them back in store order
+//!   (`History::reorder`: an event ahead of a missing one waits at most [`REORDER_WAIT`]).
 //! - **When the store fails** for an event nobody waits for (a client event, a bridged
 //!   message), it is still delivered live, without a position, and counted in
 //!   `plexus_history_store_errors_total`: live subscribers lose nothing, and a later resume
@@ -55,6 +57,13 @@ pub const HISTORY_APPENDS_IN_FLIGHT: usize = 64;
 /// sending the store thousands of reads at a time.
 pub const HISTORY_CONCURRENT_READS: usize = 16;
 
+/// How long an event that reached this node ahead of a missing one waits for it (events of
+/// two nodes crossing on the bus), before it is delivered past the gap.
+pub const REORDER_WAIT: Duration = Duration::from_millis(100);
+
+/// Most events of one channel waiting for a missing one; past that they go out at once.
+pub const REORDER_WAITING: usize = 1024;
+
 /// Most live events held for one subscriber while its resume is read from the store. Past
 /// that the hold gives up: live events flow to it again at once and its `plexus:resume` says
 /// `recovered: false`, so the client reloads instead of this node buffering without end.
@@ -76,7 +85,7 @@ pub(super) struct StoredHistory {
     pub(super) store: Arc<dyn HistoryStore>,
     queue: mpsc::Sender<PendingAppend>,
     reads: Arc<Semaphore>,
-    hub: Weak<AppHub>,
+    pub(super) hub: Weak<AppHub>,
 }
 
 /// An event on its way to the store.
@@ -476,35 +485,61 @@ mod tests {
         assert_eq!(next[0].2.as_deref(), Some(format!("{epoch}:4").as_str()), "{next:?}");
     }
 
-    #[tokio::test]
-    async fn an_event_the_store_took_is_delivered_even_behind_a_later_position_held_here() {
-        let (app, store) = (app(), Arc::new(MemoryHistoryStore::new()));
+    /// A hub over `store` whose channel `feed-1` holds one event, a subscriber, and an event
+    /// frame at a position of the channel's epoch, as another node would publish it.
+    async fn one_event_and_a_watcher(
+        store: &Arc<MemoryHistoryStore>,
+        app: &App,
+    ) -> (Hubs, Arc<Connection>, impl Fn(u64) -> (Position, Bytes)) {
         let channel = ChannelName::parse("feed-1").unwrap();
         let hubs = Hubs::new(Arc::new(NoWebhooks)).with_history_store(store.clone());
-        publish(&hubs, &app, "{\"n\":1}").await;
+        publish(&hubs, app, "{\"n\":1}").await;
         let hub = hubs.hub(&app.id);
-        let watcher = hub.connect(&app, 1 << 20).unwrap();
-        hub.subscribe_from(&app, &watcher, &channel, None, None, None).unwrap();
-        let epoch = store
-            .head(&ChannelKey::new(&app.id, channel.clone()), &app.history[0])
-            .await
-            .unwrap()
-            .expect("one event stored")
-            .epoch;
+        let watcher = hub.connect(app, 1 << 20).unwrap();
+        hub.subscribe_from(app, &watcher, &channel, None, None, None).unwrap();
+        let key = ChannelKey::new(&app.id, channel);
+        let epoch = store.head(&key, &app.history[0]).await.unwrap().expect("one event stored").epoch;
+        let theirs = move |offset: u64| {
+            let position = Position { epoch, offset };
+            let json =
+                format!("{{\"event\":\"item\",\"channel\":\"feed-1\",\"data\":\"{{\\\"n\\\":{offset}}}\"}}");
+            (position, stamp(&wsframe::frame(Opcode::Text, json.as_bytes()), &position.to_string()))
+        };
+        (hubs, watcher, theirs)
+    }
 
-        // Another node, briefly numbering this channel too, stored offset 2 and its event
-        // arrived here first, at offset 3 (its own offset 2 is about to be this node's).
-        let theirs = Position { epoch, offset: 3 };
-        let frame = stamp(
-            &wsframe::frame(Opcode::Text, br#"{"event":"item","channel":"feed-1","data":"{}"}"#),
-            &theirs.to_string(),
-        );
-        hub.deliver(&app, "feed-1", &frame, None, Some(theirs), None);
+    #[tokio::test]
+    async fn events_of_two_nodes_that_cross_on_the_bus_are_delivered_in_store_order() {
+        let (app, store) = (app(), Arc::new(MemoryHistoryStore::new()));
+        let (hubs, watcher, theirs) = one_event_and_a_watcher(&store, &app).await;
+        // Another node's event at offset 3 arrives before this node's own append gets offset 2.
+        let (position, frame) = theirs(3);
+        hubs.hub(&app.id).deliver(&app, "feed-1", &frame, None, Some(position), None);
         publish(&hubs, &app, "{\"n\":2}").await;
 
         let seen = received(&watcher).await;
+        let epoch = position.epoch;
         let positions: Vec<Option<String>> = seen.iter().map(|(_, _, position)| position.clone()).collect();
-        assert_eq!(positions, vec![None, Some(format!("{epoch}:3")), Some(format!("{epoch}:2"))], "{seen:?}");
+        assert_eq!(positions, vec![None, Some(format!("{epoch}:2")), Some(format!("{epoch}:3"))], "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_ahead_of_one_that_never_comes_waits_briefly_then_is_delivered() {
+        let (app, store) = (app(), Arc::new(MemoryHistoryStore::new()));
+        let (hubs, watcher, theirs) = one_event_and_a_watcher(&store, &app).await;
+        assert_eq!(received(&watcher).await.len(), 1, "subscription_succeeded");
+        // Offset 2 was stored by a node that died before publishing it.
+        let (position, frame) = theirs(3);
+        let arrived = tokio::time::Instant::now();
+        hubs.hub(&app.id).deliver(&app, "feed-1", &frame, None, Some(position), None);
+
+        let seen = received(&watcher).await;
+        assert_eq!(seen, vec![item(3, &position.to_string())]);
+        assert!(arrived.elapsed() >= REORDER_WAIT, "it waited for offset 2 first");
+        let (position, frame) = theirs(4);
+        hubs.hub(&app.id).deliver(&app, "feed-1", &frame, None, Some(position), None);
+        assert_eq!(received(&watcher).await, vec![item(4, &position.to_string())], "in order again: no wait");
+        assert!(arrived.elapsed() < REORDER_WAIT * 2);
     }
 
     /// The in-memory store, with reads that wait until the test lets them through: the moment a
