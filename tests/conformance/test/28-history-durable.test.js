@@ -48,6 +48,34 @@ for (const bus of [
       return position;
     }
 
+    it('events published at once through different nodes reach every subscriber once, in position order', async () => {
+      const ch = unique('feed-');
+      const watchers = await Promise.all([0, 1, 2].map((n) => subscribed(n, ch)));
+      const sdks = nodes.map((node) => sdkFor(node));
+      // Every node first learns where the channel's positions stand (a node takes the first
+      // event it sees of a channel as where its order starts).
+      assert.equal((await sdks[0].trigger(ch, 'item', { i: -1 })).status, 200);
+      for (const [n, watcher] of watchers.entries()) {
+        await waitUntil(() => items(watcher, ch).length === 1, `the first item on node ${n}`);
+      }
+      // Ten rounds of three publishes at the same moment, one through each node.
+      for (let round = 0; round < 10; round += 1) {
+        const responses = await Promise.all(
+          [0, 1, 2].map((n) => sdks[n].trigger(ch, 'item', { i: round * 3 + n })),
+        );
+        for (const response of responses) assert.equal(response.status, 200);
+      }
+      for (const [n, watcher] of watchers.entries()) {
+        await waitUntil(() => items(watcher, ch).length >= 31, `31 items on node ${n}`, { timeout: 10_000 });
+        const seen = items(watcher, ch).slice(1);
+        const offsets = seen.map(([, position]) => offsetOf(position));
+        assert.equal(new Set(seen.map(([i]) => i)).size, 30, `each item once on node ${n}`);
+        assert.deepEqual(offsets, offsets.map((_, k) => offsets[0] + k), `node ${n} in position order: ${offsets}`);
+        assert.equal(new Set(seen.map(([, position]) => epochOf(position))).size, 1);
+      }
+      for (const watcher of watchers) watcher.close();
+    });
+
     it('a client resumes across a rolling restart and a restart of every node at once', async () => {
       const ch = unique('feed-');
       const before = [];
