@@ -248,7 +248,7 @@ impl AppHub {
                     continue;
                 }
             }
-            if entry.held.iter().any(|hold| hold.socket_id == *id && hold.intercept(frame)) {
+            if entry.held.get(id).is_some_and(|hold| hold.intercept(frame)) {
                 continue;
             }
             if frames.push_to(connection) == Push::Overflowed {

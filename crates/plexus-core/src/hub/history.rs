@@ -333,12 +333,8 @@ impl AppHub {
         }
         history.trim(rule, now);
         self.observer.emit(|| event_observation(channel, &frame, except.map(|id| id.to_string())));
-        let Some(entry) = shard.channels.get_mut(channel) else { return 0 };
-        let delivered = self.fan_out(entry, &frame, except);
-        if !entry.held.is_empty() {
-            entry.held.retain(|hold| !hold.is_done());
-        }
-        delivered
+        // Without a durable store no subscriber is ever held, so there is no hold to tidy.
+        shard.channels.get(channel).map_or(0, |entry| self.fan_out(entry, &frame, except))
     }
 
     /// Records and fans out events the store numbered, in the order given (see
@@ -363,7 +359,7 @@ impl AppHub {
             if let Some(entry) = shard.channels.get_mut(channel) {
                 delivered += self.fan_out(entry, &frame, except);
                 if !entry.held.is_empty() {
-                    entry.held.retain(|hold| !hold.is_done());
+                    entry.held.retain(|_, hold| !hold.is_done());
                 }
             }
         }
@@ -432,11 +428,12 @@ impl AppHub {
             (recovered, self.stored.is_some(), rule, parsed.filter(store_may_know))
         {
             let Some(entry) = shard.channels.get_mut(channel) else { return };
-            let hold = Hold::new(connection.socket_id);
+            let hold = Hold::new();
             let resuming =
                 Resuming { after, filter: filter.cloned(), memory_head: position, ticket: hold.ticket() };
-            entry.held.retain(|hold| hold.socket_id != connection.socket_id);
-            entry.held.push(hold);
+            // A hold from an earlier subscription of this socket is replaced; its read finds
+            // another ticket and answers nothing.
+            entry.held.insert(connection.socket_id, hold);
             self.resume_from_store(rule, channel, connection, resuming);
             return;
         }

@@ -33,7 +33,7 @@ pub(super) struct Channel {
     pub(super) filters: HashMap<SocketId, Arc<SubscriptionFilter>>,
     /// Subscribers being caught up from the durable history store (empty but for the moments a
     /// resume waits for the store).
-    pub(super) held: Vec<Hold>,
+    pub(super) held: HashMap<SocketId, Hold>,
     /// When a subscription count was last broadcast, and whether a newer one is owed.
     pub(super) count_sent_at: Option<Instant>,
     pub(super) count_pending: bool,
@@ -108,7 +108,7 @@ impl Channel {
     ) -> Option<Transitions<'a>> {
         self.subscribers.remove(&socket_id)?;
         self.filters.remove(&socket_id);
-        self.held.retain(|hold| hold.socket_id != socket_id);
+        self.held.remove(&socket_id);
         shrink_if_sparse(&mut self.subscribers);
         let mut transitions = vec![Transition::Left { socket_id }];
         let mut left = Left { removed: false, last_local: false };

@@ -103,7 +103,6 @@ pub(super) struct PendingAppend {
 /// One subscriber of a channel whose resume is being read from the store (see the module docs).
 #[derive(Debug)]
 pub(super) struct Hold {
-    pub(super) socket_id: SocketId,
     /// Which resume this is: a subscriber that left and subscribed again meanwhile has a new
     /// hold, which the older read must not release.
     ticket: u64,
@@ -126,9 +125,9 @@ enum HoldState {
 }
 
 impl Hold {
-    pub(super) fn new(socket_id: SocketId) -> Hold {
+    pub(super) fn new() -> Hold {
         let ticket = NEXT_TICKET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Hold { socket_id, ticket, state: Mutex::new(HoldState::Holding(Vec::new())) }
+        Hold { ticket, state: Mutex::new(HoldState::Holding(Vec::new())) }
     }
 
     pub(super) fn ticket(&self) -> u64 {
@@ -244,13 +243,13 @@ impl AppHub {
         let shard = &mut *guard;
         let delivered_here = shard.histories.get(channel).map(|history| history.position(history.next - 1));
         let Some(entry) = shard.channels.get_mut(channel) else { return };
-        let ours = |hold: &Hold| hold.socket_id == connection.socket_id && hold.ticket == resuming.ticket;
-        let Some(index) = entry.held.iter().position(ours) else { return };
+        let socket_id = connection.socket_id;
+        let Some(hold) = entry.held.get(&socket_id).filter(|hold| hold.ticket == resuming.ticket) else {
+            return;
+        };
         let head = answer.head.map_or_else(|| resuming.memory_head.clone(), |head| head.to_string());
-        let HoldState::Holding(held) =
-            std::mem::replace(&mut *lock(&entry.held[index].state), HoldState::Done)
-        else {
-            entry.held.swap_remove(index);
+        let HoldState::Holding(held) = std::mem::replace(&mut *lock(&hold.state), HoldState::Done) else {
+            entry.held.remove(&socket_id);
             connection.outbound.push(resume_frame(channel.as_str(), false, &head));
             return;
         };
@@ -279,10 +278,10 @@ impl AppHub {
                 if delivered_here
                     .is_none_or(|here| here.epoch != covered.epoch || here.offset < covered.offset) =>
             {
-                *lock(&entry.held[index].state) = HoldState::ReplayedUpTo(covered);
+                *lock(&hold.state) = HoldState::ReplayedUpTo(covered);
             }
             _ => {
-                entry.held.swap_remove(index);
+                entry.held.remove(&socket_id);
             }
         }
     }
