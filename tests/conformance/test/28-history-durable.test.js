@@ -7,20 +7,15 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startServer, sdkFor, unique, waitUntil, historyNodeConfig, historyItems as items, epochOf, offsetOf, subscribedRaw,
+  startServer, sdkFor, unique, waitUntil, durableNodeConfig, DURABLE_BUSES, historyItems as items, epochOf, offsetOf, subscribedRaw,
 } from './helpers.js';
 
-const CONFIG = (bus, prefix) => historyNodeConfig(bus, prefix, { leaseMs: 3000, history: 'bus' });
-
-for (const bus of [
-  { driver: 'nats', url: 'nats://127.0.0.1:4222' },
-  { driver: 'redis', url: 'redis://127.0.0.1:6379' },
-]) {
+for (const bus of DURABLE_BUSES) {
   describe(`history that outlives every node, over ${bus.driver}`, () => {
     const prefix = `d${process.pid}${bus.driver}${Date.now() % 100000}`;
     const nodes = [];
     const sockets = [];
-    const start = () => startServer({ config: CONFIG(bus, prefix) });
+    const start = () => startServer({ config: durableNodeConfig(bus, prefix) });
 
     before(async () => {
       nodes.push(...(await Promise.all([0, 1, 2].map(start))));

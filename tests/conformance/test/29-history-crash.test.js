@@ -10,20 +10,15 @@
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startServer, sdkFor, unique, waitUntil, historyNodeConfig, historyItems as items, epochOf, offsetOf, subscribedRaw,
+  startServer, sdkFor, unique, waitUntil, durableNodeConfig, DURABLE_BUSES, historyItems as items, epochOf, offsetOf, subscribedRaw,
 } from './helpers.js';
 
-const CONFIG = (bus, prefix) => historyNodeConfig(bus, prefix, { leaseMs: 3000, history: 'bus' });
-
-for (const bus of [
-  { driver: 'nats', url: 'nats://127.0.0.1:4222' },
-  { driver: 'redis', url: 'redis://127.0.0.1:6379' },
-]) {
+for (const bus of DURABLE_BUSES) {
   describe(`a node killed around its history append, over ${bus.driver}`, () => {
     const prefix = `c${process.pid}${bus.driver}${Date.now() % 100000}`;
     const nodes = [];
     const sockets = [];
-    const start = (env) => startServer({ config: CONFIG(bus, prefix), env });
+    const start = (env) => startServer({ config: durableNodeConfig(bus, prefix), env });
 
     after(async () => {
       for (const s of sockets.splice(0)) s.close();

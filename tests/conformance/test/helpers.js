@@ -502,6 +502,15 @@ ttl_secs = 600
 `;
 }
 
+/** The real buses the durable-history suites run over: NATS (JetStream) and Redis (Streams). */
+export const DURABLE_BUSES = [
+  { driver: 'nats', url: 'nats://127.0.0.1:4222' },
+  { driver: 'redis', url: 'redis://127.0.0.1:6379' },
+];
+
+/** A node of a cluster over `bus` that keeps history in the bus's store (`history = "bus"`). */
+export const durableNodeConfig = (bus, prefix) => historyNodeConfig(bus, prefix, { leaseMs: 3000, history: 'bus' });
+
 /** The `item` events (data `{i}`) a raw socket received on `ch`, as [i, position] in arrival order. */
 export const historyItems = (s, ch) => s.frames.map((f) => f.msg)
   .filter((m) => m?.event === 'item' && m.channel === ch)
