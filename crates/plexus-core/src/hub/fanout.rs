@@ -223,7 +223,9 @@ impl AppHub {
     /// waiting subscriber's [`Hold`](super::stored::Hold) takes what passes.
     pub(super) fn deliver_filtered(&self, entry: &Channel, frame: &Bytes, except: Option<SocketId>) -> usize {
         let payload = plexus_protocol::wsframe::server_frame_payload(frame);
-        let parsed: Option<Event<'_>> = serde_json::from_slice(&payload).ok();
+        // Only filters read the event; a channel here only for its holds skips the parse.
+        let parsed: Option<Event<'_>> =
+            if entry.filters.is_empty() { None } else { serde_json::from_slice(&payload).ok() };
         let name = parsed.as_ref().map_or("", |e| &*e.event);
         let mut data: Option<Option<serde_json::Value>> = None;
         let mut delivered = 0;
